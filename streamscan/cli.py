@@ -1,0 +1,142 @@
+"""The `streamscan` command. Library errors become one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import StreamscanError
+from .scan import DEFAULT_OUT, inspect_model, scan, select, status
+from .spectrum import DEFAULT_METHOD, METHODS
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"streamscan: error: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly(func):
+    """Map library errors to one line (exit 2) and unexpected ones to one line (exit 1) unless --debug."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except StreamscanError as err:
+            if debug:
+                raise
+            _fail(str(err), 2)
+        except KeyboardInterrupt:
+            click.echo("\nstreamscan: interrupted; finished matrices are saved, rerun the same command to resume", err=True)
+            sys.stderr.flush()
+            os._exit(130)  # do not wait for SVDs still running in worker threads
+        except Exception as err:  # noqa: BLE001 - the CLI edge
+            if debug:
+                raise
+            _fail(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)", 1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="streamscan")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def main(debug: bool) -> None:
+    """Spectrum SNR of every weight matrix of a checkpoint, streamed one tensor at a time."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="streamscan: %(message)s")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--out", "-o", default=DEFAULT_OUT, show_default=True, help="Output directory (resumes a scan found there).")
+@click.option("--devices", default="cpu", show_default=True, help="cpu or auto.")
+@click.option("--cpu-workers", type=click.IntRange(min=1), default=None, help="Matrices scored in parallel [default: physical cores].")
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True,
+              help="gram64: float64 Gram + eigvalsh (exact, fast); svdvals32: the reference's float32 SVD; svdvals64: float64 SVD.")
+@click.option("--top-percent", "-p", type=float, multiple=True, help="Write an unfrozen-parameters YAML for this percent (repeatable).")
+@click.option("--include", multiple=True, help="Only score modules matching this glob (repeatable), e.g. '*mlp*'.")
+@click.option("--exclude", multiple=True, help="Skip modules matching this glob (repeatable).")
+@click.option("--fresh", is_flag=True, help="Discard a previous scan in --out instead of resuming it.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@friendly
+def run(model, out, devices, cpu_workers, method, top_percent, include, exclude, fresh, quiet):
+    """Scan MODEL (a checkpoint directory or .safetensors file) and write Spectrum outputs to --out."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(result, done, total, read_bytes):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=done - 1, unit="matrix", disable=True if quiet else None, dynamic_ncols=True)
+        bar.update(1)
+        rate = read_bytes / max(bar.format_dict["elapsed"], 1e-9) / 1e6
+        bar.set_postfix_str(f"{rate:.1f} MB/s", refresh=False)
+        if result.status == "error":
+            bar.write(f"streamscan: {result.name}: {result.reason}", file=sys.stderr)
+
+    try:
+        res = scan(model, out, method=method, devices=devices, cpu_workers=cpu_workers, top_percent=top_percent,
+                   include=include, exclude=exclude, fresh=fresh, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    s = res.summary
+    if not quiet:
+        click.echo(
+            f"streamscan: {s['matrices']} matrices ({s['scored']} scored, {s['no_snr']} without SNR, "
+            f"{s['failed']} failed, {s['resumed_from_journal']} from a previous run), {s['skipped']} tensors skipped, "
+            f"{s['seconds']:.1f} s, peak RSS {s['peak_rss_mb']:.0f} MB -> {res.out_dir}"
+        )
+    if s["failed"]:
+        _fail(f"{s['failed']} matrices failed (see streamscan_summary.json); rerun the same command to retry them", 1)
+
+
+@main.command("status")
+@click.argument("out", default=DEFAULT_OUT)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly
+def status_cmd(out, as_json):
+    """Say how far the scan in OUT got."""
+    st = status(out)
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    state = "running" if st["running"] else ("complete" if st["remaining"] == 0 else "stopped")
+    click.echo(
+        f"{st['model']} ({st['method']}): {st['done']}/{st['total']} matrices done, {st['remaining']} remaining, "
+        f"{st['failed']} failed, {st['no_snr']} without SNR; {state}"
+    )
+
+
+@main.command("select")
+@click.argument("out", default=DEFAULT_OUT)
+@click.option("--top-percent", "-p", type=float, multiple=True, required=True, help="Percent per type (repeatable).")
+@friendly
+def select_cmd(out, top_percent):
+    """Write unfrozen-parameters YAMLs from the (finished or partial) scan in OUT, without rescanning."""
+    for p in top_percent:
+        click.echo(select(out, p))
+
+
+@main.command("inspect")
+@click.argument("model")
+@click.option("--include", multiple=True, help="Only modules matching this glob.")
+@click.option("--exclude", multiple=True, help="Skip modules matching this glob.")
+@friendly
+def inspect_cmd(model, include, exclude):
+    """List what a scan of MODEL would score and skip (headers only)."""
+    index, plan = inspect_model(model, include, exclude)
+    jobs = sorted(plan.jobs, key=lambda j: j.name)
+    for j in jobs:
+        click.echo(f"score  {j.name:60s} {'x'.join(map(str, j.shape)):>14s} {j.tensor.dtype}")
+    for s in plan.skipped:
+        click.echo(f"skip   {s.name:60s} {s.reason}")
+    gb = index.total_bytes / 1e9
+    click.echo(f"{len(jobs)} matrices to score, {len(plan.skipped)} tensors skipped, {len(index.shards)} shard(s), {gb:.2f} GB")

@@ -1,0 +1,121 @@
+"""index: shard headers and the weight map, without touching tensor data.
+
+A safetensors file starts with an 8-byte little-endian header length, then that many bytes of JSON
+mapping each tensor name to its dtype, shape and byte range (relative to the end of the header).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointError
+from .source import ModelSource
+
+MAX_HEADER = 100 * 1024 * 1024
+
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shard: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the shard
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    size: int
+    header_sha256: str
+
+
+@dataclass(frozen=True)
+class CheckpointIndex:
+    source: ModelSource
+    tensors: tuple[TensorInfo, ...]
+    shards: tuple[ShardInfo, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.size for s in self.shards)
+
+
+def read_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
+    """Parse one shard's header. Raises CheckpointError naming the file on any inconsistency."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes); re-download it")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(MAX_HEADER, size - 8):
+            raise CheckpointError(f"{path}: corrupt safetensors header (length {length}); re-download it")
+        raw = fh.read(length)
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({err}); re-download it") from None
+    base = 8 + length
+    tensors = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape = str(entry["dtype"]), tuple(int(d) for d in entry["shape"])
+            begin, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: corrupt header entry for {name!r}; re-download it") from None
+        width = DTYPE_BYTES.get(dtype)
+        expected = math.prod(shape) * width if width else None
+        if not 0 <= begin <= end or base + end > size or (expected is not None and end - begin != expected):
+            raise CheckpointError(
+                f"{path}: tensor {name!r} lies outside the file or has the wrong size (truncated?); re-download it"
+            )
+        tensors.append(TensorInfo(name, path, dtype, shape, base + begin, base + end))
+    digest = hashlib.sha256(raw).hexdigest()
+    return tensors, ShardInfo(path, size, digest)
+
+
+def build_index(source: ModelSource) -> CheckpointIndex:
+    """Read every shard header; check that the index's weight map agrees with them."""
+    tensors: list[TensorInfo] = []
+    shards: list[ShardInfo] = []
+    seen: dict[str, Path] = {}
+    for path in source.files:
+        found, shard = read_header(path)
+        shards.append(shard)
+        for t in found:
+            if t.name in seen:
+                raise CheckpointError(f"{path}: tensor {t.name!r} also appears in {seen[t.name]}; remove the stray shard")
+            seen[t.name] = path
+            tensors.append(t)
+    if source.index_file is not None:
+        weight_map = json.loads(source.index_file.read_text())["weight_map"]
+        absent = [n for n, f in weight_map.items() if seen.get(n) != source.root / f]
+        if absent:
+            raise CheckpointError(
+                f"{source.index_file}: {absent[0]!r} is not in {weight_map[absent[0]]} "
+                f"({len(absent)} such); the index and shards disagree, re-download them"
+            )
+    return CheckpointIndex(source, tuple(tensors), tuple(shards))

@@ -1,0 +1,49 @@
+"""layout: tensor names -> roles (module name, type key, layer index, embedding or head)."""
+from __future__ import annotations
+
+import re
+
+_DIGITS = re.compile(r"(\d+)")
+
+# Module names (last component) that hold token embeddings or the output head in common families.
+EMBEDDING_LEAVES = {"embed_tokens", "wte", "word_embeddings", "tok_embeddings", "embed_in", "embeddings"}
+HEAD_LEAVES = {"lm_head", "embed_out", "output"}
+
+
+def module_name(tensor_name: str) -> str:
+    """`model.layers.0.mlp.down_proj.weight` -> `model.layers.0.mlp.down_proj` (module names, as Spectrum)."""
+    return tensor_name[: -len(".weight")] if tensor_name.endswith(".weight") else tensor_name
+
+
+def type_key(name: str) -> str:
+    """The reference's type: the dotted name after its first all-digit component, else the whole name."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[i + 1 :]) or name
+    return name
+
+
+def layer_index(name: str) -> int | None:
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def natural_key(name: str) -> tuple:
+    """Sort `layers.2` before `layers.10`."""
+    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(name))
+
+
+def embedding_role(name: str, shape: tuple[int, ...], config: dict) -> str | None:
+    """'embedding' or 'head' for the token embedding / output head, judged by name and vocab size."""
+    leaf = module_name(name).rsplit(".", 1)[-1]
+    if layer_index(name) is not None or len(shape) != 2:
+        return None
+    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    if leaf in HEAD_LEAVES and (vocab is None or vocab in shape):
+        return "head"
+    if leaf in EMBEDDING_LEAVES and (vocab is None or vocab in shape):
+        return "embedding"
+    return None

@@ -1,0 +1,84 @@
+"""resolve: turn MODEL (a local directory or a single .safetensors file) into a ModelSource."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SourceError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a checkpoint's files are. ``index_file`` is set for sharded checkpoints."""
+
+    model_id: str
+    root: Path
+    files: tuple[Path, ...]
+    index_file: Path | None = None
+    config: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def slug(self) -> str:
+        return slugify(self.model_id)
+
+
+def slugify(model_id: str) -> str:
+    """The reference's slug: the model id with '/' and '_' replaced by '-'."""
+    return re.sub(r"[/_]", "-", model_id.strip("/"))
+
+
+def resolve(model: str | Path) -> ModelSource:
+    """Find the checkpoint files of MODEL without reading any tensor data."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise SourceError(f"{model}: no such file or directory; give a checkpoint directory or a .safetensors file")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise SourceError(f"{path}: not a .safetensors file; give a checkpoint directory or a .safetensors file")
+        root = path.parent
+        model_id = path.stem if path.stem != "model" else root.resolve().name
+        return ModelSource(model_id, root, (path,), None, _config(root))
+    model_id = path.resolve().name
+    index = path / INDEX_NAME
+    if index.is_file():
+        return ModelSource(model_id, path, tuple(_shards_of(index)), index, _config(path))
+    single = path / SINGLE_NAME
+    if single.is_file():
+        return ModelSource(model_id, path, (single,), None, _config(path))
+    found = sorted(path.glob("*.safetensors"))
+    if found:
+        return ModelSource(model_id, path, tuple(found), None, _config(path))
+    raise SourceError(
+        f"{path}: no {INDEX_NAME}, {SINGLE_NAME} or *.safetensors here; point MODEL at the checkpoint directory"
+    )
+
+
+def _shards_of(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SourceError(f"{index}: not a valid safetensors index ({err}); re-download it") from None
+    shards, missing = [], []
+    for name in dict.fromkeys(weight_map.values()):
+        shard = index.parent / name
+        (shards if shard.is_file() else missing).append(shard)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise SourceError(f"{missing[0]}: shard listed by {index.name} is missing{more}; download the missing shards")
+    return shards
+
+
+def _config(root: Path) -> dict:
+    cfg = root / "config.json"
+    if not cfg.is_file():
+        return {}
+    try:
+        data = json.loads(cfg.read_text())
+    except ValueError as err:
+        raise SourceError(f"{cfg}: invalid JSON ({err}); fix or remove config.json") from None
+    return data if isinstance(data, dict) else {}
