@@ -63,9 +63,10 @@ def main(debug: bool) -> None:
 @click.option("--include", multiple=True, help="Only score modules matching this glob (repeatable), e.g. '*mlp*'.")
 @click.option("--exclude", multiple=True, help="Skip modules matching this glob (repeatable).")
 @click.option("--fresh", is_flag=True, help="Discard a previous scan in --out instead of resuming it.")
+@click.option("--name", default=None, help="Model id for output file names (slug: '/' and '_' -> '-') [default: directory name].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @friendly
-def run(model, out, devices, cpu_workers, method, top_percent, include, exclude, fresh, quiet):
+def run(model, out, devices, cpu_workers, method, top_percent, include, exclude, fresh, name, quiet):
     """Scan MODEL (a checkpoint directory or .safetensors file) and write Spectrum outputs to --out."""
     from tqdm import tqdm
 
@@ -83,7 +84,7 @@ def run(model, out, devices, cpu_workers, method, top_percent, include, exclude,
 
     try:
         res = scan(model, out, method=method, devices=devices, cpu_workers=cpu_workers, top_percent=top_percent,
-                   include=include, exclude=exclude, fresh=fresh, progress=progress)
+                   include=include, exclude=exclude, fresh=fresh, name=name, progress=progress)
     finally:
         if bar is not None:
             bar.close()

@@ -15,7 +15,7 @@ from .layout import module_name
 from .plan import Plan, Result, make_plan
 from .report import write_outputs, write_yaml
 from .scheduler import default_workers, parse_devices, run_jobs
-from .source import resolve
+from .source import resolve, slugify
 from .spectrum import DEFAULT_METHOD, METHODS
 
 DEFAULT_OUT = "model_snr_results"
@@ -66,6 +66,7 @@ def scan(
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
     fresh: bool = False,
+    name: str | None = None,
     progress: Progress | None = None,
 ) -> ScanResult:
     """Score every target matrix of MODEL, resuming the scan in OUT if there is one, and write the outputs."""
@@ -81,12 +82,13 @@ def scan(
     if not full.jobs:
         raise UsageError(f"{model}: no 2-D weight matrices to score (check --include/--exclude)")
     source = index.source
+    slug = slugify(name) if name else source.slug
     header = {
         "streamscan_journal": 1,
         "version": __version__,
         "fingerprint": fingerprint(index, method, include, exclude),
-        "model": source.model_id,
-        "slug": source.slug,
+        "model": name or source.model_id,
+        "slug": slug,
         "targets": sorted(j.name for j in full.jobs),
         "skipped": [[s.name, s.reason] for s in full.skipped],
     }
@@ -104,7 +106,7 @@ def scan(
                 progress(result, done, full.total, read_bytes)
         results = [journal.results[n] for n in header["targets"] if n in journal.results]
     summary = _summary(header, results, method, workers, time.perf_counter() - started, resumed)
-    paths = write_outputs(out_dir, source.slug, results, percents, _all_names(header), summary)
+    paths = write_outputs(out_dir, slug, results, percents, _all_names(header), summary)
     return ScanResult(out_dir, results, summary, paths)
 
 

@@ -8,6 +8,7 @@ A job reads its tensor itself, so the next tensor is read while the other worker
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -24,6 +25,18 @@ from .reader import read_tensor
 from .spectrum import score
 
 log = logging.getLogger(__name__)
+
+def limit_heap_growth() -> None:
+    """Serve large buffers (tensors, Gram chunks) with their own mmap so that freeing them returns the memory.
+
+    glibc otherwise raises its mmap threshold after the first large free and keeps later buffers in
+    per-thread heaps, where fragmentation holds ~70 MB more resident per scan. No-op off glibc.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB (fixed, not dynamic)
+    except (OSError, AttributeError):
+        pass
+
 
 def default_workers() -> int:
     return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
@@ -59,6 +72,7 @@ def run_job(job: Job, method: str, worker: str) -> Result:
 def run_jobs(jobs: Iterable[Job], method: str, workers: int | None = None) -> Iterator[Result]:
     """Yield a Result per job as each finishes (any order). Closing the iterator cancels queued jobs."""
     workers = workers or default_workers()
+    limit_heap_growth()
     before = torch.get_num_threads()
     names = iter(range(workers))
     local = threading.local()

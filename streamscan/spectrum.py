@@ -17,7 +17,7 @@ import torch
 
 METHODS = ("gram64", "svdvals32", "svdvals64")
 DEFAULT_METHOD = "gram64"
-CHUNK_ELEMENTS = 1 << 23  # float64 elements converted at a time (64 MiB)
+CHUNK_ELEMENTS = 1 << 22  # float64 elements converted at a time (32 MiB)
 MIN_DIM = 2
 
 
@@ -72,13 +72,15 @@ def snr_from_singular_values(S: torch.Tensor, shape: tuple[int, int], rtol: floa
 
 
 def _chunks(W: torch.Tensor, device: torch.device | str | None):
-    """Yield float64 blocks X (k x w), k = min(m, n), whose X Xᵀ sum to the small-side Gram."""
+    """Yield float64 blocks X (k x w), k = min(m, n), whose X Xᵀ sum to the small-side Gram (one copy each)."""
     m, n = W.shape
-    X = W if m <= n else W.T
-    k, width = X.shape
-    step = max(1, CHUNK_ELEMENTS // max(k, 1))
-    for c in range(0, width, step):
-        yield X[:, c : c + step].to(device=device, dtype=torch.float64).contiguous()
+    step = max(1, CHUNK_ELEMENTS // min(m, n))
+    if m <= n:
+        for c in range(0, n, step):
+            yield W[:, c : c + step].to(device=device, dtype=torch.float64)
+    else:
+        for c in range(0, m, step):
+            yield W[c : c + step].to(device=device, dtype=torch.float64).T
 
 
 def gram(W: torch.Tensor, device: torch.device | str | None = None, blocks: int = 4) -> torch.Tensor:

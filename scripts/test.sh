@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install streamscan with its test extras (torch pinned to the local CPU wheel first) and run the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q torch==2.13.0
+python3 -m pip install -q -e '.[test]'
+python3 -m pytest -q "$@"
