@@ -21,7 +21,9 @@ def reference_snr(W: torch.Tensor) -> float:
     n, m = W.shape[-2:]
     beta = n / m if n < m else m / n
     thr = sigma * math.sqrt((1 + math.sqrt(beta)) ** 2)
-    return float(S[S > thr].sum() / S[S <= thr].sum() / S[0])
+    below = S[S <= thr]
+    noise = below.sum() if below.numel() else 1.0  # the reference's rule when nothing is below the threshold
+    return float(S[S > thr].sum() / noise / S[0])
 
 
 def main(ckpt: str, out: str) -> None:

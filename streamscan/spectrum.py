@@ -3,7 +3,7 @@
 Methods
 - ``gram64`` (default): float64 Gram matrix on the smaller side (only its upper block triangle is
   computed, in column/row chunks converted from the stored dtype) and ``torch.linalg.eigvalsh``;
-  S = sqrt(eigenvalues). Agrees with float64 SVD to ~1e-12 relative SNR on trained weights.
+  S = sqrt(eigenvalues). Agrees with float64 SVD to ~1e-12 relative SNR.
 - ``svdvals32``: the reference's own computation (float32 ``torch.linalg.svdvals`` on the weight as
   stored, SNR arithmetic in float32), for comparisons with published Spectrum scans.
 - ``svdvals64``: float64 ``torch.linalg.svdvals``; exact, slowest.
@@ -41,7 +41,8 @@ def mp_factor(m: int, n: int) -> float:
 def snr_from_singular_values(S: torch.Tensor, shape: tuple[int, int], rtol: float = 0.0) -> SNR:
     """The reference's SNR from singular values S (any order), computed in S's dtype.
 
-    Values below ``rtol * S[0]`` are numerically zero for the method that produced S and are set to 0.
+    ``rtol`` is the method's numerical floor relative to S[0]: when every value at or below the threshold
+    is under it, the "noise" is rounding error of a rank-deficient matrix and the SNR is undefined.
     """
     m, n = shape
     S = torch.sort(S, descending=True).values
@@ -50,8 +51,6 @@ def snr_from_singular_values(S: torch.Tensor, shape: tuple[int, int], rtol: floa
     top = S[0]
     if float(top) <= 0.0:
         return SNR(None, "all-zero matrix")
-    if rtol > 0:
-        S = torch.where(S < top * rtol, torch.zeros_like(S), S)
     q = torch.quantile(S, torch.tensor([0.25, 0.75], dtype=S.dtype))
     sigma = (q[1] - q[0]) / 1.349
     threshold = sigma * mp_factor(m, n)
@@ -60,9 +59,9 @@ def snr_from_singular_values(S: torch.Tensor, shape: tuple[int, int], rtol: floa
     below = ~above
     if bool(below.any()):
         noise = S[below].sum()
-        if float(noise) == 0.0:
-            rank = int((S > 0).sum())
-            return SNR(None, f"no noise: rank-deficient matrix (rank {rank} of {min(m, n)})", float(top))
+        if float(S[below].max()) <= float(top) * rtol or float(noise) == 0.0:
+            rank = int((S > top * rtol).sum())
+            return SNR(None, f"no noise: rank-deficient matrix (numerical rank {rank} of {min(m, n)})", float(top))
     else:
         noise = torch.ones((), dtype=S.dtype)
     value = float(signal / noise / top)
@@ -96,7 +95,7 @@ def gram(W: torch.Tensor, device: torch.device | str | None = None, blocks: int 
 
 
 def singular_values(W: torch.Tensor, method: str = DEFAULT_METHOD, device=None) -> tuple[torch.Tensor, float]:
-    """Singular values of W (descending, on CPU) and the relative level below which they are noise of the method."""
+    """Singular values of W (descending, on CPU) and the method's numerical floor relative to S[0]."""
     m, n = W.shape
     if method == "gram64":
         eig = torch.linalg.eigvalsh(gram(W, device), UPLO="U").cpu()
