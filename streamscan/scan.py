@@ -114,8 +114,12 @@ def _all_names(header: dict) -> list[str]:
     return list(header["targets"]) + [module_name(n) for n, _ in header["skipped"]]
 
 
+def _count(results: list[Result]) -> dict[str, int]:
+    return {s: sum(r.status == s for r in results) for s in ("ok", "null", "error")}
+
+
 def _summary(header: dict, results: list[Result], method: str, workers: int, seconds: float, resumed: int) -> dict:
-    count = {s: sum(r.status == s for r in results) for s in ("ok", "null", "error")}
+    count = _count(results)
     return {
         "model": header["model"],
         "method": method,
@@ -155,7 +159,7 @@ def select(out: str | Path, top_percent: float) -> Path:
 def status(out: str | Path) -> dict:
     """How far the scan in OUT got."""
     header, results = load_results(out)
-    count = {s: sum(r.status == s for r in results) for s in ("ok", "null", "error")}
+    count = _count(results)
     total = len(header["targets"])
     return {
         "model": header["model"],

@@ -26,6 +26,7 @@ from .spectrum import score
 
 log = logging.getLogger(__name__)
 
+
 def limit_heap_growth() -> None:
     """Serve large buffers (tensors, Gram chunks) with their own mmap so that freeing them returns the memory.
 

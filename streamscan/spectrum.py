@@ -59,7 +59,7 @@ def snr_from_singular_values(S: torch.Tensor, shape: tuple[int, int], rtol: floa
     below = ~above
     if bool(below.any()):
         noise = S[below].sum()
-        if float(S[below].max()) <= float(top) * rtol or float(noise) == 0.0:
+        if float(S[below].max()) <= float(top) * rtol:  # rtol 0: every noise value is exactly 0
             rank = int((S > top * rtol).sum())
             return SNR(None, f"no noise: rank-deficient matrix (numerical rank {rank} of {min(m, n)})", float(top))
     else:

@@ -36,7 +36,7 @@ def test_a_failing_job_is_recorded_and_retried_on_resume(sharded_llama, tmp_path
     assert second.snr["model.layers.1.mlp.up_proj"] is not None
 
 
-def test_devices(monkeypatch):
+def test_devices():
     assert scheduler.parse_devices("cpu") == ["cpu"] and scheduler.parse_devices("auto") == ["cpu"]
     with pytest.raises(UsageError, match="--devices 0,1"):
         scheduler.parse_devices("0,1")
