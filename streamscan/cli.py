@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .errors import StreamscanError
+from .devices import default_workers, parse_devices
 from .scan import DEFAULT_OUT, inspect_model, scan, select, status
 from .spectrum import DEFAULT_METHOD, METHODS
 
@@ -55,8 +56,12 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--out", "-o", default=DEFAULT_OUT, show_default=True, help="Output directory (resumes a scan found there).")
-@click.option("--devices", default="cpu", show_default=True, help="cpu or auto.")
-@click.option("--cpu-workers", type=click.IntRange(min=1), default=None, help="Matrices scored in parallel [default: physical cores].")
+@click.option("--devices", default="auto", show_default=True,
+              help="auto (every visible GPU, else CPU), cpu, GPU indices, or a mix: 0,1,cpu.")
+@click.option("--cpu-workers", type=click.IntRange(min=1), default=None,
+              help="CPU matrices scored in parallel, each on cores/N torch threads [default: physical cores].")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="RAM for tensors read ahead and CPU work, e.g. 16G [default: available RAM minus 25%].")
 @click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True,
               help="gram64: float64 Gram + eigvalsh (exact, fast); svdvals32: the reference's float32 SVD; svdvals64: float64 SVD.")
 @click.option("--top-percent", "-p", type=float, multiple=True, help="Write an unfrozen-parameters YAML for this percent (repeatable).")
@@ -66,24 +71,30 @@ def main(debug: bool) -> None:
 @click.option("--name", default=None, help="Model id for output file names (slug: '/' and '_' -> '-') [default: directory name].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @friendly
-def run(model, out, devices, cpu_workers, method, top_percent, include, exclude, fresh, name, quiet):
+def run(model, out, devices, cpu_workers, max_memory, method, top_percent, include, exclude, fresh, name, quiet):
     """Scan MODEL (a checkpoint directory or .safetensors file) and write Spectrum outputs to --out."""
     from tqdm import tqdm
 
     bar = None
+    busy: dict[str, float] = {}
+    slots = {d: (cpu_workers or default_workers()) if d == "cpu" else 1 for d in parse_devices(devices)}
 
     def progress(result, done, total, read_bytes):
         nonlocal bar
         if bar is None:
             bar = tqdm(total=total, initial=done - 1, unit="matrix", disable=True if quiet else None, dynamic_ncols=True)
         bar.update(1)
-        rate = read_bytes / max(bar.format_dict["elapsed"], 1e-9) / 1e6
-        bar.set_postfix_str(f"{rate:.1f} MB/s", refresh=False)
+        elapsed = max(bar.format_dict["elapsed"], 1e-9)
+        device = "cpu" if result.worker.startswith("cpu") else result.worker
+        busy[device] = busy.get(device, 0.0) + result.seconds
+        use = " ".join(f"{d} {100 * b / elapsed / slots.get(d, 1):.0f}%" for d, b in busy.items())
+        bar.set_postfix_str(f"{read_bytes / elapsed / 1e6:.1f} MB/s, busy: {use}", refresh=False)
         if result.status == "error":
             bar.write(f"streamscan: {result.name}: {result.reason}", file=sys.stderr)
 
     try:
-        res = scan(model, out, method=method, devices=devices, cpu_workers=cpu_workers, top_percent=top_percent,
+        res = scan(model, out, method=method, devices=devices, cpu_workers=cpu_workers, max_memory=max_memory,
+                   top_percent=top_percent,
                    include=include, exclude=exclude, fresh=fresh, name=name, progress=progress)
     finally:
         if bar is not None:
@@ -95,6 +106,14 @@ def run(model, out, devices, cpu_workers, method, top_percent, include, exclude,
             f"{s['failed']} failed, {s['resumed_from_journal']} from a previous run), {s['skipped']} tensors skipped, "
             f"{s['seconds']:.1f} s, peak RSS {s['peak_rss_mb']:.0f} MB -> {res.out_dir}"
         )
+    if not quiet and s.get("run"):
+        r = s["run"]
+        per = ", ".join(f"{d}: {v['jobs']} jobs, {v['busy_seconds']:.1f} s busy ({100 * v['utilisation']:.0f}%)"
+                        + (f", {v['oom_retries']} OOM retries" if v["oom_retries"] else "")
+                        for d, v in r["devices"].items())
+        click.echo(f"streamscan: {per}; overlap {100 * r['overlap']:.0f}% (busy / wall)")
+        for name_, note in s["placement_notes"].items():
+            click.echo(f"streamscan: {name_}: {note}")
     if s["failed"]:
         _fail(f"{s['failed']} matrices failed (see streamscan_summary.json); rerun the same command to retry them", 1)
 

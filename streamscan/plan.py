@@ -43,11 +43,13 @@ class Result:
     status: str = "ok"  # ok | null (degenerate, final) | error (retried on resume)
     role: str | None = None  # embedding | head | None
     method: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # computing (the device's busy time)
     worker: str = ""
     sigma_max: float | None = None
     threshold: float | None = None
     n_signal: int | None = None
+    read_seconds: float = 0.0  # reading it (in the prefetch thread while it waited, if prefetched)
+    note: str | None = None  # why it ran where it did, when that was not its first choice
 
 
 @dataclass(frozen=True)

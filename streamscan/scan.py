@@ -14,7 +14,8 @@ from .journal import Journal, is_locked, read_journal
 from .layout import module_name
 from .plan import Plan, Result, make_plan
 from .report import write_outputs, write_yaml
-from .scheduler import default_workers, parse_devices, run_jobs
+from .devices import default_workers, parse_devices, parse_size
+from .scheduler import PoolStats, run_jobs
 from .source import resolve, slugify
 from .spectrum import DEFAULT_METHOD, METHODS
 
@@ -62,6 +63,7 @@ def scan(
     method: str = DEFAULT_METHOD,
     devices: str = "cpu",
     cpu_workers: int | None = None,
+    max_memory: int | str | None = None,
     top_percent: Iterable[float] = (),
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
@@ -69,13 +71,18 @@ def scan(
     name: str | None = None,
     progress: Progress | None = None,
 ) -> ScanResult:
-    """Score every target matrix of MODEL, resuming the scan in OUT if there is one, and write the outputs."""
+    """Score every target matrix of MODEL, resuming the scan in OUT if there is one, and write the outputs.
+
+    ``devices``: "auto" (every visible GPU, else the CPU), "cpu", or GPU indices mixed with "cpu" ("0,1,cpu").
+    ``max_memory``: RAM for tensors read ahead and CPU work, bytes or "24G" (default: available minus headroom).
+    """
     if method not in METHODS:
         raise UsageError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
     percents = sorted(set(float(p) for p in top_percent))
     if any(not 0 < p <= 100 for p in percents):
         raise UsageError(f"--top-percent {percents}: each must be in (0, 100]")
-    parse_devices(devices)
+    pool = parse_devices(devices)
+    budget = parse_size(max_memory)
     include, exclude = tuple(include), tuple(exclude)
     started = time.perf_counter()
     index, full = inspect_model(model, include, exclude)
@@ -94,18 +101,22 @@ def scan(
     }
     out_dir = Path(out)
     workers = cpu_workers or default_workers()
+    stats = PoolStats()
     read_bytes = 0
     with Journal(out_dir, header, fresh=fresh) as journal:
         plan = make_plan(index, include, exclude, journal.done())
         resumed = len(plan.done)
         sizes = {j.name: j.tensor.nbytes for j in plan.jobs}
-        for done, result in enumerate(run_jobs(plan.jobs, method, workers), start=resumed + 1):
+        results = run_jobs(plan.jobs, method, workers, devices=pool, max_memory=budget, stats=stats)
+        for done, result in enumerate(results, start=resumed + 1):
             journal.append(result)
             read_bytes += sizes[result.name]
             if progress:
                 progress(result, done, full.total, read_bytes)
         results = [journal.results[n] for n in header["targets"] if n in journal.results]
     summary = _summary(header, results, method, workers, time.perf_counter() - started, resumed)
+    summary["run"] = stats.summary() if plan.jobs else None
+    summary["placement_notes"] = {r.name: r.note for r in results if r.note}
     paths = write_outputs(out_dir, slug, results, percents, _all_names(header), summary)
     return ScanResult(out_dir, results, summary, paths)
 

@@ -1,30 +1,41 @@
-"""schedule: run jobs on a pool of CPU workers, largest first, reading overlapped with compute.
+"""schedule: run jobs on a pool of devices (GPUs and CPU workers), reading ahead within a RAM budget.
 
-Each worker is a thread that runs torch with one intra-op thread: one job per core beats one job on
-all cores (the eigenvalue phase barely scales with threads, and a multi-threaded torch op slows down
-~10x as soon as another process takes a core), and results do not depend on the thread count.
-A job reads its tensor itself, so the next tensor is read while the other workers compute; at most
-``workers`` tensors are in memory at once.
+One thread per GPU and one per CPU worker. The dispatcher (the generator :func:`run_jobs`) asks the pure
+placement policy (placement.py) which waiting job goes to which idle device, given each device's free
+memory right now. A prefetch thread reads the next tensors while devices compute, holding at most
+``max_memory`` bytes of tensors and CPU work at a time (a job bigger than the whole budget runs alone).
+A CUDA out-of-memory error sends the job back to the queue, never to that device again; when no GPU can
+hold it, it runs on the CPU. Results are yielded as jobs finish, in any order.
+
+CPU workers run torch with ``cores // workers`` threads (one by default): one job per core beats one job
+on all cores, and a multi-threaded torch op slows down ~10x as soon as another process takes a core.
+At the tail, when nothing waits, a lone job may use the idle cores (placement.cpu_threads).
 """
 from __future__ import annotations
 
+import bisect
 import ctypes
 import logging
-import os
+import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import psutil
 import torch
 
-from .errors import UsageError
+from .devices import default_max_memory, default_workers, gpu_memory, parse_devices  # noqa: F401 (re-exported)
+from .placement import Assignment, DeviceState, Task, assign, cpu_threads
 from .plan import Job, Result
 from .reader import read_tensor
-from .spectrum import score
+from .spectrum import DEFAULT_METHOD, memory_bytes, score
 
 log = logging.getLogger(__name__)
+
+PRIOR_SPEED = {"cpu": 15e9, "cuda": 5e12}  # flop/s of one slot before any job has been timed
+WINDOW = 256  # jobs from each end of the queue shown to the policy per decision
+STALL_SECONDS = 120.0  # how long the head job waits for GPU memory other processes hold before going to CPU
 
 
 def limit_heap_growth() -> None:
@@ -39,69 +50,437 @@ def limit_heap_growth() -> None:
         pass
 
 
-def default_workers() -> int:
-    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-
-
-def parse_devices(devices: str) -> list[str]:
-    """'cpu' or 'auto'. GPU pools are not scheduled yet: 'auto' runs on CPU and logs it if CUDA is present."""
-    spec = (devices or "cpu").strip().lower()
-    if spec == "auto" and torch.cuda.is_available():
-        log.warning("--devices auto: GPU scheduling is not implemented yet; scanning on CPU")
-    if spec in ("cpu", "auto"):
-        return ["cpu"]
-    raise UsageError(f"--devices {devices}: only 'cpu' and 'auto' are supported in this version; use --devices cpu")
+def _oom_types() -> tuple[type[BaseException], ...]:
+    return tuple({getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)} - {None})
 
 
 def run_job(job: Job, method: str, worker: str) -> Result:
-    """Read and score one job; any failure becomes an error Result, never an exception."""
+    """Read and score one job on the CPU; any failure becomes an error Result, never an exception."""
     start = time.perf_counter()
-    base = dict(name=job.name, type=job.type, shape=job.tensor.shape, dtype=job.tensor.dtype, role=job.role,
-                method=method, worker=worker)
     try:
         tensor = read_tensor(job.tensor)
-        out = score(tensor, method)
-        del tensor
+    except Exception as err:
+        return _error(job, method, worker, err, time.perf_counter() - start)
+    return _score(job, tensor, method, worker, "cpu", time.perf_counter() - start)
+
+
+def _base(job: Job, method: str, worker: str) -> dict:
+    return dict(name=job.name, type=job.type, shape=job.shape, dtype=job.tensor.dtype, role=job.role,
+                method=method, worker=worker)
+
+
+def _error(job: Job, method: str, worker: str, err: BaseException, seconds: float, read: float = 0.0) -> Result:
+    return Result(snr=None, reason=f"{type(err).__name__}: {err}", status="error", seconds=seconds,
+                  read_seconds=read, **_base(job, method, worker))
+
+
+def _score(job: Job, tensor: torch.Tensor, method: str, worker: str, device: str, read: float,
+           compute=None) -> Result:
+    """Score a tensor that is in host memory on DEVICE. CUDA out-of-memory propagates (the caller retries)."""
+    start = time.perf_counter()
+    try:
+        if compute is not None and device != "cpu":
+            out = compute(tensor, method, device)
+        elif device == "cpu":
+            out = score(tensor, method)
+        else:
+            with torch.cuda.device(torch.device(device)):
+                W = tensor.to(device, non_blocking=True)
+                out = score(W, method, device)
+                del W
+    except _oom_types():
+        raise
     except Exception as err:  # recorded with its reason; the scan goes on and a resume retries it
-        return Result(snr=None, reason=f"{type(err).__name__}: {err}", status="error",
-                      seconds=time.perf_counter() - start, **base)
+        return _error(job, method, worker, err, time.perf_counter() - start, read)
     return Result(snr=out.snr, reason=out.reason, status="ok" if out.snr is not None else "null",
-                  seconds=time.perf_counter() - start, sigma_max=out.sigma_max, threshold=out.threshold,
-                  n_signal=out.n_signal, **base)
+                  seconds=time.perf_counter() - start, read_seconds=read, sigma_max=out.sigma_max,
+                  threshold=out.threshold, n_signal=out.n_signal, **_base(job, method, worker))
 
 
-def run_jobs(jobs: Iterable[Job], method: str, workers: int | None = None) -> Iterator[Result]:
-    """Yield a Result per job as each finishes (any order). Closing the iterator cancels queued jobs."""
+@dataclass
+class DeviceStats:
+    """What one device did: jobs, busy seconds (computing), out-of-memory retries, worker slots."""
+
+    slots: int = 0
+    jobs: int = 0
+    busy: float = 0.0
+    oom: int = 0
+
+
+@dataclass
+class PoolStats:
+    """Live figures of a run (read by progress displays; written by the scheduler)."""
+
+    devices: dict[str, DeviceStats] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    wall: float = 0.0
+    read_seconds: float = 0.0
+    read_bytes: int = 0
+    prefetched: int = 0
+    peak_held: int = 0
+    max_memory: int = 0
+
+    def summary(self) -> dict:
+        wall = self.wall or (time.perf_counter() - self.started)
+        busy = sum(d.busy for d in self.devices.values())
+        slots = sum(d.slots for d in self.devices.values()) or 1
+        return {
+            "wall_seconds": round(wall, 3),
+            "overlap": round(busy / max(wall * slots, 1e-9), 3),
+            "read_seconds": round(self.read_seconds, 3),
+            "prefetched": self.prefetched,
+            "peak_held_mb": round(self.peak_held / 2**20, 1),
+            "max_memory_mb": round(self.max_memory / 2**20, 1),
+            "devices": {n: {"slots": d.slots, "jobs": d.jobs, "busy_seconds": round(d.busy, 3),
+                            "utilisation": round(d.busy / max(wall * max(d.slots, 1), 1e-9), 3), "oom_retries": d.oom}
+                        for n, d in self.devices.items()},
+        }
+
+
+class _Worker(threading.Thread):
+    def __init__(self, pool: "_Pool", name: str, device: str):
+        super().__init__(name=f"streamscan-{name}", daemon=True)
+        self.pool, self.worker, self.device = pool, name, device
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def run(self) -> None:
+        if self.device != "cpu" and self.pool.compute is None:
+            torch.cuda.set_device(torch.device(self.device))
+        while (item := self.inbox.get()) is not None:
+            job, note, threads = item
+            if self.device == "cpu":
+                torch.set_num_threads(threads)
+            self.pool.finish(self, job, note, self._run(job, note))
+
+    def _run(self, job: Job, note: str | None):
+        tensor, read, err = self.pool.tensor_for(job, pin=self.device != "cpu" and self.pool.compute is None)
+        if err is not None:
+            return _error(job, self.pool.method, self.worker, err, 0.0, read)
+        try:
+            return _score(job, tensor, self.pool.method, self.worker, self.device, read, self.pool.compute)
+        except _oom_types() as oom:
+            return oom
+        finally:
+            del tensor
+
+
+class _Pool:
+    """The shared state of one run_jobs call. Every field is guarded by ``cond``."""
+
+    def __init__(self, devices: list[str], method: str, cpu_workers: int, max_memory: int, prefetch: int,
+                 memory_probe, compute, stats: PoolStats):
+        self.method, self.cond, self.stats, self.compute = method, threading.Condition(), stats, compute
+        self.cores = default_workers()
+        self.cpu_workers = cpu_workers
+        self.memory_probe = memory_probe or gpu_memory
+        self.max_memory, self.prefetch_depth = max_memory, prefetch
+        self.pending: list[Job] = []  # largest first
+        self.keys: list[float] = []  # -cost of pending, for bisect
+        self.queued_cost = 0.0
+        self.excluded: dict[str, set[str]] = {}
+        self.stalled_since: float | None = None
+        self.ready: dict[str, tuple[torch.Tensor | None, float, BaseException | None]] = {}
+        self.reading: set[str] = set()
+        self.held = 0  # bytes of RAM held: read tensors and CPU work
+        self.holds: dict[str, int] = {}
+        self.outbox: list[tuple[_Worker, Job, str | None, object]] = []
+        self.feeding = True
+        self.stopped = False
+        self.speed = dict(PRIOR_SPEED)
+        self.workers: dict[str, list[_Worker]] = {}
+        self.idle: dict[str, list[_Worker]] = {}
+        self.running: dict[str, int] = {}
+        self.chosen = list(devices)  # a fallback CPU worker (not chosen) only takes jobs no GPU can hold
+        for dev in devices:
+            count = cpu_workers if dev == "cpu" else 1
+            self._add_device(dev, count)
+
+    def _add_device(self, dev: str, count: int) -> None:
+        names = [f"cpu{i}" for i in range(count)] if dev == "cpu" else [dev]
+        self.workers[dev] = [_Worker(self, n, dev) for n in names]
+        self.idle[dev] = list(self.workers[dev])
+        self.running[dev] = 0
+        self.stats.devices[dev] = DeviceStats(slots=count)
+        for w in self.workers[dev]:
+            w.start()
+
+    # queue -----------------------------------------------------------------------------------------
+    def add(self, job: Job) -> None:
+        i = bisect.bisect_right(self.keys, -job.cost)
+        self.keys.insert(i, -job.cost)
+        self.pending.insert(i, job)
+        self.queued_cost += job.cost
+
+    def take(self, job: Job) -> None:
+        i = self.pending.index(job)
+        del self.pending[i], self.keys[i]
+        self.queued_cost -= job.cost
+
+    def feed(self, jobs: Iterable[Job], lookahead: int) -> None:
+        """Pull jobs from a lazy iterable (e.g. shards still downloading) while the queue is short."""
+        try:
+            for job in jobs:
+                with self.cond:
+                    while len(self.pending) >= lookahead and not self.stopped:
+                        self.cond.wait()
+                    if self.stopped:
+                        return
+                    self.add(job)
+                    self.cond.notify_all()
+        finally:
+            with self.cond:
+                self.feeding = False
+                self.cond.notify_all()
+
+    # memory ----------------------------------------------------------------------------------------
+    def _hold(self, key: str, nbytes: int) -> None:
+        self.holds[key] = self.holds.get(key, 0) + nbytes
+        self.held += nbytes
+        self.stats.peak_held = max(self.stats.peak_held, self.held)
+
+    def _release(self, key: str) -> None:
+        self.held -= self.holds.pop(key, 0)
+        self.cond.notify_all()
+
+    def _cpu_need(self, job: Job) -> int:
+        need = memory_bytes(job.shape, _element_size(job), self.method, "cpu")
+        return need - job.tensor.nbytes if job.name in self.ready or job.name in self.reading else need
+
+    # prefetch --------------------------------------------------------------------------------------
+    def prefetch(self) -> None:
+        """Read the jobs at the head of the queue ahead of their dispatch, within the RAM budget."""
+        pin = any(d != "cpu" for d in self.workers) and self.compute is None and torch.cuda.is_available()
+        while True:
+            with self.cond:
+                while True:
+                    if self.stopped:
+                        return
+                    job = self._next_to_read()
+                    if job is not None:
+                        break
+                    if not self.feeding and not self.pending:
+                        return
+                    self.cond.wait()
+                self.reading.add(job.name)
+                self._hold(job.name, job.tensor.nbytes)
+            tensor, seconds, err = _read(job, pin)
+            with self.cond:
+                self.reading.discard(job.name)
+                self.stats.read_seconds += seconds
+                if err is None:
+                    self.stats.read_bytes += job.tensor.nbytes
+                self.ready[job.name] = (tensor, seconds, err)
+                self.cond.notify_all()
+
+    def _next_to_read(self) -> Job | None:
+        if len(self.ready) + len(self.reading) >= self.prefetch_depth:
+            return None
+        for job in self.pending[: self.prefetch_depth + len(self.ready) + len(self.reading)]:
+            if job.name in self.ready or job.name in self.reading:
+                continue
+            if self.held + job.tensor.nbytes <= self.max_memory or self.held == 0:
+                return job
+            return None  # the head does not fit yet: wait rather than read around it
+        return None
+
+    def tensor_for(self, job: Job, pin: bool) -> tuple[torch.Tensor | None, float, BaseException | None]:
+        """The job's tensor: prefetched, being prefetched (wait), or read now."""
+        with self.cond:
+            while job.name in self.reading:
+                self.cond.wait()
+            got = self.ready.pop(job.name, None)
+            if got is not None:
+                self.stats.prefetched += 1
+                self.cond.notify_all()
+                return got
+        tensor, seconds, err = _read(job, pin)
+        with self.cond:
+            self.stats.read_seconds += seconds
+            if err is None:
+                self.stats.read_bytes += job.tensor.nbytes
+        return tensor, seconds, err
+
+    # dispatch --------------------------------------------------------------------------------------
+    def states(self) -> list[DeviceState]:
+        out = []
+        for dev in self.chosen:
+            if dev == "cpu":
+                out.append(DeviceState(dev, "cpu", self.max_memory - self.held, self.max_memory,
+                                       len(self.idle[dev]), self.speed["cpu"], self.running[dev]))
+            else:
+                free, total = self.memory_probe(dev)
+                out.append(DeviceState(dev, "cuda", free, total, len(self.idle[dev]), self.speed["cuda"],
+                                       self.running[dev]))
+        return out
+
+    def dispatch(self) -> int:
+        """Start what the policy assigns now; the number of jobs started."""
+        if not self.pending or not any(self.idle.values()):
+            return 0
+        window = self.pending[:WINDOW] + (self.pending[-WINDOW:] if len(self.pending) > WINDOW else [])
+        window = list(dict.fromkeys(window))
+        tasks = [Task(j.name, j.cost, {"cuda": memory_bytes(j.shape, _element_size(j), self.method, "cuda"),
+                                       "cpu": self._cpu_need(j)}, frozenset(self.excluded.get(j.name, ())))
+                 for j in window]
+        by_name = {j.name: j for j in window}
+        states = self.states()
+        now = time.perf_counter()
+        idle_since = self.stalled_since if self.stalled_since is not None else now
+        stalled = not any(self.running.values()) and now - idle_since >= STALL_SECONDS
+        started = 0
+        for a in assign(tasks, states, queue_cost=self.queued_cost, stalled=stalled):
+            if a.device not in self.chosen and a.device in self.idle and not self.idle[a.device]:
+                continue  # the fallback CPU worker is busy: the job waits for it
+            if a.note and stalled:
+                log.warning("%s: %s", a.key, a.note)
+            self._start(by_name[a.key], a)
+            started += 1
+        nothing_runs = not started and not any(self.running.values())
+        self.stalled_since = idle_since if nothing_runs else None
+        return started
+
+    def _start(self, job: Job, a: Assignment) -> None:
+        if a.device not in self.workers:  # a job no GPU can hold, in a pool without CPU workers
+            self._add_device("cpu", 1)
+        worker = self.idle[a.device].pop(0)
+        self.take(job)
+        self.running[a.device] += 1
+        threads = 0
+        if a.device == "cpu":
+            self._hold(job.name, self._cpu_need(job))
+            threads = cpu_threads(self.cores, self.cpu_workers, self.running["cpu"] - 1, len(self.pending),
+                                  _other_busy_cores())
+        elif job.name not in self.ready and job.name not in self.reading:
+            self._hold(job.name, job.tensor.nbytes)  # the host copy it will read
+        worker.inbox.put((job, a.note, threads))
+
+    def finish(self, worker: _Worker, job: Job, note: str | None, outcome) -> None:
+        with self.cond:
+            self.outbox.append((worker, job, note, outcome))
+            self.cond.notify_all()
+
+    def collect(self) -> list[Result]:
+        """Book the finished jobs: results out, OOMs back to the queue, slots idle again."""
+        results = []
+        for worker, job, note, outcome in self.outbox:
+            dev = worker.device
+            self.idle[dev].append(worker)
+            self.running[dev] -= 1
+            self._release(job.name)
+            self.ready.pop(job.name, None)
+            stats = self.stats.devices[dev]
+            if isinstance(outcome, Result):
+                stats.jobs += 1
+                stats.busy += outcome.seconds
+                if outcome.status != "error" and outcome.seconds > 0:
+                    rate = job.cost / outcome.seconds
+                    kind = "cpu" if dev == "cpu" else "cuda"
+                    self.speed[kind] = rate if stats.jobs == 1 else 0.7 * self.speed[kind] + 0.3 * rate
+                results.append(replace(outcome, note=note) if note else outcome)
+            else:  # out of memory: never this device again for this job
+                stats.oom += 1
+                self.excluded.setdefault(job.name, set()).add(dev)
+                log.info("%s: out of memory on %s (%s); retrying elsewhere", job.name, dev, outcome)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.add(job)
+        self.outbox.clear()
+        return results
+
+    def busy(self) -> bool:
+        return bool(self.pending or self.feeding or any(self.running.values()) or self.outbox)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        for workers in self.workers.values():
+            for w in workers:
+                w.inbox.put(None)
+
+
+def _element_size(job: Job) -> int:
+    from .index import DTYPE_BYTES
+
+    return DTYPE_BYTES.get(job.tensor.dtype, 4)
+
+
+def _read(job: Job, pin: bool) -> tuple[torch.Tensor | None, float, BaseException | None]:
+    start = time.perf_counter()
+    try:
+        tensor = read_tensor(job.tensor)
+        if pin:
+            tensor = tensor.pin_memory()
+    except Exception as err:  # becomes the job's error Result
+        return None, time.perf_counter() - start, err
+    return tensor, time.perf_counter() - start, None
+
+
+def _other_busy_cores() -> float:
+    """Cores other processes keep busy right now (system load minus ours), from psutil's counters."""
+    try:
+        total = psutil.cpu_percent(interval=None) / 100 * (psutil.cpu_count() or 1)
+        ours = psutil.Process().cpu_percent(interval=None) / 100
+        return max(0.0, total - ours)
+    except psutil.Error:
+        return 0.0
+
+
+def run_jobs(
+    jobs: Iterable[Job],
+    method: str = DEFAULT_METHOD,
+    workers: int | None = None,
+    *,
+    devices: Sequence[str] = ("cpu",),
+    max_memory: int | None = None,
+    prefetch: int | None = None,
+    stats: PoolStats | None = None,
+    memory_probe=None,
+    compute=None,
+) -> Iterator[Result]:
+    """Yield a Result per job as each finishes (any order). Closing the iterator cancels queued jobs.
+
+    ``devices``: "cpu" and/or "cuda:N" names (devices.parse_devices). ``workers``: CPU worker threads.
+    ``max_memory``: RAM bytes for read tensors and CPU work (default: available RAM minus headroom).
+    ``prefetch``: tensors read ahead (default: one per device slot). ``memory_probe(device) -> (free,
+    total)`` and ``compute(tensor, method, device) -> SNR`` replace the CUDA query and the CUDA computation
+    (tests simulate GPUs with them; ``compute`` may raise torch.OutOfMemoryError).
+    """
     workers = workers or default_workers()
+    devices = list(devices) or ["cpu"]
+    slots = sum(workers if d == "cpu" else 1 for d in devices)
+    stats = stats if stats is not None else PoolStats()
+    stats.max_memory = max_memory or default_max_memory()
     limit_heap_growth()
     before = torch.get_num_threads()
-    names = iter(range(workers))
-    local = threading.local()
-
-    def init() -> None:
-        torch.set_num_threads(1)
-        local.name = f"cpu{next(names)}"
-
-    def task(job: Job) -> Result:
-        return run_job(job, method, local.name)
-
-    pending: set[Future] = set()
-    queue = iter(jobs)
-    pool = ThreadPoolExecutor(max_workers=workers, initializer=init, thread_name_prefix="streamscan")
+    _other_busy_cores()  # starts psutil's counters
+    pool = _Pool(devices, method, workers, stats.max_memory, prefetch if prefetch is not None else slots,
+                 memory_probe, compute, stats)
+    threads = []
+    if isinstance(jobs, Sequence):
+        for job in jobs:
+            pool.add(job)
+        pool.feeding = False
+    else:
+        threads.append(threading.Thread(target=pool.feed, args=(jobs, 4 * slots + 8), daemon=True,
+                                        name="streamscan-feed"))
+    if pool.prefetch_depth > 0:
+        threads.append(threading.Thread(target=pool.prefetch, daemon=True, name="streamscan-prefetch"))
+    for t in threads:
+        t.start()
     try:
-        for job in queue:
-            pending.add(pool.submit(task, job))
-            if len(pending) >= workers:
-                break
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending.add(pool.submit(task, nxt))
-                yield fut.result()
+        while True:
+            with pool.cond:
+                results = pool.collect()
+                pool.dispatch()
+                if not results:
+                    if not pool.busy():
+                        break
+                    if not pool.outbox:
+                        pool.cond.wait(timeout=1.0)
+                    continue
+            yield from results
     finally:
-        for fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)  # an interrupt must not wait for a long SVD
+        stats.wall = time.perf_counter() - stats.started
+        pool.stop()  # queued jobs are dropped; a running SVD finishes in its daemon thread, unjournaled
         torch.set_num_threads(before)

@@ -70,6 +70,27 @@ def snr_from_singular_values(S: torch.Tensor, shape: tuple[int, int], rtol: floa
     return SNR(value, None, float(top), float(threshold), int(above.sum()))
 
 
+def memory_bytes(shape: tuple[int, int], element_size: int, method: str = DEFAULT_METHOD, kind: str = "cpu") -> int:
+    """An upper bound on the bytes a job holds on its compute device at its peak, input included.
+
+    gram64: the input as stored, one float64 chunk, the Gram (k x k float64), the largest block product
+    (k/4 x k), and eigvalsh's copy of the Gram; on CUDA, cuSOLVER's syevd workspace is budgeted as
+    another k x k. svdvals: the input, its float32/64 copy, the LAPACK/cuSOLVER copy it overwrites,
+    and a k x k workspace.
+    """
+    m, n = shape
+    k = min(m, n)
+    stored = m * n * element_size
+    if method == "gram64":
+        chunk = min(CHUNK_ELEMENTS, k * max(1, CHUNK_ELEMENTS // max(k, 1)), m * n) * 8
+        work = 8 * k * k * (1 + 0.25 + 1 + (1 if kind == "cuda" else 0))
+        return int(stored + chunk + work)
+    if method in ("svdvals32", "svdvals64"):
+        size = 4 if method == "svdvals32" else 8
+        return int(stored + 2 * m * n * size + k * k * size + (m + n) * size * 8)
+    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
 def _chunks(W: torch.Tensor, device: torch.device | str | None):
     """Yield float64 blocks X (k x w), k = min(m, n), whose X Xᵀ sum to the small-side Gram (one copy each)."""
     m, n = W.shape
