@@ -106,3 +106,25 @@ def test_degenerate_matrices_are_reported_not_crashed(tmp_path):
 @pytest.mark.parametrize("percent", ["0", "101"])
 def test_bad_percent(sharded_llama, tmp_path, percent):
     one_line_error(invoke("run", sharded_llama, "--out", tmp_path / "o", "-p", percent), "--top-percent")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("args, fragments", [
+    (["--devices", "0,1"], ["--devices 0,1: no CUDA GPU is visible here; use --devices cpu"]),
+    (["--devices", "gpu0"], ["'gpu0' is not a GPU index or 'cpu'"]),
+    (["--max-memory", "lots"], ["--max-memory lots: write it as bytes or with a unit"]),
+])
+def test_device_and_memory_options_fail_in_one_line(sharded_llama, tmp_path, args, fragments):
+    one_line_error(invoke("run", sharded_llama, "--out", tmp_path / "o", *args), *fragments)
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_run_reports_devices_and_overlap(sharded_llama, tmp_path):
+    res = invoke("run", sharded_llama, "--out", tmp_path / "o", "--devices", "cpu", "--cpu-workers", "2",
+                 "--max-memory", "64M")
+    assert res.exit_code == 0, res.output
+    assert "cpu: 30 jobs" in res.output and "overlap" in res.output
+    run = json.loads((tmp_path / "o" / "streamscan_summary.json").read_text())["run"]
+    assert run["devices"]["cpu"]["slots"] == 2 and run["devices"]["cpu"]["jobs"] == 30
+    assert run["max_memory_mb"] == 64 and run["peak_held_mb"] <= 64
+    assert 0 < run["overlap"] <= 1.0
