@@ -61,7 +61,7 @@ def scan(
     out: str | Path = DEFAULT_OUT,
     *,
     method: str = DEFAULT_METHOD,
-    devices: str = "cpu",
+    devices: str = "auto",
     cpu_workers: int | None = None,
     max_memory: int | str | None = None,
     top_percent: Iterable[float] = (),

@@ -76,11 +76,12 @@ def memory_bytes(shape: tuple[int, int], element_size: int, method: str = DEFAUL
     gram64: the input as stored, one float64 chunk, the Gram (k x k float64), the largest block product
     (k/4 x k), and eigvalsh's copy of the Gram; on CUDA, cuSOLVER's syevd workspace is budgeted as
     another k x k. svdvals: the input, its float32/64 copy, the LAPACK/cuSOLVER copy it overwrites,
-    and a k x k workspace.
+    and a k x k workspace. Both: the NaN/Inf check's boolean chunk and small eigen/SVD vectors (8 MiB + 64k).
+    Measured on CPU (RSS beyond the input): 2048x5632 107 MB vs 112 MB estimated, 4096x1024 51 vs 58.
     """
     m, n = shape
     k = min(m, n)
-    stored = m * n * element_size
+    stored = m * n * element_size + CHUNK_ELEMENTS * 2 + 64 * k
     if method == "gram64":
         chunk = min(CHUNK_ELEMENTS, k * max(1, CHUNK_ELEMENTS // max(k, 1)), m * n) * 8
         work = 8 * k * k * (1 + 0.25 + 1 + (1 if kind == "cuda" else 0))
