@@ -70,10 +70,17 @@ def measure(shape, device: str, repeat: int) -> dict:
     W[: k // 8] *= 4  # some strong directions, as trained weights have
     Wd = W.to(device)
     gram = timed(lambda: score(Wd, "gram64", device), device, repeat)
+    magma = None
+    if device != "cpu":  # the eigenvalue phase through MAGMA instead of cuSOLVER, for the record
+        torch.backends.cuda.preferred_linalg_library("magma")
+        try:
+            magma = timed(lambda: score(Wd, "gram64", device), device, repeat)
+        finally:
+            torch.backends.cuda.preferred_linalg_library("default")
     ref = timed(lambda: score(Wd, "svdvals32", device), device, repeat)
     exact = score(W, "svdvals64").snr if max(shape) * min(shape) <= 8192 * 8192 and device == "cpu" else None
     s_gram, s_ref = score(Wd, "gram64", device).snr, score(Wd, "svdvals32", device).snr
-    out = {"shape": shape, "gram64": gram, "svdvals32": ref, "snr_gram64": s_gram, "snr_svdvals32": s_ref,
+    out = {"shape": shape, "gram64": gram, "gram64_magma": magma, "svdvals32": ref, "snr_gram64": s_gram, "snr_svdvals32": s_ref,
            "rel_diff": abs(s_gram - s_ref) / abs(s_gram)}
     if exact is not None:
         out["rel_err_gram64"] = abs(s_gram - exact) / abs(exact)
@@ -106,7 +113,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device != "cpu" else "CPU"
     table = "\n".join(
         f"| {s[0]}×{s[1]} | {r['gram64']:.3f} s | {r['svdvals32']:.3f} s | {r['svdvals32'] / r['gram64']:.1f}× | "
-        f"{r['rel_diff']:.1e} | {r.get('peak_gb', float('nan')):.2f} |" for s, r in rows.items() if s in ISSUE_SHAPES)
+        f"{r['rel_diff']:.1e} | {r.get('peak_gb', float('nan')):.2f} | "
+        f"{'n/a' if r['gram64_magma'] is None else format(r['gram64_magma'], '.3f') + ' s'} |" for s, r in rows.items() if s in ISSUE_SHAPES)
     proj = []
     for model, counts in models.items():
         compute = sum(n * rows[s]["gram64"] for s, n in counts.items())
@@ -119,8 +127,8 @@ def main() -> None:
 Device: {name}{f' (dimensions divided by {sc})' if sc > 1 else ''}. bf16 weights with some strong directions; medians of {args.repeat}.
 gram64 = float64 Gram + eigvalsh (the default); svdvals32 = the reference's float32 `torch.linalg.svdvals`.
 
-| shape | gram64 | svdvals32 | speed-up | SNR rel. diff | gram64 peak GiB |
-|---|---|---|---|---|---|
+| shape | gram64 | svdvals32 | speed-up | SNR rel. diff | gram64 peak GiB | gram64, MAGMA eigvalsh |
+|---|---|---|---|---|---|---|
 {table}
 
 Projection for one device: compute = Σ over the model's matrices of its shape's measured time; I/O = bf16

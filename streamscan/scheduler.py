@@ -212,7 +212,9 @@ class _Pool:
         self.queued_cost += job.cost
 
     def take(self, job: Job) -> None:
-        i = self.pending.index(job)
+        i = bisect.bisect_left(self.keys, -job.cost)  # first job of equal cost; the job itself is near
+        while self.pending[i] is not job:
+            i += 1
         del self.pending[i], self.keys[i]
         self.queued_cost -= job.cost
 
