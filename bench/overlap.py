@@ -69,6 +69,7 @@ def main() -> None:
     gb = sum(t.nbytes for t in memory.values()) / 1e9
     rows: dict[str, list[float]] = {"floor": [], "scan": [], "scan, no prefetch": []}
     busy, summaries = [], []
+    load_before = os.getloadavg()[0]
     for r in range(args.rounds):
         wall, compute = floor(jobs, memory)
         rows["floor"].append(wall)
@@ -79,6 +80,7 @@ def main() -> None:
             if pre:
                 summaries.append(summary)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rows.items()), flush=True)
+    load_after = os.getloadavg()[0]
     med = {k: statistics.median(v) for k, v in rows.items()}
     ratio = med["scan"] / med["floor"]
     nopre = med["scan, no prefetch"] / med["floor"]
@@ -88,7 +90,8 @@ def main() -> None:
 {len(jobs)} matrices ({gb:.2f} GB bf16; hidden 1024, ffn 2816, vocab 32000, 16 layers), {workers} CPU workers
 (one torch thread each), default method, {args.rounds} alternating rounds (medians). The floor is the same
 pool on tensors already in memory; the scans read from disk after evicting the shards from the page cache.
-The machine is shared: compare the ratios, not the seconds.
+The machine is shared: compare the ratios, not the seconds (1-minute load average {load_before:.1f} before,
+{load_after:.1f} after, on {os.cpu_count()} CPUs).
 
 | run | wall (median) | ratio to floor |
 |---|---|---|
