@@ -12,7 +12,8 @@ import click
 from . import __version__
 from .errors import StreamscanError
 from .devices import default_workers, parse_devices
-from .scan import DEFAULT_OUT, inspect_model, scan, select, status
+from .distributed import DEFAULT_TIMEOUT
+from .scan import DEFAULT_OUT, inspect_model, merge, scan, select, status
 from .spectrum import DEFAULT_METHOD, METHODS
 
 
@@ -70,8 +71,16 @@ def main(debug: bool) -> None:
 @click.option("--fresh", is_flag=True, help="Discard a previous scan in --out instead of resuming it.")
 @click.option("--name", default=None, help="Model id for output file names (slug: '/' and '_' -> '-') [default: directory name].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@click.option("--distributed/--no-distributed", default=None,
+              help="Split the scan over torch.distributed ranks (RANK/WORLD_SIZE, or Slurm's SLURM_PROCID/SLURM_NTASKS) "
+                   "[default: on under torchrun].")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Scan only shard I of N, without torch.distributed; `streamscan merge` writes the outputs.")
+@click.option("--rank-timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds rank 0 waits for the other ranks at the start and the end before naming them.")
 @friendly
-def run(model, out, devices, cpu_workers, max_memory, method, top_percent, include, exclude, fresh, name, quiet):
+def run(model, out, devices, cpu_workers, max_memory, method, top_percent, include, exclude, fresh, name, quiet,
+        distributed, shard, rank_timeout):
     """Scan MODEL (a checkpoint directory or .safetensors file) and write Spectrum outputs to --out."""
     from tqdm import tqdm
 
@@ -94,13 +103,18 @@ def run(model, out, devices, cpu_workers, max_memory, method, top_percent, inclu
 
     try:
         res = scan(model, out, method=method, devices=devices, cpu_workers=cpu_workers, max_memory=max_memory,
-                   top_percent=top_percent,
-                   include=include, exclude=exclude, fresh=fresh, name=name, progress=progress)
+                   top_percent=top_percent, include=include, exclude=exclude, fresh=fresh, name=name, progress=progress,
+                   shard=shard, distributed=distributed, rank_timeout=rank_timeout)
     finally:
         if bar is not None:
             bar.close()
     s = res.summary
-    if not quiet:
+    if not quiet and "rank" in s:  # one rank or shard of a split scan: its own share
+        who = f"rank {s['rank']}" if shard is None else f"shard {s['rank']}/{s['world_size']}"
+        then = "rank 0 writes the outputs" if shard is None else f"`streamscan merge {res.out_dir}` writes the outputs once every shard is done"
+        click.echo(f"streamscan: {who}: {s['matrices']} matrices ({s['scored']} scored, {s['no_snr']} without SNR, "
+                   f"{s['failed']} failed), {s['seconds']:.1f} s -> {res.out_dir}; {then}")
+    elif not quiet:
         click.echo(
             f"streamscan: {s['matrices']} matrices ({s['scored']} scored, {s['no_snr']} without SNR, "
             f"{s['failed']} failed, {s['resumed_from_journal']} from a previous run), {s['skipped']} tensors skipped, "
@@ -133,6 +147,21 @@ def status_cmd(out, as_json):
         f"{st['model']} ({st['method']}): {st['done']}/{st['total']} matrices done, {st['remaining']} remaining, "
         f"{st['failed']} failed, {st['no_snr']} without SNR; {state}"
     )
+
+
+@main.command("merge")
+@click.argument("out", default=DEFAULT_OUT)
+@click.option("--top-percent", "-p", type=float, multiple=True, help="Also write the YAML for this percent (repeatable).")
+@friendly
+def merge_cmd(out, top_percent):
+    """Fold the rank/shard journals in OUT into one and write the outputs (after `run --shard i/N` runs)."""
+    res = merge(out, top_percent)
+    s = res.summary
+    click.echo(f"streamscan: merged {len(res.results)} of {s['matrices']} matrices from {s['ranks']} rank(s) "
+               f"({s['scored']} scored, {s['no_snr']} without SNR, {s['failed']} failed) -> {res.out_dir}")
+    missing = s["matrices"] - s["scored"] - s["no_snr"]
+    if missing:
+        _fail(f"{missing} matrices are not done yet; rerun the missing shards (or `streamscan run` on {out}) and merge again", 1)
 
 
 @main.command("select")

@@ -20,3 +20,7 @@ class JournalError(StreamscanError):
 
 class UsageError(StreamscanError):
     """Options that cannot work together or name nothing."""
+
+
+class DistributedError(StreamscanError):
+    """A rank of a split scan died, hung, or disagrees with rank 0; finished work is kept, a rerun completes it."""

@@ -2,7 +2,14 @@
 
 Line 1 is a header with the scan's fingerprint (model files, method, options) and its plan totals.
 Every later line is one Result. A torn last line (a kill mid-write) is cut off on open; a name seen
-twice keeps its last record, so nothing is counted twice. A lock file keeps a second scan out.
+twice keeps its last record (a finished record is never replaced by an error), so nothing is counted
+twice. A lock file keeps a second scan out.
+
+Ranks of a multi-node scan (and ``--shard i/N`` runs) write one journal each,
+``streamscan.journal.rank-NNNNN.jsonl``, under a shared lock on ``.streamscan.lock`` plus an exclusive
+lock of their own: ranks run side by side, while a single-process scan or a merge (exclusive lock)
+waits for none of them. What is done is the union of every journal in the directory; a single-process
+journal opened with the lock held folds the rank journals into itself.
 """
 from __future__ import annotations
 
@@ -11,7 +18,9 @@ import fcntl
 import json
 import logging
 import os
+import socket
 from pathlib import Path
+from typing import IO
 
 from .errors import JournalError
 from .plan import Result
@@ -20,7 +29,36 @@ log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "streamscan.journal.jsonl"
 LOCK_NAME = ".streamscan.lock"
+RANK_GLOB = "streamscan.journal.rank-*.jsonl"
 FORMAT = 1
+
+
+def rank_journal_name(rank: int) -> str:
+    return f"streamscan.journal.rank-{rank:05d}.jsonl"
+
+
+def rank_lock_name(rank: int) -> str:
+    return f".streamscan.rank-{rank:05d}.lock"
+
+
+def rank_journals(out_dir: str | Path) -> list[Path]:
+    """The rank journals in OUT_DIR, by rank."""
+    return sorted(Path(out_dir).glob(RANK_GLOB))
+
+
+def journal_files(out_dir: str | Path) -> list[Path]:
+    """Every journal in OUT_DIR: the single-process one first, then the rank journals by rank."""
+    main = Path(out_dir) / JOURNAL_NAME
+    return ([main] if main.is_file() else []) + rank_journals(out_dir)
+
+
+def _keep(results: dict[str, Result], result: Result) -> None:
+    """Record RESULT unless it is an error that would replace a finished record."""
+    old = results.get(result.name)
+    if old is not None and result.status == "error" and old.status != "error":
+        return
+    results.pop(result.name, None)
+    results[result.name] = result
 
 
 def _result_from(row: dict) -> Result:
@@ -30,12 +68,11 @@ def _result_from(row: dict) -> Result:
     return Result(**row)
 
 
-def read_journal(out_dir: Path) -> tuple[dict, dict[str, Result], int]:
-    """(header, results by name, byte length of the valid prefix). Raises JournalError if unreadable."""
-    path = Path(out_dir) / JOURNAL_NAME
+def _read(path: Path) -> tuple[dict, list[Result], int]:
+    """(header, every record in file order, byte length of the valid prefix). Raises JournalError if unreadable."""
     data = path.read_bytes()
     header: dict | None = None
-    results: dict[str, Result] = {}
+    rows: list[Result] = []
     good = 0
     pos = 0
     while pos < len(data):
@@ -55,43 +92,111 @@ def read_journal(out_dir: Path) -> tuple[dict, dict[str, Result], int]:
                 raise JournalError(f"{path}: not a streamscan journal; choose another --out or rerun with --fresh")
             header = row
         else:
-            result = _result_from(row)
-            results.pop(result.name, None)
-            results[result.name] = result
+            rows.append(_result_from(row))
         pos = good = end + 1
     if header is None:
         raise JournalError(f"{path}: empty journal; rerun with --fresh")
+    return header, rows, good
+
+
+def read_journal(out_dir: Path, name: str = JOURNAL_NAME) -> tuple[dict, dict[str, Result], int]:
+    """(header, results by name, byte length of the valid prefix). Raises JournalError if unreadable."""
+    header, rows, good = _read(Path(out_dir) / name)
+    results: dict[str, Result] = {}
+    for result in rows:
+        _keep(results, result)
     return header, results, good
 
 
-class Journal:
-    """An open, locked journal in OUT_DIR. Use as a context manager."""
+def read_journals(out_dir: str | Path, fingerprint: dict | None = None) -> tuple[dict | None, dict[str, Result]]:
+    """The union of every journal in OUT_DIR: (first header or None, results by name).
 
-    def __init__(self, out_dir: str | Path, header: dict, fresh: bool = False):
+    Raises JournalError if a journal is unreadable or holds a different scan (other than FINGERPRINT,
+    or than the first journal's when None).
+    """
+    header: dict | None = None
+    results: dict[str, Result] = {}
+    for path in journal_files(out_dir):
+        head, rows, _ = _read(path)
+        _check(path, head, fingerprint if fingerprint is not None else (header or head)["fingerprint"])
+        header = header or head
+        for result in rows:
+            _keep(results, result)
+    return header, results
+
+
+def _check(path: Path, old: dict, fingerprint: dict) -> None:
+    if old.get("fingerprint") != fingerprint:
+        raise JournalError(
+            f"{path}: holds a scan of {_differs(old.get('fingerprint', {}), fingerprint)}; "
+            "rerun with --fresh to replace it, or choose another --out"
+        )
+
+
+def _flock(path: Path, mode: int) -> IO[str] | None:
+    """PATH opened and flocked with MODE (non-blocking), or None if another process holds it."""
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
+
+
+def holders(out_dir: str | Path) -> str:
+    """Who holds OUT_DIR's locks, as written in the lock files (for error messages)."""
+    found = []
+    for path in [Path(out_dir) / LOCK_NAME] + sorted(Path(out_dir).glob(".streamscan.rank-*.lock")):
+        fh = _flock(path, fcntl.LOCK_SH) if path.exists() else None
+        if fh is not None:  # nobody writes to it
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+        elif path.exists():
+            found.append(path.read_text().strip() or "another process")
+    return ", ".join(found) or "another process"
+
+
+class Journal:
+    """An open, locked journal in OUT_DIR. Use as a context manager.
+
+    With RANK, the rank's own journal (shared directory lock, exclusive rank lock); its ``results`` are
+    the rank's own records. Without, the single-process journal (exclusive directory lock): rank
+    journals found in the directory are folded into it on open, so ``results`` is everything done.
+    """
+
+    def __init__(self, out_dir: str | Path, header: dict, fresh: bool = False, *, rank: int | None = None):
         self.dir = Path(out_dir)
-        self.path = self.dir / JOURNAL_NAME
+        self.rank = rank
+        self.path = self.dir / (JOURNAL_NAME if rank is None else rank_journal_name(rank))
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.dir / LOCK_NAME, "a+")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.seek(0)
-            holder = self._lock.read().strip() or "another process"
-            self._lock.close()
-            raise JournalError(f"{self.dir}: another scan ({holder}) is writing here; wait for it or use another --out")
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(f"pid {os.getpid()}")
-        self._lock.flush()
-        self.results: dict[str, Result] = {}
-        if self.path.exists() and not fresh:
-            old, self.results, good = read_journal(self.dir)
-            if old.get("fingerprint") != header["fingerprint"]:
+        self._locks: list[IO[str]] = []
+        self._fh = None
+        who = f"pid {os.getpid()}" if rank is None else f"rank {rank} pid {os.getpid()} on {socket.gethostname()}"
+        for name, mode in ([(LOCK_NAME, fcntl.LOCK_EX)] if rank is None else
+                           [(LOCK_NAME, fcntl.LOCK_SH), (rank_lock_name(rank), fcntl.LOCK_EX)]):
+            fh = _flock(self.dir / name, mode)
+            if fh is None:
                 self.close()
-                raise JournalError(
-                    f"{self.dir}: holds a scan of {_differs(old.get('fingerprint', {}), header['fingerprint'])}; "
-                    "rerun with --fresh to replace it, or choose another --out"
-                )
+                raise JournalError(f"{self.dir}: another scan ({holders(self.dir)}) is writing here; "
+                                   "wait for it or use another --out")
+            self._locks.append(fh)
+        lock = self._locks[-1]
+        lock.seek(0)
+        lock.truncate()
+        lock.write(who)
+        lock.flush()
+        self.results: dict[str, Result] = {}
+        if fresh and rank is None:
+            for path in rank_journals(self.dir):
+                path.unlink()
+        if self.path.exists() and not fresh:
+            old, self.results, good = read_journal(self.dir, self.path.name)
+            try:
+                _check(self.dir, old, header["fingerprint"])
+            except JournalError:
+                self.close()
+                raise
             self.header = old
             self._fh = open(self.path, "r+b")
             self._fh.truncate(good)
@@ -100,17 +205,48 @@ class Journal:
             self.header = header
             self._fh = open(self.path, "wb")
             self._write(header)
+        if rank is None:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Append every rank journal's records (all of them: duplicates stay visible) and remove the files."""
+        paths = rank_journals(self.dir)
+        rows: list[Result] = []
+        try:
+            for path in paths:
+                head, found, _ = _read(path)
+                _check(path, head, self.header["fingerprint"])
+                rows += found
+        except JournalError:
+            self.close()
+            raise
+        if rows:
+            self._write_many(rows)
+        for path in paths:
+            path.unlink()
+            rank = int(path.name[len("streamscan.journal.rank-"):-len(".jsonl")])
+            (self.dir / rank_lock_name(rank)).unlink(missing_ok=True)
+        if paths:
+            log.info("%s: folded %d rank journal(s) into %s", self.dir, len(paths), self.path.name)
 
     def _write(self, row: dict) -> None:
         self._fh.write(json.dumps(row, allow_nan=False, separators=(",", ":")).encode() + b"\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
+    def _write_many(self, results: list[Result]) -> None:
+        """Append many records with one fsync (folding rank journals)."""
+        self._fh.write(b"".join(json.dumps(dataclasses.asdict(r), allow_nan=False, separators=(",", ":")).encode()
+                                + b"\n" for r in results))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        for result in results:
+            _keep(self.results, result)
+
     def append(self, result: Result) -> None:
         """Record a finished job durably; only then does it count as done."""
         self._write(dataclasses.asdict(result))
-        self.results.pop(result.name, None)
-        self.results[result.name] = result
+        _keep(self.results, result)
 
     def done(self) -> frozenset[str]:
         """Names that need no more work (errors are retried)."""
@@ -120,9 +256,10 @@ class Journal:
         if getattr(self, "_fh", None) is not None:
             self._fh.close()
             self._fh = None
-        if not self._lock.closed:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+        while self._locks:
+            lock = self._locks.pop()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
 
     def __enter__(self) -> "Journal":
         return self

@@ -1,16 +1,20 @@
 """The pipeline: resolve -> index -> plan -> (read, schedule, compute) -> journal -> report."""
 from __future__ import annotations
 
+import logging
+import os
 import resource
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .errors import JournalError, UsageError
+from .distributed import DEFAULT_TIMEOUT, Group, Rank, assign, digest, from_env, local_devices, parse_shard, share
+from .errors import DistributedError, JournalError, UsageError
 from .index import CheckpointIndex, build_index
-from .journal import Journal, is_locked, read_journal
+from .journal import Journal, is_locked, journal_files, read_journals
 from .layout import module_name
 from .plan import Plan, Result, make_plan
 from .report import write_outputs, write_yaml
@@ -18,6 +22,8 @@ from .devices import default_workers, parse_devices, parse_size
 from .scheduler import PoolStats, run_jobs
 from .source import resolve, slugify
 from .spectrum import DEFAULT_METHOD, METHODS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_OUT = "model_snr_results"
 Progress = Callable[[Result, int, int, int], None]  # (result, done, total, bytes read this run)
@@ -70,19 +76,26 @@ def scan(
     fresh: bool = False,
     name: str | None = None,
     progress: Progress | None = None,
+    shard: str | None = None,
+    distributed: bool | None = None,
+    rank_timeout: float = DEFAULT_TIMEOUT,
 ) -> ScanResult:
     """Score every target matrix of MODEL, resuming the scan in OUT if there is one, and write the outputs.
 
     ``devices``: "auto" (every visible GPU, else the CPU), "cpu", or GPU indices mixed with "cpu" ("0,1,cpu").
     ``max_memory``: RAM for tensors read ahead and CPU work, bytes or "24G" (default: available minus headroom).
+
+    Split scans: under torchrun (or with DISTRIBUTED=True and a launcher's RANK/WORLD_SIZE or Slurm
+    variables) each rank scans its share and rank 0 merges and writes the outputs; with SHARD="i/N" this
+    process scans shard i of N alone and writes only its journal (``merge`` writes the outputs). In a
+    split scan "auto" devices are the rank's own GPUs on its node (GPU g to local rank g mod ranks per node).
     """
     if method not in METHODS:
         raise UsageError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
-    percents = sorted(set(float(p) for p in top_percent))
-    if any(not 0 < p <= 100 for p in percents):
-        raise UsageError(f"--top-percent {percents}: each must be in (0, 100]")
+    percents = _percents(top_percent)
     pool = parse_devices(devices)
     budget = parse_size(max_memory)
+    ranks = _rank(shard, distributed)
     include, exclude = tuple(include), tuple(exclude)
     started = time.perf_counter()
     index, full = inspect_model(model, include, exclude)
@@ -100,24 +113,151 @@ def scan(
         "skipped": [[s.name, s.reason] for s in full.skipped],
     }
     out_dir = Path(out)
+    if ranks is not None:
+        run = dict(method=method, workers=cpu_workers or ranks.cpu_workers(), progress=progress, started=started,
+                   pool=local_devices(devices, pool, ranks), budget=budget)
+        if not ranks.coordinated:
+            return _scan_shard(full, header, out_dir, ranks, fresh, **run)
+        return _scan_ranks(full, header, out_dir, ranks, fresh, percents, rank_timeout, **run)
     workers = cpu_workers or default_workers()
     stats = PoolStats()
-    read_bytes = 0
     with Journal(out_dir, header, fresh=fresh) as journal:
         plan = make_plan(index, include, exclude, journal.done())
         resumed = len(plan.done)
-        sizes = {j.name: j.tensor.nbytes for j in plan.jobs}
-        results = run_jobs(plan.jobs, method, workers, devices=pool, max_memory=budget, stats=stats)
-        for done, result in enumerate(results, start=resumed + 1):
-            journal.append(result)
-            read_bytes += sizes[result.name]
-            if progress:
-                progress(result, done, full.total, read_bytes)
+        _execute(journal, plan.jobs, method, workers, progress, resumed, full.total, pool=pool, budget=budget, stats=stats)
         results = [journal.results[n] for n in header["targets"] if n in journal.results]
     summary = _summary(header, results, method, workers, time.perf_counter() - started, resumed)
     summary["run"] = stats.summary() if plan.jobs else None
     summary["placement_notes"] = {r.name: r.note for r in results if r.note}
     paths = write_outputs(out_dir, slug, results, percents, _all_names(header), summary)
+    return ScanResult(out_dir, results, summary, paths)
+
+
+def _execute(journal: Journal, jobs, method: str, workers: int, progress: Progress | None, resumed: int, total: int,
+             rank: Rank | None = None, *, pool: list[str], budget: int | None, stats: PoolStats) -> None:
+    """Run JOBS and journal each result as it finishes (tagged with the rank in a split scan)."""
+    read_bytes = 0
+    sizes = {j.name: j.tensor.nbytes for j in jobs}
+    results = run_jobs(jobs, method, workers, devices=pool, max_memory=budget, stats=stats)
+    for done, result in enumerate(results, start=resumed + 1):
+        journal.append(rank.tag(result) if rank else result)
+        read_bytes += sizes[result.name]
+        if progress:
+            progress(result, done, total, read_bytes)
+
+
+def _percents(top_percent: Iterable[float]) -> list[float]:
+    percents = sorted(set(float(p) for p in top_percent))
+    if any(not 0 < p <= 100 for p in percents):
+        raise UsageError(f"--top-percent {percents}: each must be in (0, 100]")
+    return percents
+
+
+def _rank(shard: str | None, distributed: bool | None) -> Rank | None:
+    """This process's place in a split scan: --shard, torchrun's environment, or None (a whole scan)."""
+    if shard is not None:
+        if distributed:
+            raise UsageError("--shard and --distributed exclude each other: use one way to split the scan")
+        return parse_shard(shard)
+    if distributed is False:
+        return None
+    rank = from_env(slurm=bool(distributed))
+    if rank is None and distributed:
+        raise UsageError("--distributed: no RANK/WORLD_SIZE (or SLURM_PROCID/SLURM_NTASKS) in the environment; "
+                         "launch with torchrun or srun, or use --shard i/N")
+    return rank
+
+
+def _rank_header(header: dict, rank: Rank) -> dict:
+    return dict(header, rank={"rank": rank.rank, "world": rank.world, "coordinated": rank.coordinated,
+                              "host": socket.gethostname(), "pid": os.getpid()})
+
+
+def _done(results: dict[str, Result]) -> frozenset[str]:
+    return frozenset(n for n, r in results.items() if r.status != "error")
+
+
+def _run_share(header: dict, out_dir: Path, rank: Rank, done: frozenset[str], jobs: list, method: str, workers: int,
+               progress: Progress | None, started: float, pool: list[str], budget: int | None) -> ScanResult:
+    """Scan this rank's JOBS into its own journal; the result holds the rank's own records."""
+    stats = PoolStats()
+    with Journal(out_dir, _rank_header(header, rank), rank=rank.rank) as journal:
+        show = progress if not (rank.coordinated and rank.rank) else None  # one bar per terminal
+        _execute(journal, jobs, method, workers, show, 0, len(jobs), rank, pool=pool, budget=budget, stats=stats)
+        own = [journal.results[j.name] for j in jobs if j.name in journal.results]
+    summary = _summary(header, own, method, workers, time.perf_counter() - started, len(done))
+    summary.update(matrices=len(jobs), rank=rank.rank, world_size=rank.world, devices=pool,
+                   run=stats.summary() if jobs else None)
+    return ScanResult(out_dir, own, summary, [])
+
+
+def _scan_shard(full: Plan, header: dict, out_dir: Path, rank: Rank, fresh: bool, **run) -> ScanResult:
+    """--shard i/N: no coordination; the split is over every target, so shards agree whenever they start."""
+    if fresh:
+        raise UsageError("--fresh with --shard: shards share --out; empty it once before starting them instead")
+    _, found = read_journals(out_dir, header["fingerprint"])
+    done = _done(found)
+    missing = [j for j in full.jobs if j.name not in done]
+    return _run_share(header, out_dir, rank, done, share(rank, missing, full.jobs), **run)
+
+
+def _scan_ranks(full: Plan, header: dict, out_dir: Path, rank: Rank, fresh: bool, percents: list[float],
+                timeout: float, **run) -> ScanResult:
+    """torchrun: rank 0 says what is done, each rank scans its share, rank 0 merges and writes the outputs."""
+
+    def lead() -> list[str]:  # rank 0, before anyone writes: fold what earlier runs left, refuse a busy dir
+        with Journal(out_dir, header, fresh=fresh) as journal:
+            return sorted(journal.done())
+
+    with Group(rank, timeout) as group:
+        done = frozenset(group.start(digest(header["fingerprint"]), lead))
+        shares = assign([j for j in full.jobs if j.name not in done], rank.world)
+        mine = _run_share(header, out_dir, rank, done, shares[rank.rank], **run)
+        late = group.finish()
+    if rank.rank != 0:
+        return mine
+    try:
+        res = merge(out_dir, percents, started=run["started"], resumed=len(done), workers=run["workers"])
+    except JournalError:  # a late rank still holds its journal: write what is done, fold later
+        res = merge(out_dir, percents, started=run["started"], resumed=len(done), workers=run["workers"], fold=False)
+    recorded = {r.name for r in res.results}
+    short = {r: sum(j.name not in recorded for j in jobs) for r, jobs in enumerate(shares)}
+    short = {r: n for r, n in short.items() if n}
+    if short:
+        who = ", ".join(f"{group.who(r)}: {n} of {len(shares[r])} matrices missing" for r, n in short.items())
+        raise DistributedError(f"{who}; {'it' if len(short) == 1 else 'they'} did not finish within {timeout:g} s "
+                               f"(--rank-timeout) or died; the outputs in {out_dir} hold the {len(recorded)} of "
+                               f"{len(header['targets'])} done; rerun the same command (any world size) to finish")
+    if late:
+        log.warning("%s did not reach the final barrier, but every matrix is recorded", group._late(late, "it"))
+    return res
+
+
+def merge(out: str | Path, top_percent: Iterable[float] = (), *, fold: bool = True, started: float | None = None,
+          resumed: int = 0, workers: int | None = None) -> ScanResult:
+    """Fold the rank and shard journals in OUT into its single-process journal and write the outputs.
+
+    With FOLD=False the journals are only read (a rank may still write to its own). Outputs are those a
+    single-process scan writes, identical for identical results.
+    """
+    started = time.perf_counter() if started is None else started
+    percents = _percents(top_percent)
+    out_dir = Path(out)
+    header, found = read_journals(out_dir)
+    if header is None:
+        raise JournalError(f"{out_dir}: no streamscan scan here; run `streamscan run MODEL --out {out_dir}` first")
+    header = {k: v for k, v in header.items() if k != "rank"}
+    if fold:
+        with Journal(out_dir, header) as journal:
+            header, found = journal.header, journal.results
+    results = [found[n] for n in header["targets"] if n in found]
+    labels = {r.worker for r in results}
+    ranks = {w.split("/")[0] for w in labels if "/" in w}
+    summary = _summary(header, results, header["fingerprint"]["method"], workers or len(labels),
+                       time.perf_counter() - started, resumed)
+    summary["ranks"] = len(ranks) or 1
+    summary["placement_notes"] = {r.name: r.note for r in results if r.note}
+    paths = write_outputs(out_dir, header["slug"], results, percents, _all_names(header), summary)
     return ScanResult(out_dir, results, summary, paths)
 
 
@@ -153,9 +293,9 @@ def _summary(header: dict, results: list[Result], method: str, workers: int, sec
 def load_results(out: str | Path) -> tuple[dict, list[Result]]:
     """The journal header and the results recorded so far (a finished or partial scan)."""
     out_dir = Path(out)
-    if not (out_dir / "streamscan.journal.jsonl").is_file():
+    if not journal_files(out_dir):
         raise JournalError(f"{out_dir}: no streamscan scan here; run `streamscan run MODEL --out {out_dir}` first")
-    header, by_name, _ = read_journal(out_dir)
+    header, by_name = read_journals(out_dir)
     return header, [by_name[n] for n in header["targets"] if n in by_name]
 
 
