@@ -77,7 +77,7 @@ def main(debug: bool) -> None:
 @click.option("--shard", default=None, metavar="I/N",
               help="Scan only shard I of N, without torch.distributed; `streamscan merge` writes the outputs.")
 @click.option("--rank-timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
-              help="Seconds rank 0 waits for the other ranks at the start and the end before naming them.")
+              help="Seconds rank 0 waits at the end for the other ranks before naming the missing ones.")
 @friendly
 def run(model, out, devices, cpu_workers, max_memory, method, top_percent, include, exclude, fresh, name, quiet,
         distributed, shard, rank_timeout):

@@ -35,7 +35,8 @@ from .devices import default_workers
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 1800.0  # seconds rank 0 waits at the start and at the end for the slowest rank
+DEFAULT_TIMEOUT = 1800.0  # seconds rank 0 waits at the end for the slowest rank (--rank-timeout)
+START_TIMEOUT = 600.0  # at least this long for every rank to come up (imports, headers, downloads)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ class Group:
     def __init__(self, rank: Rank, timeout: float = DEFAULT_TIMEOUT):
         self.rank = rank
         self.timeout = timeout
+        self.start_timeout = max(timeout, START_TIMEOUT)
         self.peers: list[dict] = []
         self._owned = False
         self._group = None
@@ -162,7 +164,7 @@ class Group:
                 raise UsageError("--distributed: MASTER_ADDR/MASTER_PORT are not set; launch with torchrun, or export "
                                  "them (Slurm: MASTER_ADDR=first host of $SLURM_JOB_NODELIST, any free MASTER_PORT)")
             dist.init_process_group("gloo", init_method="env://", rank=self.rank.rank, world_size=self.rank.world,
-                                    timeout=datetime.timedelta(seconds=self.timeout))
+                                    timeout=datetime.timedelta(seconds=self.start_timeout))
             self._owned = True
         elif (dist.get_rank(), dist.get_world_size()) != (self.rank.rank, self.rank.world):
             raise UsageError(f"torch.distributed is rank {dist.get_rank()} of {dist.get_world_size()}, "
@@ -201,9 +203,9 @@ class Group:
         """
         import torch.distributed as dist
 
-        failed = self._barrier(self.timeout, "start")
+        failed = self._barrier(self.start_timeout, "start")
         if failed:
-            raise DistributedError(self._late(failed, "the start") if self.rank.rank == 0 else
+            raise DistributedError(self.late(failed, "the start", self.start_timeout) if self.rank.rank == 0 else
                                    f"rank {self.rank.rank}: the start barrier failed ({failed})")
         info = {"fingerprint": mine, "host": socket.gethostname(), "pid": os.getpid()}
         if self.rank.rank == 0:
@@ -234,5 +236,5 @@ class Group:
                                    "results are journaled, see rank 0's message and rerun to finish")
         return failed  # type: ignore[return-value]
 
-    def _late(self, failed: Sequence[int | str], where: str) -> str:
-        return f"{', '.join(self.who(r) for r in failed)} did not reach {where} within {self.timeout:g} s (--rank-timeout)"
+    def late(self, failed: Sequence[int | str], where: str, timeout: float | None = None) -> str:
+        return f"{', '.join(self.who(r) for r in failed)} did not reach {where} within {timeout or self.timeout:g} s"

@@ -229,7 +229,7 @@ def _scan_ranks(full: Plan, header: dict, out_dir: Path, rank: Rank, fresh: bool
                                f"(--rank-timeout) or died; the outputs in {out_dir} hold the {len(recorded)} of "
                                f"{len(header['targets'])} done; rerun the same command (any world size) to finish")
     if late:
-        log.warning("%s did not reach the final barrier, but every matrix is recorded", group._late(late, "it"))
+        log.warning("%s, but every matrix is recorded", group.late(late, "the final barrier"))
     return res
 
 
@@ -252,7 +252,7 @@ def merge(out: str | Path, top_percent: Iterable[float] = (), *, fold: bool = Tr
             header, found = journal.header, journal.results
     results = [found[n] for n in header["targets"] if n in found]
     labels = {r.worker for r in results}
-    ranks = {w.split("/")[0] for w in labels if "/" in w}
+    ranks = {w.split("/")[0] for w in labels if "/" in w}  # the ranks or shards that computed results
     summary = _summary(header, results, header["fingerprint"]["method"], workers or len(labels),
                        time.perf_counter() - started, resumed)
     summary["ranks"] = len(ranks) or 1
