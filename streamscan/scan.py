@@ -187,7 +187,7 @@ def _run_share(header: dict, out_dir: Path, rank: Rank, done: frozenset[str], jo
         own = [journal.results[j.name] for j in jobs if j.name in journal.results]
     summary = _summary(header, own, method, workers, time.perf_counter() - started, len(done))
     summary.update(matrices=len(jobs), rank=rank.rank, world_size=rank.world, devices=pool,
-                   run=stats.summary() if jobs else None)
+                   run=stats.summary() if jobs else None, placement_notes={r.name: r.note for r in own if r.note})
     return ScanResult(out_dir, own, summary, [])
 
 
