@@ -218,11 +218,11 @@ class Group:
         if "error" in self.peers[0]:
             name, message = self.peers[0]["error"]
             raise getattr(errors, name, StreamscanError)(message)
-        differ = [r for r, p in enumerate(self.peers) if p["fingerprint"] != mine]
+        differ = [r for r, p in enumerate(self.peers) if p["fingerprint"] != self.peers[0]["fingerprint"]]
         if differ:
             raise DistributedError(
-                f"{', '.join(self.who(r) for r in differ)} see(s) other checkpoint files or scan options than "
-                f"{self.who(self.rank.rank)}; give every rank the same MODEL revision and options")
+                f"{', '.join(self.who(r) for r in differ)} read other checkpoint files or scan options than "
+                f"{self.who(0)}; give every rank the same MODEL revision and options")
         return self.peers[0]["lead"]
 
     def finish(self) -> list[int | str] | None:

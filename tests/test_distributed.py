@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 
 import streamscan
 from streamscan.cli import main
-from streamscan.distributed import Rank, assign, from_env, parse_shard, share
+from streamscan.distributed import Rank, assign, from_env, local_devices, parse_shard, share
 from streamscan.errors import JournalError, UsageError
 from streamscan.index import build_index
 from streamscan.journal import JOURNAL_NAME, Journal, is_locked, rank_journal_name, read_journals
@@ -77,6 +78,16 @@ def test_rank_from_torchrun_and_slurm_environments():
             parse_shard(bad)
     with pytest.raises(UsageError, match="RANK=8"):
         from_env({"RANK": "8", "WORLD_SIZE": "8"})
+
+
+def test_auto_devices_are_the_ranks_own_gpus():
+    gpus = [f"cuda:{i}" for i in range(4)]
+    assert [local_devices("auto", gpus, Rank(r, 8, r % 4, 4, True)) for r in range(4, 6)] == [["cuda:0"], ["cuda:1"]]
+    assert local_devices("auto", gpus, Rank(1, 2, 1, 2, True)) == ["cuda:1", "cuda:3"]  # 2 ranks, 4 GPUs
+    assert local_devices("auto", gpus[:1], Rank(3, 4, 3, 4, True)) == ["cuda:0"]  # more ranks than GPUs share
+    assert local_devices("0,cpu", ["cuda:0", "cpu"], Rank(1, 2, 1, 2, True)) == ["cuda:0", "cpu"]  # as named
+    assert local_devices("auto", ["cpu"], Rank(1, 2, 1, 2, True)) == ["cpu"]
+    assert Rank(0, 4, 0, 2).cpu_workers() == max(1, __import__("psutil").cpu_count(logical=False) // 2)
 
 
 # --- rank journals ---------------------------------------------------------------------------------------------
@@ -154,9 +165,9 @@ def test_shard_option_errors_are_one_line(sharded_llama, tmp_path):
 
 @pytest.fixture(scope="module")
 def medium(tmp_path_factory) -> tuple[Path, Path]:
-    """A checkpoint with ~90 matrices (seconds of work per rank) and its single-process scan."""
-    ck = write_llama(tmp_path_factory.mktemp("ck") / "medium", LlamaShape(layers=12, hidden=320, ffn=864, kv=64,
-                                                                           vocab=1024), layers_per_shard=4)
+    """A checkpoint with 58 matrices (about a second of work per rank) and its single-process scan."""
+    ck = write_llama(tmp_path_factory.mktemp("ck") / "medium", LlamaShape(layers=8, hidden=256, ffn=704, kv=64,
+                                                                           vocab=768), layers_per_shard=3)
     ref = streamscan.scan(ck, tmp_path_factory.mktemp("ref"), top_percent=[25], cpu_workers=1)
     return ck, ref.out_dir
 
@@ -231,9 +242,11 @@ def test_a_hung_rank_is_named_and_rank_0_writes_what_is_done(medium, tmp_path):
     ck, ref = medium
     out = tmp_path / "hung"
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
-    cmd = [sys.executable, "-m", "streamscan", "run", str(ck), "--out", str(out), "-q", "-p", "25", "--cpu-workers", "1",
-           "--rank-timeout", "3"]
-    procs = [subprocess.Popen(cmd + ["--distributed"], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+    copy = tmp_path / "own-cache" / ck.name  # each rank may read its own copy (its own HF cache)
+    shutil.copytree(ck, copy)
+    procs = [subprocess.Popen([sys.executable, "-m", "streamscan", "run", str(copy if r else ck), "--out", str(out), "-q",
+                               "-p", "25", "--cpu-workers", "1", "--rank-timeout", "3", "--distributed"],
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
     wait_for(out / rank_journal_name(1), 4, procs[1])
     pid = rank_pid(out, 1)
@@ -254,3 +267,19 @@ def test_a_hung_rank_is_named_and_rank_0_writes_what_is_done(medium, tmp_path):
     assert outputs(out) == outputs(ref)
     names = journal_names(out / JOURNAL_NAME)
     assert len(names) == len(set(names)) == len(full)
+
+
+@pytest.mark.slow
+def test_ranks_reading_different_checkpoints_all_stop_before_scanning(sharded_llama, tmp_path):
+    other = write_llama(tmp_path / "other" / sharded_llama.name, LlamaShape(layers=4, ffn=192), layers_per_shard=2)
+    out = tmp_path / "mixed"
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    procs = [subprocess.Popen([sys.executable, "-m", "streamscan", "run", str(other if r else sharded_llama), "--out",
+                               str(out), "-q", "--cpu-workers", "1"], env=dict(env, RANK=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2]
+    for err in errs:
+        line = [x for x in err.splitlines() if x.startswith("streamscan: error:")]
+        assert len(line) == 1 and "rank 1 (pid" in line[0] and "other checkpoint files or scan options than rank 0" in line[0]
+    assert read_journals(out)[1] == {} and not list(out.glob("streamscan.journal.rank-*"))
