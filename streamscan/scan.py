@@ -253,7 +253,7 @@ def merge(out: str | Path, top_percent: Iterable[float] = (), *, fold: bool = Tr
     results = [found[n] for n in header["targets"] if n in found]
     labels = {r.worker for r in results}
     ranks = {w.split("/")[0] for w in labels if "/" in w}  # the ranks or shards that computed results
-    summary = _summary(header, results, header["fingerprint"]["method"], workers or len(labels),
+    summary = _summary(header, results, header["fingerprint"]["method"], workers,
                        time.perf_counter() - started, resumed)
     summary["ranks"] = len(ranks) or 1
     summary["placement_notes"] = {r.name: r.note for r in results if r.note}
