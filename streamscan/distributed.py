@@ -25,13 +25,15 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+import torch.distributed as dist
 
 from . import errors
 from .errors import DistributedError, StreamscanError, UsageError
-from .plan import Job, Result
 from .devices import default_workers
+from .plan import Job, Result
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,10 @@ def _failed_ranks(message: str) -> list[int]:
     return [int(r) for r in re.findall(r"\d+", match[1])] if match else []
 
 
+def _first_sentence(message: str) -> str:
+    return re.split(r"(?<=\.)\s", message.strip(), maxsplit=1)[0]
+
+
 class Group:
     """The torch.distributed side of a coordinated scan: set up, start collective, final barrier."""
 
@@ -155,8 +161,6 @@ class Group:
         self._group = None
 
     def __enter__(self) -> "Group":
-        import torch.distributed as dist
-
         if not dist.is_available():
             raise UsageError("this torch build has no torch.distributed; use --shard i/N and `streamscan merge`")
         if not dist.is_initialized():
@@ -175,34 +179,28 @@ class Group:
         return self
 
     def __exit__(self, *exc) -> None:
-        import torch.distributed as dist
-
         if self._owned and dist.is_initialized():
             dist.destroy_process_group()
 
     def _barrier(self, timeout: float, where: str) -> list[int] | str | None:
         """None when every rank arrived; else the missing ranks (rank 0) or the error text (others)."""
-        import torch.distributed as dist
-
         try:
             dist.monitored_barrier(self._group, timeout=datetime.timedelta(seconds=timeout), wait_all_ranks=True)
         except RuntimeError as err:
             log.debug("%s barrier: %s", where, err)
-            return (_failed_ranks(str(err)) or ["?"]) if self.rank.rank == 0 else str(err).splitlines()[0]
+            return (_failed_ranks(str(err)) or ["?"]) if self.rank.rank == 0 else _first_sentence(str(err))
         return None
 
     def who(self, rank: int | str) -> str:
         peer = self.peers[rank] if isinstance(rank, int) and rank < len(self.peers) else {}
         return f"rank {rank}" + (f" (pid {peer['pid']} on {peer['host']})" if peer else "")
 
-    def start(self, mine: dict, lead) -> dict:
+    def start(self, mine: str, lead: Callable[[], object]) -> object:
         """Every rank present, then everyone gets rank 0's LEAD() and checks MINE agrees across ranks.
 
         MINE is this rank's fingerprint digest; LEAD runs on rank 0 only (reads what is done) and its
         value, or the error it raised, reaches every rank, so all of them go on or stop together.
         """
-        import torch.distributed as dist
-
         failed = self._barrier(self.start_timeout, "start")
         if failed:
             raise DistributedError(self.late(failed, "the start", self.start_timeout) if self.rank.rank == 0 else

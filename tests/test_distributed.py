@@ -160,6 +160,21 @@ def test_shard_option_errors_are_one_line(sharded_llama, tmp_path):
         assert result.exit_code == 2 and fragment in result.output and len(result.output.strip().splitlines()) == 1
 
 
+def test_a_world_of_one_in_process_scans_merges_and_passes_rank_0_errors_on(sharded_llama, tmp_path, monkeypatch):
+    ref = streamscan.scan(sharded_llama, tmp_path / "ref", top_percent=[25], cpu_workers=1)
+    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "world1"
+    res = streamscan.scan(sharded_llama, out, top_percent=[25], cpu_workers=1)  # torchrun's environment: split
+    assert outputs(out) == outputs(ref.out_dir) and res.summary["ranks"] == 1
+    assert {r.worker for r in res.results} == {"rank0/cpu0"} and not list(out.glob("streamscan.journal.rank-*"))
+    with pytest.raises(JournalError, match="different method"):  # raised on rank 0, re-raised on every rank
+        streamscan.scan(sharded_llama, out, method="svdvals64", cpu_workers=1)
+    plain = streamscan.scan(sharded_llama, tmp_path / "plain", cpu_workers=1, distributed=False)
+    assert {r.worker for r in plain.results} == {"cpu0"}
+
+
 # --- torchrun and raw launchers on gloo (real processes) ---------------------------------------------------------
 
 
