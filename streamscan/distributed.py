@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -157,6 +158,7 @@ class Group:
         self.timeout = timeout
         self.start_timeout = max(timeout, START_TIMEOUT)
         self.peers: list[dict] = []
+        self.waited = 0.0  # seconds the final barrier took
         self._owned = False
         self._group = None
 
@@ -228,7 +230,9 @@ class Group:
 
         Other ranks wait twice as long, so that rank 0 is the one to judge and report a missing rank.
         """
+        since = time.monotonic()
         failed = self._barrier(self.timeout if self.rank.rank == 0 else 2 * self.timeout, "final")
+        self.waited = time.monotonic() - since
         if failed and self.rank.rank != 0:
             raise DistributedError(f"rank {self.rank.rank}: lost rank 0 at the final barrier ({failed}); this rank's "
                                    "results are journaled, see rank 0's message and rerun to finish")

@@ -225,9 +225,11 @@ def _scan_ranks(full: Plan, header: dict, out_dir: Path, rank: Rank, fresh: bool
     short = {r: n for r, n in short.items() if n}
     if short:
         who = ", ".join(f"{group.who(r)}: {n} of {len(shares[r])} matrices missing" for r, n in short.items())
-        raise DistributedError(f"{who}; {'it' if len(short) == 1 else 'they'} did not finish within {timeout:g} s "
-                               f"(--rank-timeout) or died; the outputs in {out_dir} hold the {len(recorded)} of "
-                               f"{len(header['targets'])} done; rerun the same command (any world size) to finish")
+        why = (f"did not finish within {timeout:g} s (--rank-timeout)" if group.waited >= 0.9 * timeout
+               else "died or lost contact")
+        raise DistributedError(f"{who}; {'it' if len(short) == 1 else 'they'} {why}; the outputs in {out_dir} hold the "
+                               f"{len(recorded)} of {len(header['targets'])} done; rerun the same command (any world "
+                               "size) to finish")
     if late:
         log.warning("%s, but every matrix is recorded", group.late(late, "the final barrier"))
     return res

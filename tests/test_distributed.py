@@ -271,7 +271,7 @@ def test_a_hung_rank_is_named_and_rank_0_writes_what_is_done(medium, tmp_path):
         assert procs[0].returncode == 2
         message = [line for line in err.splitlines() if line.startswith("streamscan: error:")]
         assert len(message) == 1 and f"rank 1 (pid {pid} on {socket.gethostname()})" in message[0]
-        assert "matrices missing" in message[0] and "rerun the same command" in message[0]
+        assert "matrices missing; it did not finish within 3 s" in message[0] and "rerun the same command" in message[0]
     finally:
         procs[1].kill()
         procs[1].wait()
