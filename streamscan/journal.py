@@ -7,8 +7,8 @@ twice. A lock file keeps a second scan out.
 
 Ranks of a multi-node scan (and ``--shard i/N`` runs) write one journal each,
 ``streamscan.journal.rank-NNNNN.jsonl``, under a shared lock on ``.streamscan.lock`` plus an exclusive
-lock of their own: ranks run side by side, while a single-process scan or a merge (exclusive lock)
-waits for none of them. What is done is the union of every journal in the directory; a single-process
+lock of their own: ranks run side by side, while a single-process scan or a merge (exclusive lock) is
+refused as long as any of them runs. What is done is the union of every journal in the directory; a single-process
 journal opened with the lock held folds the rank journals into itself.
 """
 from __future__ import annotations
