@@ -78,10 +78,16 @@ def main(debug: bool) -> None:
               help="Scan only shard I of N, without torch.distributed; `streamscan merge` writes the outputs.")
 @click.option("--rank-timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds rank 0 waits at the end for the other ranks before naming the missing ones.")
+@click.option("--revision", default=None, help="Hub models: branch, tag or commit [default: main].")
+@click.option("--offline", is_flag=True, default=None, help="Hub models: the HF cache only (as HF_HUB_OFFLINE=1).")
+@click.option("--max-disk", default=None, metavar="SIZE",
+              help="Hub models: disk for shards this run downloads, e.g. 100G; scanned ones are deleted to make room "
+                   "[default: free space in the HF cache minus 5%].")
+@click.option("--keep-shards", is_flag=True, help="Hub models: never delete downloaded shards.")
 @friendly
 def run(model, out, devices, cpu_workers, max_memory, method, top_percent, include, exclude, fresh, name, quiet,
-        distributed, shard, rank_timeout):
-    """Scan MODEL (a checkpoint directory or .safetensors file) and write Spectrum outputs to --out."""
+        distributed, shard, rank_timeout, revision, offline, max_disk, keep_shards):
+    """Scan MODEL (a checkpoint directory, a .safetensors file or a Hub id org/name) and write Spectrum outputs to --out."""
     from tqdm import tqdm
 
     bar = None
@@ -104,7 +110,8 @@ def run(model, out, devices, cpu_workers, max_memory, method, top_percent, inclu
     try:
         res = scan(model, out, method=method, devices=devices, cpu_workers=cpu_workers, max_memory=max_memory,
                    top_percent=top_percent, include=include, exclude=exclude, fresh=fresh, name=name, progress=progress,
-                   shard=shard, distributed=distributed, rank_timeout=rank_timeout)
+                   shard=shard, distributed=distributed, rank_timeout=rank_timeout,
+                   revision=revision, offline=offline, max_disk=max_disk, keep_shards=keep_shards)
     finally:
         if bar is not None:
             bar.close()
@@ -128,6 +135,12 @@ def run(model, out, devices, cpu_workers, max_memory, method, top_percent, inclu
         click.echo(f"streamscan: {per}; overlap {100 * r['overlap']:.0f}% (busy / wall)")
         for name_, note in s["placement_notes"].items():
             click.echo(f"streamscan: {name_}: {note}")
+    if not quiet and s.get("hub"):
+        h = s["hub"]
+        click.echo(f"streamscan: {h['repo']}@{h['commit'][:12]}: {len(h['shards_scanned_from_cache'])} shard(s) from the "
+                   f"HF cache, {h['shards_downloaded']} downloaded ({h['downloaded_bytes'] / 2**30:.2f} GiB in "
+                   f"{h['download_seconds']:.1f} s, scan waited {h['waited_for_download_seconds']:.1f} s), "
+                   f"{len(h['deleted_after_scan'])} deleted after scanning, disk peak {h['peak_disk_bytes'] / 2**30:.2f} GiB")
     if s["failed"]:
         _fail(f"{s['failed']} matrices failed (see streamscan_summary.json); rerun the same command to retry them", 1)
 
@@ -178,14 +191,40 @@ def select_cmd(out, top_percent):
 @click.argument("model")
 @click.option("--include", multiple=True, help="Only modules matching this glob.")
 @click.option("--exclude", multiple=True, help="Skip modules matching this glob.")
+@click.option("--revision", default=None, help="Hub models: branch, tag or commit [default: main].")
+@click.option("--offline", is_flag=True, default=None, help="Hub models: the HF cache only.")
+@click.option("--cpu-workers", type=click.IntRange(min=1), default=None, help="For the time estimate [default: physical cores].")
+@click.option("--json", "as_json", is_flag=True, help="The plan's totals as JSON.")
 @friendly
-def inspect_cmd(model, include, exclude):
-    """List what a scan of MODEL would score and skip (headers only)."""
-    index, plan = inspect_model(model, include, exclude)
+def inspect_cmd(model, include, exclude, revision, offline, cpu_workers, as_json):
+    """List what a scan of MODEL would score and skip, with bytes and a time estimate (headers only, no download)."""
+    from .overview import overview
+
+    index, plan = inspect_model(model, include, exclude, revision=revision, offline=offline)
+    ov = overview(index, plan, cpu_workers or default_workers())
+    if as_json:
+        click.echo(json.dumps(ov, indent=2))
+        return
     jobs = sorted(plan.jobs, key=lambda j: j.name)
     for j in jobs:
         click.echo(f"score  {j.name:60s} {'x'.join(map(str, j.shape)):>14s} {j.tensor.dtype}")
     for s in plan.skipped:
         click.echo(f"skip   {s.name:60s} {s.reason}")
-    gb = index.total_bytes / 1e9
-    click.echo(f"{len(jobs)} matrices to score, {len(plan.skipped)} tensors skipped, {len(index.shards)} shard(s), {gb:.2f} GB")
+    for key, t in ov["types"].items():
+        experts = f", {t['experts']} experts" if t["experts"] else ""
+        click.echo(f"type   {key:60s} {t['matrices']:5d} matrices{experts}, {' '.join(t['shapes'])} {' '.join(t['dtypes'])}")
+    gib = 2**30
+    where = f" at commit {ov['commit']}" if ov["commit"] else ""
+    click.echo(f"{len(jobs)} matrices to score, {len(plan.skipped)} tensors skipped, {len(index.shards)} shard(s){where}, "
+               f"{index.total_bytes / gib:.2f} GiB; {ov['bytes_to_read'] / gib:.2f} GiB to read, "
+               f"{ov['bytes_to_download'] / gib:.2f} GiB to download ({len(ov['shards_to_download'])} shard(s))")
+    eta = ", ".join(f"{d} ~{_duration(sec)}" for d, sec in ov["eta_seconds"].items())
+    click.echo(f"estimated compute ({ov['flops'] / 1e12:.2f} TFLOP): {eta}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

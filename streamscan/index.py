@@ -70,13 +70,21 @@ def read_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
         if length > min(MAX_HEADER, size - 8):
             raise CheckpointError(f"{path}: corrupt safetensors header (length {length}); re-download it")
         raw = fh.read(length)
+    return parse_header(path, raw, size)
+
+
+def parse_header(path: Path, raw: bytes, size: int) -> tuple[list[TensorInfo], ShardInfo]:
+    """A shard's header JSON (the bytes after the 8-byte length) -> its tensors, with absolute byte ranges.
+
+    The same for a local file and for a header read remotely (hub.py), so both fingerprint alike.
+    """
     try:
         header = json.loads(raw)
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
     except (ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: corrupt safetensors header ({err}); re-download it") from None
-    base = 8 + length
+    base = 8 + len(raw)
     tensors = []
     for name, entry in header.items():
         if name == "__metadata__":
@@ -97,13 +105,21 @@ def read_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
     return tensors, ShardInfo(path, size, digest)
 
 
+def _shard_header(source: ModelSource, path: Path) -> tuple[list[TensorInfo], ShardInfo]:
+    """Local shards are read from disk; a Hub shard not downloaded yet is read remotely (headers only)."""
+    if source.hub is not None and not path.exists():
+        raw, size = source.hub.header(path.name)
+        return parse_header(path, raw, size)
+    return read_header(path)
+
+
 def build_index(source: ModelSource) -> CheckpointIndex:
     """Read every shard header; check that the index's weight map agrees with them."""
     tensors: list[TensorInfo] = []
     shards: list[ShardInfo] = []
     seen: dict[str, Path] = {}
     for path in source.files:
-        found, shard = read_header(path)
+        found, shard = _shard_header(source, path)
         shards.append(shard)
         for t in found:
             if t.name in seen:

@@ -283,7 +283,7 @@ def is_locked(out_dir: str | Path) -> bool:
 
 
 def _differs(old: dict, new: dict) -> str:
-    for key in ("model", "shards", "method", "include", "exclude"):
+    for key in ("model", "revision", "shards", "method", "include", "exclude"):
         if old.get(key) != new.get(key):
             if key == "shards":
                 return "different checkpoint files"

@@ -20,12 +20,14 @@ from .plan import Plan, Result, make_plan
 from .report import write_outputs, write_yaml
 from .devices import default_workers, parse_devices, parse_size
 from .scheduler import PoolStats, run_jobs
+from .shards import ShardFeed
 from .source import resolve, slugify
 from .spectrum import DEFAULT_METHOD, METHODS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = "model_snr_results"
+DOWNLOADS_NAME = "streamscan.downloads.json"  # Hub shards this scan downloaded (shards.py)
 Progress = Callable[[Result, int, int, int], None]  # (result, done, total, bytes read this run)
 
 
@@ -47,18 +49,22 @@ def peak_rss_mb() -> float:
 
 def fingerprint(index: CheckpointIndex, method: str, include: Iterable[str], exclude: Iterable[str]) -> dict:
     """What must match for a resume: the checkpoint's files and headers, the method and the target options."""
-    return {
+    fp = {
         "model": index.source.model_id,
         "shards": [[s.path.name, s.size, s.header_sha256] for s in index.shards],
         "method": method,
         "include": sorted(include),
         "exclude": sorted(exclude),
     }
+    if index.source.hub is not None:  # a resume never mixes revisions, online or offline
+        fp["revision"] = index.source.hub.commit
+    return fp
 
 
-def inspect_model(model: str | Path, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> tuple[CheckpointIndex, Plan]:
-    """Headers only: what a scan would score and skip."""
-    index = build_index(resolve(model))
+def inspect_model(model: str | Path, include: Iterable[str] = (), exclude: Iterable[str] = (), *,
+                  revision: str | None = None, offline: bool | None = None) -> tuple[CheckpointIndex, Plan]:
+    """Headers only (read remotely for a Hub model's shards not yet downloaded): what a scan would score and skip."""
+    index = build_index(resolve(model, revision=revision, offline=offline))
     return index, make_plan(index, tuple(include), tuple(exclude))
 
 
@@ -79,6 +85,10 @@ def scan(
     shard: str | None = None,
     distributed: bool | None = None,
     rank_timeout: float = DEFAULT_TIMEOUT,
+    revision: str | None = None,
+    offline: bool | None = None,
+    max_disk: int | str | None = None,
+    keep_shards: bool = False,
 ) -> ScanResult:
     """Score every target matrix of MODEL, resuming the scan in OUT if there is one, and write the outputs.
 
@@ -89,6 +99,9 @@ def scan(
     variables) each rank scans its share and rank 0 merges and writes the outputs; with SHARD="i/N" this
     process scans shard i of N alone and writes only its journal (``merge`` writes the outputs). In a
     split scan "auto" devices are the rank's own GPUs on its node (GPU g to local rank g mod ranks per node).
+
+    Hub models (MODEL = ``org/name``): ``revision`` (branch, tag or commit), ``offline`` (HF cache only),
+    ``max_disk`` (bytes or "100G" of downloaded shards on disk at a time), ``keep_shards`` (never delete them).
     """
     if method not in METHODS:
         raise UsageError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
@@ -98,7 +111,10 @@ def scan(
     ranks = _rank(shard, distributed)
     include, exclude = tuple(include), tuple(exclude)
     started = time.perf_counter()
-    index, full = inspect_model(model, include, exclude)
+    disk_budget = parse_size(max_disk, "--max-disk") if max_disk is not None else None
+    index, full = inspect_model(model, include, exclude, revision=revision, offline=offline)
+    if index.source.hub is None and (max_disk is not None or keep_shards):
+        raise UsageError(f"--max-disk/--keep-shards: only for Hub ids, and {model} is a local path")
     if not full.jobs:
         raise UsageError(f"{model}: no 2-D weight matrices to score (check --include/--exclude)")
     source = index.source
@@ -114,8 +130,12 @@ def scan(
     }
     out_dir = Path(out)
     if ranks is not None:
+        if source.hub is not None and (max_disk is not None or keep_shards):
+            raise UsageError("--max-disk/--keep-shards: whole scans only; the ranks of a split scan share the HF "
+                             "cache and keep the shards they download")
         run = dict(method=method, workers=cpu_workers or ranks.cpu_workers(), progress=progress, started=started,
-                   pool=local_devices(devices, pool, ranks), budget=budget)
+                   pool=local_devices(devices, pool, ranks), budget=budget,
+                   feed=(lambda jobs: ShardFeed(source.hub, jobs, None, True)) if source.hub is not None else None)
         if not ranks.coordinated:
             return _scan_shard(full, header, out_dir, ranks, fresh, **run)
         return _scan_ranks(full, header, out_dir, ranks, fresh, percents, rank_timeout, **run)
@@ -124,26 +144,45 @@ def scan(
     with Journal(out_dir, header, fresh=fresh) as journal:
         plan = make_plan(index, include, exclude, journal.done())
         resumed = len(plan.done)
-        _execute(journal, plan.jobs, method, workers, progress, resumed, full.total, pool=pool, budget=budget, stats=stats)
+        feed = (ShardFeed(source.hub, plan.jobs, disk_budget, keep_shards, out_dir / DOWNLOADS_NAME)
+                if source.hub is not None else None)
+        _execute(journal, plan.jobs, method, workers, progress, resumed, full.total, pool=pool, budget=budget,
+                 stats=stats, feed=feed)
         results = [journal.results[n] for n in header["targets"] if n in journal.results]
+    if feed is not None:
+        feed.check()  # a download failed: what was scanned is journaled, a rerun resumes
     summary = _summary(header, results, method, workers, time.perf_counter() - started, resumed)
     summary["run"] = stats.summary() if plan.jobs else None
     summary["placement_notes"] = {r.name: r.note for r in results if r.note}
+    if feed is not None:
+        summary["hub"] = feed.summary()
     paths = write_outputs(out_dir, slug, results, percents, _all_names(header), summary)
     return ScanResult(out_dir, results, summary, paths)
 
 
 def _execute(journal: Journal, jobs, method: str, workers: int, progress: Progress | None, resumed: int, total: int,
-             rank: Rank | None = None, *, pool: list[str], budget: int | None, stats: PoolStats) -> None:
-    """Run JOBS and journal each result as it finishes (tagged with the rank in a split scan)."""
+             rank: Rank | None = None, *, pool: list[str], budget: int | None, stats: PoolStats,
+             feed: ShardFeed | None = None) -> None:
+    """Run JOBS and journal each result as it finishes (tagged with the rank in a split scan).
+
+    With a FEED (a Hub model), jobs come shard by shard as their shards are downloaded, and each journaled
+    result lets the feed delete a scanned shard when the disk budget needs room.
+    """
     read_bytes = 0
     sizes = {j.name: j.tensor.nbytes for j in jobs}
-    results = run_jobs(jobs, method, workers, devices=pool, max_memory=budget, stats=stats)
-    for done, result in enumerate(results, start=resumed + 1):
-        journal.append(rank.tag(result) if rank else result)
-        read_bytes += sizes[result.name]
-        if progress:
-            progress(result, done, total, read_bytes)
+    try:
+        results = run_jobs(feed.start() if feed is not None else jobs, method, workers, devices=pool,
+                           max_memory=budget, stats=stats)
+        for done, result in enumerate(results, start=resumed + 1):
+            journal.append(rank.tag(result) if rank else result)
+            if feed is not None:
+                feed.finished(result.name)
+            read_bytes += sizes[result.name]
+            if progress:
+                progress(result, done, total, read_bytes)
+    finally:
+        if feed is not None:
+            feed.close()
 
 
 def _percents(top_percent: Iterable[float]) -> list[float]:
@@ -178,13 +217,18 @@ def _done(results: dict[str, Result]) -> frozenset[str]:
 
 
 def _run_share(header: dict, out_dir: Path, rank: Rank, done: frozenset[str], jobs: list, method: str, workers: int,
-               progress: Progress | None, started: float, pool: list[str], budget: int | None) -> ScanResult:
+               progress: Progress | None, started: float, pool: list[str], budget: int | None,
+               feed: Callable[[list], ShardFeed] | None = None) -> ScanResult:
     """Scan this rank's JOBS into its own journal; the result holds the rank's own records."""
     stats = PoolStats()
+    shards = feed(jobs) if feed is not None else None  # a Hub model: this rank downloads the shards of its jobs
     with Journal(out_dir, _rank_header(header, rank), rank=rank.rank) as journal:
         show = progress if not (rank.coordinated and rank.rank) else None  # one bar per terminal
-        _execute(journal, jobs, method, workers, show, 0, len(jobs), rank, pool=pool, budget=budget, stats=stats)
+        _execute(journal, jobs, method, workers, show, 0, len(jobs), rank, pool=pool, budget=budget, stats=stats,
+                 feed=shards)
         own = [journal.results[j.name] for j in jobs if j.name in journal.results]
+    if shards is not None:
+        shards.check()
     summary = _summary(header, own, method, workers, time.perf_counter() - started, len(done))
     summary.update(matrices=len(jobs), rank=rank.rank, world_size=rank.world, devices=pool,
                    run=stats.summary() if jobs else None, placement_notes={r.name: r.note for r in own if r.note})

@@ -5,8 +5,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import SourceError
+from .errors import SourceError, UsageError
+
+if TYPE_CHECKING:
+    from .hub import HubSource
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -21,6 +25,7 @@ class ModelSource:
     files: tuple[Path, ...]
     index_file: Path | None = None
     config: dict = field(default_factory=dict, compare=False)
+    hub: HubSource | None = field(default=None, compare=False)  # a Hub repo: files appear as they are downloaded
 
     @property
     def slug(self) -> str:
@@ -32,11 +37,23 @@ def slugify(model_id: str) -> str:
     return re.sub(r"[/_]", "-", model_id.strip("/"))
 
 
-def resolve(model: str | Path) -> ModelSource:
-    """Find the checkpoint files of MODEL without reading any tensor data."""
+def resolve(model: str | Path, *, revision: str | None = None, offline: bool | None = None) -> ModelSource:
+    """Find the checkpoint files of MODEL without reading any tensor data.
+
+    MODEL is a local directory or .safetensors file, or else a Hub repo id (``org/name``) at REVISION,
+    pinned to a commit; its shards need not be downloaded yet (see hub.py, shards.py).
+    """
     path = Path(model).expanduser()
     if not path.exists():
-        raise SourceError(f"{model}: no such file or directory; give a checkpoint directory or a .safetensors file")
+        from .hub import looks_like_repo_id, resolve_hub
+
+        if looks_like_repo_id(str(model)):
+            hub, files, index, config = resolve_hub(str(model), revision, offline)
+            return ModelSource(hub.repo_id, hub.snapshot, tuple(files), index, config, hub)
+        raise SourceError(f"{model}: no such file or directory; give a checkpoint directory, a .safetensors file "
+                          "or a Hub id (org/name)")
+    if revision is not None:
+        raise UsageError(f"--revision {revision}: only for Hub ids, and {model} is a local path")
     if path.is_file():
         if path.suffix != ".safetensors":
             raise SourceError(f"{path}: not a .safetensors file; give a checkpoint directory or a .safetensors file")
