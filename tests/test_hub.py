@@ -300,6 +300,18 @@ def test_hub_errors_are_one_clear_line(hub, tmp_path, monkeypatch, args, env, ex
         assert ok.exit_code == 0, ok.output
 
 
+def test_split_scan_of_a_hub_model(hub, reference, tmp_path):
+    from streamscan import merge
+
+    out = tmp_path / "out"
+    first = scan(REPO, out, devices="cpu", cpu_workers=1, shard="0/2")
+    scan(REPO, out, devices="cpu", cpu_workers=1, shard="1/2")  # the same HF cache: shards fetched once
+    assert merge(out).snr == reference and 0 < len(first.results) < 30
+    assert sorted(s for s, _ in shard_bodies(hub)) == SHARDS
+    with pytest.raises(UsageError, match="whole scans only"):
+        scan(REPO, tmp_path / "o2", devices="cpu", shard="0/2", max_disk="10M")
+
+
 def test_local_path_rejects_hub_only_options(checkpoint, tmp_path):
     with pytest.raises(UsageError, match="--revision v1: only for Hub ids"):
         scan(checkpoint, tmp_path / "o", revision="v1")
