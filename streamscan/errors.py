@@ -24,3 +24,7 @@ class UsageError(StreamscanError):
 
 class DistributedError(StreamscanError):
     """A rank of a split scan died, hung, or disagrees with rank 0; finished work is kept, a rerun completes it."""
+
+
+class SelectionError(StreamscanError):
+    """A selection names modules the model does not have, or cannot be applied to it."""
