@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TOP_PERCENT = 25.0
 _PLAIN = re.compile(r"^\^?([A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)\.?\$?$")
 _RANGE = re.compile(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$")  # Axolotl's "[start:end]" row-range suffix
+_SLICE = re.compile(r"^[A-Za-z0-9_.]+\[\d+\](\.[A-Za-z0-9_]+)?$")  # an expert slice: `….experts.gate_up_proj[3].gate`
 # Leaf names of one projection in unfused layouts -> the word naming it inside a fused parameter's leaf.
 _FUSED_WORDS = {"gate_proj": "gate", "w1": "gate", "linear": "gate", "up_proj": "up", "w3": "up", "v1": "up",
                 "linear_v": "up", "down_proj": "down", "w2": "down", "linear_1": "down"}
@@ -61,6 +62,8 @@ def _rule(line: str) -> _Rule:
     plain = _PLAIN.match(line)
     if plain:
         return _Rule(line, plain.group(1), None)
+    if _SLICE.match(line) and not line.split("[", 1)[0].endswith((".weight", ".bias")):
+        return _Rule(line, line, None)  # a scan's slice name; `x.weight[5]` stays Axolotl's row range
     if _RANGE.match(line):
         raise SelectionError(f"selection line {line!r}: Axolotl's [start:end] row ranges are not supported by "
                              "apply_selection; unfreeze the whole parameter (drop the range) or train with Axolotl")
@@ -172,10 +175,10 @@ def _missing_error(missing: list[str], total: int, names: _Names) -> SelectionEr
 
 # ------------------------------------------------------------------------------------------- selection
 
-def _selection_lines(selection, top_percent: float | None) -> list[str]:
+def _selection_rules(selection, top_percent: float | None) -> list[_Rule]:
     """The entries of SELECTION: a scan directory, a YAML file, a Selection, or names/patterns."""
     if isinstance(selection, Selection):
-        return [*selection.always, *selection.names()]
+        return [_Rule(n, n, None) for n in (*selection.always, *selection.names())]  # names, never patterns
     if isinstance(selection, (str, Path)):
         path = Path(selection).expanduser()
         if path.is_dir():
@@ -183,24 +186,26 @@ def _selection_lines(selection, top_percent: float | None) -> list[str]:
             if len(results) < len(header["targets"]):
                 log.warning("%s: partial scan (%d of %d matrices); selecting among those scored",
                             path, len(results), len(header["targets"]))
-            return _selection_lines(select_top(results, top_percent or DEFAULT_TOP_PERCENT), None)
+            return _selection_rules(select_top(results, top_percent or DEFAULT_TOP_PERCENT), None)
         if path.is_file() and path.suffix in (".yaml", ".yml"):
             if top_percent is not None:
                 raise UsageError(f"{path}: a YAML selection already fixes its percentage; pass the scan "
                                  "directory instead to choose top_percent")
-            return _yaml_lines(path)
+            return [_rule(x) for x in _yaml_lines(path)]
         raise SelectionError(f"{selection}: neither a streamscan scan directory nor a .yaml selection; "
                              "give the --out directory of `streamscan run` or an unfrozen-parameters YAML")
     lines = list(selection)
     if not all(isinstance(x, str) for x in lines):
         raise UsageError("selection: give a scan directory, a YAML path, a Selection or a list of names")
-    return lines
+    return [_rule(x) for x in lines]
 
 
-def _rename(line: str, old: str, new: str) -> str:
-    anchor = "^" if line.startswith("^") else ""
-    body = line[len(anchor):]
-    return anchor + new + body[len(old):] if body.startswith(old) else line
+def _rename(rule: _Rule, old: str, new: str) -> _Rule:
+    if rule.name is not None:
+        return _Rule(new + rule.name[len(old):], new + rule.name[len(old):], None) if rule.name.startswith(old) else rule
+    anchor = "^" if rule.line.startswith("^") else ""
+    body = rule.line[len(anchor):]
+    return _rule(anchor + new + body[len(old):]) if body.startswith(old) else rule
 
 
 def _yaml_lines(path: Path) -> list[str]:
@@ -276,10 +281,9 @@ def apply_selection(model: torch.nn.Module, selection, top_percent: float | None
     Raises SelectionError, listing the closest names, when an entry matches nothing (``strict=False``: logged
     and reported in ``unmatched`` instead).
     """
-    lines = _selection_lines(selection, top_percent)
+    rules = _selection_rules(selection, top_percent)
     if replace_prefix is not None:
-        lines = [_rename(x, *replace_prefix) for x in lines]
-    rules = [_rule(x) for x in lines]
+        rules = [_rename(r, *replace_prefix) for r in rules]
     names = _Names(model)
     matched: dict[str, tuple[str, ...]] = {}
     fused: dict[str, list[str]] = {}
@@ -357,9 +361,12 @@ def score_model(model: torch.nn.Module, method: str = DEFAULT_METHOD, *, include
     results = []
     for job in plan.jobs:
         W = params[job.tensor.name].detach()
+        part = getattr(job, "part", None)  # an expert slice of a fused tensor, where the plan splits them
+        if part is not None:
+            W = W[part.key]
         start = time.perf_counter()
         out = score(W, method, device=W.device)
-        results.append(Result(job.name, job.type, job.tensor.shape, job.tensor.dtype, out.snr, out.reason,
+        results.append(Result(job.name, job.type, tuple(W.shape), job.tensor.dtype, out.snr, out.reason,
                               "ok" if out.snr is not None else "null", job.role, method,
                               time.perf_counter() - start, str(W.device), out.sigma_max, out.threshold, out.n_signal))
     return sorted(results, key=lambda r: natural_key(r.name))
@@ -387,11 +394,12 @@ class Rescan:
 
 
 def _training_modules(model: torch.nn.Module, results: list[Result]) -> dict[str, set[str]]:
-    params = dict(model.named_parameters(remove_duplicate=False))
+    """Per type, the scored modules (or expert slices, by their fused tensor) that train now."""
+    names = _Names(model)
     out: dict[str, set[str]] = {}
     for r in results:
-        p = params.get(r.name + ".weight")
-        if p is not None and p.requires_grad:
+        hit = names.exact(r.name) or names.fused(r.name)
+        if hit and all(names.params[n].requires_grad for n in hit):
             out.setdefault(r.type, set()).add(r.name)
     return out
 

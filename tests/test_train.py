@@ -7,7 +7,7 @@ from torch import nn
 
 import streamscan
 from streamscan.plan import Result
-from streamscan.select import select_top, yaml_text
+from streamscan.select import Selection, select_top, yaml_text
 from streamscan.synthetic import LlamaShape, write_llama
 from streamscan.train import SelectionSchedule, snr_param_groups, sync_optimizer
 
@@ -181,6 +181,15 @@ def test_fused_expert_parameters_are_unfrozen_whole():
     }
     assert summary.trainable == 4 * 96 * 32 + 4 * 32 * 48 + 4 * 32
     assert summary.by_type["mlp.experts.gate_up_proj"] == (4 * 96 * 32, 2 * 4 * 96 * 32)
+    # the MoE scan's slice names (`tensor[expert].projection`), as names in a list or in a Selection
+    streamscan.apply_selection(model, ["model.layers.1.mlp.experts.gate_up_proj[2].up"])
+    assert trainable(model) == {"model.layers.1.mlp.experts.gate_up_proj"}
+    sel = Selection(25, (), {"mlp.experts.down_proj[3]": ("model.layers.0.mlp.experts.down_proj[3]",)},
+                    {"mlp.experts.down_proj[3]": 2}, {})
+    assert streamscan.apply_selection(model, sel).fused == {
+        "model.layers.0.mlp.experts.down_proj": ("model.layers.0.mlp.experts.down_proj[3]",)}
+    with pytest.raises(streamscan.SelectionError, match="row ranges"):  # `x.weight[5]` is Axolotl's row range
+        streamscan.apply_selection(model, ["model.layers.1.mlp.gate.weight[1]"])
 
 
 def test_score_model_equals_a_file_scan_of_the_same_weights(llama_ckpt):
