@@ -16,6 +16,7 @@ Matching a selection to parameter names
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import difflib
 import logging
 import re
@@ -310,10 +311,9 @@ def apply_selection(model: torch.nn.Module, selection, top_percent: float | None
         p.requires_grad_(id(p) in chosen)
         if id(p) not in chosen:
             p.grad = None
-    summary = trainable_summary(model)
-    summary = TrainableSummary(summary.trainable, summary.total, summary.by_type, summary.trainable_names,
-                               matched, {k: tuple(v) for k, v in fused.items()}, tuple(missing))
-    log.info("streamscan: %s", summary)
+    summary = dataclasses.replace(trainable_summary(model), matched=matched, unmatched=tuple(missing),
+                                  fused={k: tuple(v) for k, v in fused.items()})
+    log.info("selection applied: %s", summary)
     return summary
 
 
@@ -504,7 +504,7 @@ class SelectionSchedule:
             sync_optimizer(optimizer, model)
         self.summary = result.summary
         self.history.append((epoch, result))
-        log.info("streamscan: rescan after epoch %d: %s; %s", epoch, result.describe(), result.summary)
+        log.info("rescan after epoch %d: %s; %s", epoch, result.describe(), result.summary)
         return result
 
 
@@ -536,11 +536,14 @@ def _callback_class():
                 self.schedule.start(model)
 
         def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+            if self.schedule.rescan_every and getattr(args, "world_size", 1) > 1:
+                raise UsageError("rescan_every: a rescan changes which parameters train, which distributed "
+                                 "training (DDP/FSDP/DeepSpeed) cannot follow; use rescan_every=0 with more than one process")
             if not self.schedule.started:
                 self.schedule.start(model, optimizer)
             elif optimizer is not None:
                 sync_optimizer(optimizer, model)
-            log.info("streamscan: training %s", self.schedule.summary)
+            log.info("training with the Spectrum selection: %s", self.schedule.summary)
 
         def on_epoch_end(self, args, state, control, model=None, optimizer=None, **kwargs):
             if state.max_steps and state.global_step >= state.max_steps:

@@ -344,7 +344,7 @@ def test_callback_added_after_init_applies_at_train_begin_with_an_in_memory_scan
     sel = select_top(res.results, 50)
     assert trainable(model) == {n + ".weight" for n in sel.names()} | set(sel.always)
     assert {id(p) for p in trainer.optimizer.state} == {id(p) for p in model.parameters() if p.requires_grad}
-    assert "streamscan: training trainable" in caplog.text and cb.history == []
+    assert "training with the Spectrum selection: trainable" in caplog.text and cb.history == []
 
 
 @needs_transformers
