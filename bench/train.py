@@ -152,10 +152,12 @@ def section(kind: str, rows: list[tuple[str, dict]]) -> str:
             f"{r['step_cpu_s']:.3f} s | {r['step_cpu_s'] / full['step_cpu_s']:.2f} | {predicted:.2f} |")
     s25 = rows[-1][1]
     saved = full["peak_rss_mb"] - s25["peak_rss_mb"]
-    theory = 12 * (full["trainable"] - s25["trainable"]) / 2**20
-    lines += ["", f"Full → Spectrum-25: peak RSS {saved:.0f} MB lower; gradients + Adam moments (12 B per parameter no "
-                  f"longer trained) predict {theory:.0f} MB. The token embedding and output head, always unfrozen, are "
-                  f"{s25['embeddings_trainable']:,} of Spectrum-25's {s25['trainable']:,} trainable parameters."]
+    freed = (full["trainable"] - s25["trainable"]) / 2**20
+    lines += ["", f"Full → Spectrum-25: peak RSS {saved:.0f} MB lower. Per parameter no longer trained, the gradient and "
+                  f"the two Adam moments (12 B) predict {12 * freed:.0f} MB, plus the temporary AdamW's foreach step "
+                  f"allocates for its denominator (16 B) {16 * freed:.0f} MB. The token embedding and output head, "
+                  f"always unfrozen, are {s25['embeddings_trainable']:,} of Spectrum-25's {s25['trainable']:,} "
+                  "trainable parameters."]
     return "\n".join(lines)
 
 
@@ -168,7 +170,9 @@ def main() -> None:
         kind, *percent = ns.child
         print(json.dumps(child(kind, float(percent[0]) if percent else None)))
         return
+    load = os.getloadavg()[0]
     parts = [section(kind, run(kind)) for kind in ns.models]
+    load = f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     import torch
 
     update_section("train", f"""## Targeted training: full vs Spectrum-50 vs Spectrum-25 (`python bench/train.py`)
@@ -179,7 +183,7 @@ and output head, the reference's rule). Adam state is summed over `optimizer.sta
 moments (8 B) per trainable parameter plus a 4-byte step per tensor, and nothing for frozen ones ("= 8 B x
 trainable" checks that to the byte). "RSS growth in training" is peak RSS minus RSS after loading. Step times
 are medians on one torch thread, the better of {ROUNDS} interleaved rounds; CPU time is the steadier measure on
-this shared 2-core machine. "predicted" is the matmul-FLOP model (4P + 2P_trainable) / 6P: frozen matrices
+this shared 2-core machine (1-minute load average {load}). "predicted" is the matmul-FLOP model (4P + 2P_trainable) / 6P: frozen matrices
 still pass gradients to their inputs (the embedding trains, so backward reaches every layer) but compute no
 weight gradient, and AdamW updates only trainable tensors.
 
