@@ -366,9 +366,11 @@ def score_model(model: torch.nn.Module, method: str = DEFAULT_METHOD, *, include
             W = W[part.key]
         start = time.perf_counter()
         out = score(W, method, device=W.device)
-        results.append(Result(job.name, job.type, tuple(W.shape), job.tensor.dtype, out.snr, out.reason,
-                              "ok" if out.snr is not None else "null", job.role, method,
-                              time.perf_counter() - start, str(W.device), out.sigma_max, out.threshold, out.n_signal))
+        results.append(Result(
+            name=job.name, type=job.type, shape=tuple(W.shape), dtype=job.tensor.dtype, snr=out.snr, reason=out.reason,
+            status="ok" if out.snr is not None else "null", role=job.role, method=method,
+            seconds=time.perf_counter() - start, worker=str(W.device), sigma_max=out.sigma_max,
+            threshold=out.threshold, n_signal=out.n_signal))
     return sorted(results, key=lambda r: natural_key(r.name))
 
 
