@@ -34,7 +34,7 @@ from .plan import Result, make_plan
 from .scan import load_results
 from .select import Selection, rank_by_type, select_top
 from .source import ModelSource
-from .spectrum import DEFAULT_METHOD, score
+from .spectrum import DEFAULT_METHOD, METHODS, SNR, score
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +356,8 @@ def score_model(model: torch.nn.Module, method: str = DEFAULT_METHOD, *, include
     """Score MODEL's weights where they are (CPU or GPU), no files: the same targets, type keys, roles and
     Result records as a file scan of its checkpoint, so every selection function applies. Tied weights are
     scored once, under their first name (as a tied checkpoint stores them)."""
+    if method not in METHODS:
+        raise UsageError(f"method {method!r}: unknown; choose one of {', '.join(METHODS)}")
     params = dict(model.named_parameters())
     plan = make_plan(_memory_index(model, params, config), tuple(include), tuple(exclude))
     results = []
@@ -365,12 +367,19 @@ def score_model(model: torch.nn.Module, method: str = DEFAULT_METHOD, *, include
         if part is not None:
             W = W[part.key]
         start = time.perf_counter()
-        out = score(W, method, device=W.device)
+        if W.is_meta:
+            out, status = SNR(None, "weights on the meta device (offloaded or not loaded): not scored"), "null"
+        else:
+            try:
+                out = score(W, method, device=W.device)
+                status = "ok" if out.snr is not None else "null"
+            except Exception as err:  # e.g. out of GPU memory: recorded, not ranked, the rest is still scored
+                out, status = SNR(None, f"{type(err).__name__}: {err}"), "error"
+                log.warning("score_model: %s: %s", job.name, out.reason)
         results.append(Result(
             name=job.name, type=job.type, shape=tuple(W.shape), dtype=job.tensor.dtype, snr=out.snr, reason=out.reason,
-            status="ok" if out.snr is not None else "null", role=job.role, method=method,
-            seconds=time.perf_counter() - start, worker=str(W.device), sigma_max=out.sigma_max,
-            threshold=out.threshold, n_signal=out.n_signal))
+            status=status, role=job.role, method=method, seconds=time.perf_counter() - start, worker=str(W.device),
+            sigma_max=out.sigma_max, threshold=out.threshold, n_signal=out.n_signal))
     return sorted(results, key=lambda r: natural_key(r.name))
 
 

@@ -358,3 +358,17 @@ def test_selection_schedule_in_a_plain_training_loop(llama_ckpt):
     assert schedule.epoch_end(model, 1, opt) is None and schedule.epoch_end(model, 2, opt) is not None
     with pytest.raises(streamscan.UsageError):
         SelectionSchedule(out, rescan_every=-1)
+
+
+def test_score_model_records_unscorable_weights_and_refuses_unknown_methods():
+    model = nn.Module()
+    model.a = nn.Linear(16, 8)
+    model.b = nn.Linear(16, 8, device="meta")  # offloaded / never loaded
+    model.c = nn.Linear(16, 1)  # 1 x 16: too small for a spectrum
+    a, b, c = streamscan.score_model(model)
+    assert a.name == "a" and a.status == "ok" and a.snr == pytest.approx(streamscan.score(model.a.weight.detach()).snr)
+    assert b.snr is None and b.status == "null" and "meta device" in b.reason
+    assert c.snr is None and "too small" in c.reason
+    assert select_top([a, b, c], 100).names() == ["a"]
+    with pytest.raises(streamscan.UsageError, match="unknown"):
+        streamscan.score_model(model, "svd16")
