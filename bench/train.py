@@ -183,9 +183,11 @@ and output head, the reference's rule). Adam state is summed over `optimizer.sta
 moments (8 B) per trainable parameter plus a 4-byte step per tensor, and nothing for frozen ones ("= 8 B x
 trainable" checks that to the byte). "RSS growth in training" is peak RSS minus RSS after loading. Step times
 are medians on one torch thread, the better of {ROUNDS} interleaved rounds; CPU time is the steadier measure on
-this shared 2-core machine (1-minute load average {load}). "predicted" is the matmul-FLOP model (4P + 2P_trainable) / 6P: frozen matrices
-still pass gradients to their inputs (the embedding trains, so backward reaches every layer) but compute no
-weight gradient, and AdamW updates only trainable tensors.
+this shared 2-core machine (1-minute load average {load}), and still moves by up to a third between runs
+here: read the step ratios as a direction, the memory columns as exact and repeatable. "predicted" is the
+matmul-FLOP model (4P + 2P_trainable) / 6P: frozen matrices still pass gradients to their inputs (the
+embedding trains, so backward reaches every layer) but compute no weight gradient, and AdamW updates only
+trainable tensors.
 
 {(chr(10) * 2).join(parts)}""")
 
