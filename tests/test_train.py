@@ -297,7 +297,8 @@ def test_trainer_callback_selects_trains_only_the_selection_and_rescans(llama_ck
 
     class Snapshot(transformers.TrainerCallback):  # records the weights right after the epoch-1 rescan
         def on_epoch_end(self, args, state, control, model=None, **kw):
-            snapshot.update({n: p.detach().clone() for n, p in model.named_parameters()} if not snapshot else {})
+            if not snapshot:
+                snapshot.update({n: p.detach().clone() for n, p in model.named_parameters()})
 
     cb = SpectrumCallback(scan_other.out_dir, 25, rescan_every=1)
     trainer = transformers.Trainer(model=model, args=_args(tmp_path, num_train_epochs=2), train_dataset=_dataset(),
