@@ -373,3 +373,13 @@ def test_score_model_records_unscorable_weights_and_refuses_unknown_methods():
     assert select_top([a, b, c], 100).names() == ["a"]
     with pytest.raises(streamscan.UsageError, match="unknown"):
         streamscan.score_model(model, "svd16")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_score_model_scores_weights_on_their_gpu():
+    model = Tiny(layers=2)
+    cpu = streamscan.score_model(model)
+    gpu = streamscan.score_model(model.to("cuda"))
+    assert {r.worker for r in gpu} == {"cuda:0"}
+    assert [r.snr for r in gpu] == pytest.approx([r.snr for r in cpu], rel=1e-9)
