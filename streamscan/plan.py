@@ -4,24 +4,34 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from .index import CheckpointIndex, TensorInfo
+from .index import DTYPE_BYTES, CheckpointIndex, TensorInfo
 from .layout import embedding_role, module_name, natural_key, type_key
+from .moe import MoeConfig, Part, split_experts
 
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
 @dataclass(frozen=True)
 class Job:
-    """One matrix to score."""
+    """One matrix to score: a whole 2-D tensor, or one expert's slice (``part``) of a fused expert tensor."""
 
-    name: str  # module name, as in the outputs
+    name: str  # module name, as in the outputs (slices: `...gate_up_proj[3].gate`)
     tensor: TensorInfo
     type: str
     role: str | None = None
+    part: Part | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.tensor.shape  # type: ignore[return-value]
+        """The 2-D shape of the matrix actually scored."""
+        return self.part.shape if self.part is not None else self.tensor.shape  # type: ignore[return-value]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes read for this job."""
+        if self.part is None:
+            return self.tensor.nbytes
+        return self.shape[0] * self.shape[1] * DTYPE_BYTES.get(self.tensor.dtype, 1)
 
     @property
     def cost(self) -> float:
@@ -74,6 +84,14 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _option_reason(names: tuple[str, ...], include: tuple[str, ...], exclude: tuple[str, ...]) -> str | None:
+    if include and not any(_matches(n, include) for n in names):
+        return "not matched by --include"
+    if exclude and any(_matches(n, exclude) for n in names):
+        return "matched by --exclude"
+    return None
+
+
 def classify(t: TensorInfo) -> str | None:
     """None if the tensor is a target, else why it is skipped."""
     if len(t.shape) != 2:
@@ -93,16 +111,20 @@ def make_plan(
     done: frozenset[str] = frozenset(),
 ) -> Plan:
     targets, skipped = [], []
+    moe = MoeConfig.from_config(index.source.config)
     for t in sorted(index.tensors, key=lambda t: natural_key(t.name)):
         name = module_name(t.name)
-        reason = classify(t)
-        if reason is None and include and not (_matches(name, include) or _matches(t.name, include)):
-            reason = "not matched by --include"
-        if reason is None and exclude and (_matches(name, exclude) or _matches(t.name, exclude)):
-            reason = "matched by --exclude"
-        if reason is None:
-            targets.append(Job(name, t, type_key(name), embedding_role(t.name, t.shape, index.source.config)))
-        else:
-            skipped.append(Skipped(module_name(t.name), type_key(name), reason))
+        split = split_experts(t.name, t.shape, moe) if t.dtype in FLOAT_DTYPES else None
+        if isinstance(split, str):  # a fused expert tensor that config.json does not let us split safely
+            skipped.append(Skipped(name, type_key(name), split))
+            continue
+        for label, part in split or [(name, None)]:
+            reason = classify(t) if part is None else None
+            reason = reason or _option_reason((label, name, t.name), include, exclude)
+            if reason is None:
+                role = embedding_role(t.name, t.shape, index.source.config) if part is None else None
+                targets.append(Job(label, t, type_key(label), role, part))
+            else:
+                skipped.append(Skipped(label, type_key(label), reason))
     jobs = sorted((j for j in targets if j.name not in done), key=lambda j: -j.cost)
     return Plan(tuple(jobs), tuple(skipped), frozenset(j.name for j in targets if j.name in done))

@@ -10,6 +10,7 @@ from safetensors import SafetensorError, safe_open
 
 from .errors import CheckpointError
 from .index import TensorInfo
+from .moe import Part
 
 def _open(info: TensorInfo):
     try:
@@ -18,13 +19,22 @@ def _open(info: TensorInfo):
         return safe_open(str(info.shard), framework="pt")
 
 
-def read_tensor(info: TensorInfo) -> torch.Tensor:
-    """The tensor's data as stored (e.g. bfloat16), owned by the caller."""
+def read_tensor(info: TensorInfo, part: Part | None = None) -> torch.Tensor:
+    """The tensor's data as stored (e.g. bfloat16), owned by the caller; with ``part``, only that expert's
+    matrix (safetensors slicing reads just its rows; strided or column slices stay within one expert)."""
     try:
         with _open(info) as fh:
-            tensor = fh.get_tensor(info.name)
+            if part is None:
+                tensor = fh.get_tensor(info.name)
+            else:
+                stored = fh.get_slice(info.name)
+                if tuple(stored.get_shape()) != info.shape:
+                    raise CheckpointError(f"{info.shard}: {info.name!r} has shape {tuple(stored.get_shape())}, "
+                                          f"header says {info.shape}")
+                tensor = stored[part.key]
     except (OSError, SafetensorError) as err:
         raise CheckpointError(f"{info.shard}: cannot read {info.name!r} ({err}); re-download the shard") from None
-    if tuple(tensor.shape) != info.shape:
-        raise CheckpointError(f"{info.shard}: {info.name!r} has shape {tuple(tensor.shape)}, header says {info.shape}")
+    expected = info.shape if part is None else part.shape
+    if tuple(tensor.shape) != expected:
+        raise CheckpointError(f"{info.shard}: {info.name!r} read as {tuple(tensor.shape)}, expected {expected}; re-download the shard")
     return tensor

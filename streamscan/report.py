@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .layout import natural_key
 from .plan import Result
-from .select import rank_by_type, select_top, yaml_text
+from .select import Group, rank_by_type, select_top, yaml_text
 
 
 def _write_atomic(path: Path, text: str) -> Path:
@@ -59,19 +59,25 @@ def output_paths(out_dir: Path, slug: str, percents: Iterable[float] = ()) -> di
     return paths
 
 
-def write_yaml(out_dir: Path, slug: str, results: list[Result], percent: float, all_names: list[str], model: str) -> Path:
+def write_yaml(out_dir: Path, slug: str, results: list[Result], percent: float, all_names: list[str], model: str,
+               group: Group | None = None, fused: dict[str, str] | None = None, grouping: str = "reference") -> Path:
+    """The YAML for PERCENT; ``group``/``grouping`` rank MoE experts another way (--moe-grouping),
+    ``fused`` names expert slices of fused tensors (see ``yaml_text``)."""
     path = output_paths(out_dir, slug, [percent])[f"yaml{percent:g}"]
     header = f"streamscan: top {percent:g}% by Spectrum SNR per type, model {model}"
-    return _write_atomic(path, yaml_text(select_top(results, percent), all_names, header))
+    if group is not None:
+        header += f"\nMoE experts ranked with --moe-grouping {grouping}"
+    return _write_atomic(path, yaml_text(select_top(results, percent, group), all_names, header, fused))
 
 
 def write_outputs(out_dir: Path, slug: str, results: Iterable[Result], percents: Iterable[float],
-                  all_names: list[str], summary: dict) -> list[Path]:
+                  all_names: list[str], summary: dict, **yaml_options) -> list[Path]:
     """Write every output; returns their paths. Identical inputs give byte-identical files."""
     results = list(results)
     paths = output_paths(out_dir, slug)
     written = [_write_atomic(paths["results"], _dumps(results_json(results))),
                _write_atomic(paths["sorted"], _dumps(sorted_json(results)))]
-    written += [write_yaml(out_dir, slug, results, p, all_names, summary.get("model", slug)) for p in percents]
+    written += [write_yaml(out_dir, slug, results, p, all_names, summary.get("model", slug), **yaml_options)
+                for p in percents]
     written.append(_write_atomic(Path(out_dir) / "streamscan_summary.json", _dumps(summary)))
     return written

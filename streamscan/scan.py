@@ -16,6 +16,8 @@ from .errors import DistributedError, JournalError, UsageError
 from .index import CheckpointIndex, build_index
 from .journal import Journal, is_locked, journal_files, read_journals
 from .layout import module_name
+from .moe import GROUPINGS, ExpertRow, fused_tensor, group_function, moe_rows
+from .moe_report import write_moe_outputs
 from .plan import Plan, Result, make_plan
 from .report import write_outputs, write_yaml
 from .devices import default_workers, parse_devices, parse_size
@@ -89,8 +91,10 @@ def scan(
     offline: bool | None = None,
     max_disk: int | str | None = None,
     keep_shards: bool = False,
+    moe_grouping: str = "reference",
 ) -> ScanResult:
-    """Score every target matrix of MODEL, resuming the scan in OUT if there is one, and write the outputs.
+    """Score every target matrix of MODEL, resuming the scan in OUT if there is one, and write the outputs
+    (for an MoE checkpoint also moe_experts.csv and moe_report.html).
 
     ``devices``: "auto" (every visible GPU, else the CPU), "cpu", or GPU indices mixed with "cpu" ("0,1,cpu").
     ``max_memory``: RAM for tensors read ahead and CPU work, bytes or "24G" (default: available minus headroom).
@@ -102,7 +106,10 @@ def scan(
 
     Hub models (MODEL = ``org/name``): ``revision`` (branch, tag or commit), ``offline`` (HF cache only),
     ``max_disk`` (bytes or "100G" of downloaded shards on disk at a time), ``keep_shards`` (never delete them).
+
+    ``moe_grouping``: how the YAML ranks MoE experts: "reference", "pooled" or "per-layer".
     """
+    _check_grouping(moe_grouping)
     if method not in METHODS:
         raise UsageError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
     percents = _percents(top_percent)
@@ -128,6 +135,9 @@ def scan(
         "targets": sorted(j.name for j in full.jobs),
         "skipped": [[s.name, s.reason] for s in full.skipped],
     }
+    experts = moe_rows(((j.name, j.tensor.name, j.shape, j.part) for j in full.jobs), source.config)
+    if experts:  # MoE only: a dense model's journal header is unchanged
+        header["experts"] = [r.as_list() for r in experts]
     out_dir = Path(out)
     if ranks is not None:
         if source.hub is not None and (max_disk is not None or keep_shards):
@@ -138,7 +148,7 @@ def scan(
                    feed=(lambda jobs: ShardFeed(source.hub, jobs, None, True)) if source.hub is not None else None)
         if not ranks.coordinated:
             return _scan_shard(full, header, out_dir, ranks, fresh, **run)
-        return _scan_ranks(full, header, out_dir, ranks, fresh, percents, rank_timeout, **run)
+        return _scan_ranks(full, header, out_dir, ranks, fresh, percents, rank_timeout, moe_grouping, **run)
     workers = cpu_workers or default_workers()
     stats = PoolStats()
     with Journal(out_dir, header, fresh=fresh) as journal:
@@ -156,7 +166,7 @@ def scan(
     summary["placement_notes"] = {r.name: r.note for r in results if r.note}
     if feed is not None:
         summary["hub"] = feed.summary()
-    paths = write_outputs(out_dir, slug, results, percents, _all_names(header), summary)
+    paths = _write(out_dir, slug, header, results, percents, summary, moe_grouping)
     return ScanResult(out_dir, results, summary, paths)
 
 
@@ -169,7 +179,7 @@ def _execute(journal: Journal, jobs, method: str, workers: int, progress: Progre
     result lets the feed delete a scanned shard when the disk budget needs room.
     """
     read_bytes = 0
-    sizes = {j.name: j.tensor.nbytes for j in jobs}
+    sizes = {j.name: j.nbytes for j in jobs}
     try:
         results = run_jobs(feed.start() if feed is not None else jobs, method, workers, devices=pool,
                            max_memory=budget, stats=stats)
@@ -246,7 +256,7 @@ def _scan_shard(full: Plan, header: dict, out_dir: Path, rank: Rank, fresh: bool
 
 
 def _scan_ranks(full: Plan, header: dict, out_dir: Path, rank: Rank, fresh: bool, percents: list[float],
-                timeout: float, **run) -> ScanResult:
+                timeout: float, moe_grouping: str = "reference", **run) -> ScanResult:
     """torchrun: rank 0 says what is done, each rank scans its share, rank 0 merges and writes the outputs."""
 
     def lead() -> list[str]:  # rank 0, before anyone writes: fold what earlier runs left, refuse a busy dir
@@ -261,9 +271,11 @@ def _scan_ranks(full: Plan, header: dict, out_dir: Path, rank: Rank, fresh: bool
     if rank.rank != 0:
         return mine
     try:
-        res = merge(out_dir, percents, started=run["started"], resumed=len(done), workers=run["workers"])
+        res = merge(out_dir, percents, started=run["started"], resumed=len(done), workers=run["workers"],
+                    moe_grouping=moe_grouping)
     except JournalError:  # a late rank still holds its journal: write what is done, fold later
-        res = merge(out_dir, percents, started=run["started"], resumed=len(done), workers=run["workers"], fold=False)
+        res = merge(out_dir, percents, started=run["started"], resumed=len(done), workers=run["workers"], fold=False,
+                    moe_grouping=moe_grouping)
     recorded = {r.name for r in res.results}
     short = {r: sum(j.name not in recorded for j in jobs) for r, jobs in enumerate(shares)}
     short = {r: n for r, n in short.items() if n}
@@ -280,7 +292,7 @@ def _scan_ranks(full: Plan, header: dict, out_dir: Path, rank: Rank, fresh: bool
 
 
 def merge(out: str | Path, top_percent: Iterable[float] = (), *, fold: bool = True, started: float | None = None,
-          resumed: int = 0, workers: int | None = None) -> ScanResult:
+          resumed: int = 0, workers: int | None = None, moe_grouping: str = "reference") -> ScanResult:
     """Fold the rank and shard journals in OUT into its single-process journal and write the outputs.
 
     With FOLD=False the journals are only read (a rank may still write to its own). Outputs are those a
@@ -303,12 +315,43 @@ def merge(out: str | Path, top_percent: Iterable[float] = (), *, fold: bool = Tr
                        time.perf_counter() - started, resumed)
     summary["ranks"] = len(ranks) or 1
     summary["placement_notes"] = {r.name: r.note for r in results if r.note}
-    paths = write_outputs(out_dir, header["slug"], results, percents, _all_names(header), summary)
+    paths = _write(out_dir, header["slug"], header, results, percents, summary, moe_grouping)
     return ScanResult(out_dir, results, summary, paths)
 
 
+def _write(out_dir: Path, slug: str, header: dict, results: list[Result], percents: list[float], summary: dict,
+           moe_grouping: str) -> list[Path]:
+    """Every output of a scan; for an MoE checkpoint also its counts in the summary and the per-expert report."""
+    experts = _expert_rows(header)
+    if experts:
+        kinds = [r.kind for r in experts]
+        summary["moe"] = {"expert_matrices": kinds.count("expert"), "shared_expert_matrices": kinds.count("shared"),
+                          "routers": kinds.count("router"), "grouping": moe_grouping}
+    paths = write_outputs(out_dir, slug, results, percents, _all_names(header), summary,
+                          **_yaml_options(header, moe_grouping))
+    if experts:
+        paths += write_moe_outputs(out_dir, results, experts, header["model"])
+    return paths
+
+
 def _all_names(header: dict) -> list[str]:
-    return list(header["targets"]) + [module_name(n) for n, _ in header["skipped"]]
+    """Every module name of the checkpoint (expert slices as their fused tensor), for prefix checks."""
+    return [fused_tensor(n) or n for n in header["targets"]] + [module_name(n) for n, _ in header["skipped"]]
+
+
+def _check_grouping(moe_grouping: str) -> None:
+    if moe_grouping not in GROUPINGS:
+        raise UsageError(f"--moe-grouping {moe_grouping}: unknown; choose one of {', '.join(GROUPINGS)}")
+
+
+def _expert_rows(header: dict) -> list[ExpertRow]:
+    return [ExpertRow.from_list(row) for row in header.get("experts", [])]
+
+
+def _yaml_options(header: dict, moe_grouping: str) -> dict:
+    """How the YAML ranks MoE experts, and which selected names are slices of fused tensors."""
+    fused = {n: t for n in header["targets"] if (t := fused_tensor(n))}
+    return {"group": group_function(moe_grouping, _expert_rows(header)), "fused": fused, "grouping": moe_grouping}
 
 
 def _count(results: list[Result]) -> dict[str, int]:
@@ -345,12 +388,22 @@ def load_results(out: str | Path) -> tuple[dict, list[Result]]:
     return header, [by_name[n] for n in header["targets"] if n in by_name]
 
 
-def select(out: str | Path, top_percent: float) -> Path:
+def select(out: str | Path, top_percent: float, moe_grouping: str = "reference") -> Path:
     """Write the YAML for TOP_PERCENT from a finished or partial scan in OUT, without rescanning."""
+    _check_grouping(moe_grouping)
     header, results = load_results(out)
     if not 0 < top_percent <= 100:
         raise UsageError(f"--top-percent {top_percent}: must be in (0, 100]")
-    return write_yaml(Path(out), header["slug"], results, float(top_percent), _all_names(header), header["model"])
+    return write_yaml(Path(out), header["slug"], results, float(top_percent), _all_names(header), header["model"],
+                      **_yaml_options(header, moe_grouping))
+
+
+def moe_report(out: str | Path) -> list[Path]:
+    """Write moe_experts.csv and moe_report.html from the finished or partial scan in OUT, without rescanning."""
+    header, results = load_results(out)
+    if not header.get("experts"):
+        raise UsageError(f"{out}: this scan has no MoE experts; the per-expert report is for Mixture-of-Experts checkpoints")
+    return write_moe_outputs(Path(out), results, _expert_rows(header), header["model"])
 
 
 def status(out: str | Path) -> dict:

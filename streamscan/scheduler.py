@@ -58,7 +58,7 @@ def run_job(job: Job, method: str, worker: str) -> Result:
     """Read and score one job on the CPU; any failure becomes an error Result, never an exception."""
     start = time.perf_counter()
     try:
-        tensor = read_tensor(job.tensor)
+        tensor = read_tensor(job.tensor) if job.part is None else read_tensor(job.tensor, job.part)
     except Exception as err:
         return _error(job, method, worker, err, time.perf_counter() - start)
     return _score(job, tensor, method, worker, "cpu", time.perf_counter() - start)
@@ -246,7 +246,7 @@ class _Pool:
 
     def _cpu_need(self, job: Job) -> int:
         need = memory_bytes(job.shape, _element_size(job), self.method, "cpu")
-        return need - job.tensor.nbytes if job.name in self.ready or job.name in self.reading else need
+        return need - job.nbytes if job.name in self.ready or job.name in self.reading else need
 
     # prefetch --------------------------------------------------------------------------------------
     def prefetch(self) -> None:
@@ -264,13 +264,13 @@ class _Pool:
                         return
                     self.cond.wait()
                 self.reading.add(job.name)
-                self._hold(job.name, job.tensor.nbytes)
+                self._hold(job.name, job.nbytes)
             tensor, seconds, err = _read(job, pin)
             with self.cond:
                 self.reading.discard(job.name)
                 self.stats.read_seconds += seconds
                 if err is None:
-                    self.stats.read_bytes += job.tensor.nbytes
+                    self.stats.read_bytes += job.nbytes
                 self.ready[job.name] = (tensor, seconds, err)
                 self.cond.notify_all()
 
@@ -280,7 +280,7 @@ class _Pool:
         for job in self.pending[: self.prefetch_depth + len(self.ready) + len(self.reading)]:
             if job.name in self.ready or job.name in self.reading:
                 continue
-            if self.held + job.tensor.nbytes <= self.max_memory or self.held == 0:
+            if self.held + job.nbytes <= self.max_memory or self.held == 0:
                 return job
             return None  # the head does not fit yet: wait rather than read around it
         return None
@@ -299,7 +299,7 @@ class _Pool:
         with self.cond:
             self.stats.read_seconds += seconds
             if err is None:
-                self.stats.read_bytes += job.tensor.nbytes
+                self.stats.read_bytes += job.nbytes
         return tensor, seconds, err
 
     # dispatch --------------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ class _Pool:
             threads = cpu_threads(self.cores, self.cpu_workers, self.running["cpu"] - 1, len(self.pending),
                                   _other_busy_cores())
         elif job.name not in self.ready and job.name not in self.reading:
-            self._hold(job.name, job.tensor.nbytes)  # the host copy it will read
+            self._hold(job.name, job.nbytes)  # the host copy it will read
         worker.inbox.put((job, a.note, threads))
 
     def finish(self, worker: _Worker, job: Job, note: str | None, outcome) -> None:
@@ -410,7 +410,7 @@ def _element_size(job: Job) -> int:
 def _read(job: Job, pin: bool) -> tuple[torch.Tensor | None, float, BaseException | None]:
     start = time.perf_counter()
     try:
-        tensor = read_tensor(job.tensor)
+        tensor = read_tensor(job.tensor) if job.part is None else read_tensor(job.tensor, job.part)
         if pin:
             tensor = tensor.pin_memory()
     except Exception as err:  # becomes the job's error Result
