@@ -13,8 +13,17 @@ from . import __version__
 from .errors import StreamscanError
 from .devices import default_workers, parse_devices
 from .distributed import DEFAULT_TIMEOUT
-from .scan import DEFAULT_OUT, inspect_model, merge, scan, select, status
+from .moe import GROUPINGS
+from .scan import DEFAULT_OUT, inspect_model, merge, moe_report, scan, select, status
 from .spectrum import DEFAULT_METHOD, METHODS
+
+
+MOE_GROUPING_HELP = (
+    "How MoE experts are ranked for the YAML. reference: per expert index across layers (the reference's "
+    "type, e.g. experts.3.w1); pooled: all experts of a projection in all layers together; per-layer: the "
+    "experts of each layer against each other (every MoE layer trains the same share of experts).")
+MOE_GROUPING = click.option("--moe-grouping", type=click.Choice(GROUPINGS), default="reference", show_default=True,
+                            help=MOE_GROUPING_HELP)
 
 
 def _fail(message: str, code: int) -> None:
@@ -70,6 +79,7 @@ def main(debug: bool) -> None:
 @click.option("--exclude", multiple=True, help="Skip modules matching this glob (repeatable).")
 @click.option("--fresh", is_flag=True, help="Discard a previous scan in --out instead of resuming it.")
 @click.option("--name", default=None, help="Model id for output file names (slug: '/' and '_' -> '-') [default: directory name].")
+@MOE_GROUPING
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--distributed/--no-distributed", default=None,
               help="Split the scan over torch.distributed ranks (RANK/WORLD_SIZE, or Slurm's SLURM_PROCID/SLURM_NTASKS) "
@@ -85,8 +95,8 @@ def main(debug: bool) -> None:
                    "[default: free space in the HF cache minus 5%].")
 @click.option("--keep-shards", is_flag=True, help="Hub models: never delete downloaded shards.")
 @friendly
-def run(model, out, devices, cpu_workers, max_memory, method, top_percent, include, exclude, fresh, name, quiet,
-        distributed, shard, rank_timeout, revision, offline, max_disk, keep_shards):
+def run(model, out, devices, cpu_workers, max_memory, method, top_percent, include, exclude, fresh, name, moe_grouping,
+        quiet, distributed, shard, rank_timeout, revision, offline, max_disk, keep_shards):
     """Scan MODEL (a checkpoint directory, a .safetensors file or a Hub id org/name) and write Spectrum outputs to --out."""
     from tqdm import tqdm
 
@@ -111,7 +121,8 @@ def run(model, out, devices, cpu_workers, max_memory, method, top_percent, inclu
         res = scan(model, out, method=method, devices=devices, cpu_workers=cpu_workers, max_memory=max_memory,
                    top_percent=top_percent, include=include, exclude=exclude, fresh=fresh, name=name, progress=progress,
                    shard=shard, distributed=distributed, rank_timeout=rank_timeout,
-                   revision=revision, offline=offline, max_disk=max_disk, keep_shards=keep_shards)
+                   revision=revision, offline=offline, max_disk=max_disk, keep_shards=keep_shards,
+                   moe_grouping=moe_grouping)
     finally:
         if bar is not None:
             bar.close()
@@ -141,6 +152,10 @@ def run(model, out, devices, cpu_workers, max_memory, method, top_percent, inclu
                    f"HF cache, {h['shards_downloaded']} downloaded ({h['downloaded_bytes'] / 2**30:.2f} GiB in "
                    f"{h['download_seconds']:.1f} s, scan waited {h['waited_for_download_seconds']:.1f} s), "
                    f"{len(h['deleted_after_scan'])} deleted after scanning, disk peak {h['peak_disk_bytes'] / 2**30:.2f} GiB")
+    if not quiet:
+        for path in res.paths:
+            if path.name.startswith("moe_report"):
+                click.echo(f"streamscan: per-expert report: {path}")
     if s["failed"]:
         _fail(f"{s['failed']} matrices failed (see streamscan_summary.json); rerun the same command to retry them", 1)
 
@@ -165,10 +180,11 @@ def status_cmd(out, as_json):
 @main.command("merge")
 @click.argument("out", default=DEFAULT_OUT)
 @click.option("--top-percent", "-p", type=float, multiple=True, help="Also write the YAML for this percent (repeatable).")
+@MOE_GROUPING
 @friendly
-def merge_cmd(out, top_percent):
+def merge_cmd(out, top_percent, moe_grouping):
     """Fold the rank/shard journals in OUT into one and write the outputs (after `run --shard i/N` runs)."""
-    res = merge(out, top_percent)
+    res = merge(out, top_percent, moe_grouping=moe_grouping)
     s = res.summary
     click.echo(f"streamscan: merged {len(res.results)} of {s['matrices']} matrices from {s['ranks']} rank(s) "
                f"({s['scored']} scored, {s['no_snr']} without SNR, {s['failed']} failed) -> {res.out_dir}")
@@ -180,11 +196,21 @@ def merge_cmd(out, top_percent):
 @main.command("select")
 @click.argument("out", default=DEFAULT_OUT)
 @click.option("--top-percent", "-p", type=float, multiple=True, required=True, help="Percent per type (repeatable).")
+@MOE_GROUPING
 @friendly
-def select_cmd(out, top_percent):
+def select_cmd(out, top_percent, moe_grouping):
     """Write unfrozen-parameters YAMLs from the (finished or partial) scan in OUT, without rescanning."""
     for p in top_percent:
-        click.echo(select(out, p))
+        click.echo(select(out, p, moe_grouping=moe_grouping))
+
+
+@main.command("report")
+@click.argument("out", default=DEFAULT_OUT)
+@friendly
+def report_cmd(out):
+    """Write the per-expert MoE report (moe_experts.csv, moe_report.html) from the scan in OUT, without rescanning."""
+    for path in moe_report(out):
+        click.echo(path)
 
 
 @main.command("inspect")

@@ -196,12 +196,13 @@ def pooled_type(type_: str) -> str:
 
 
 def group_function(mode: str, rows: Iterable[ExpertRow]) -> Callable[[str, str], str] | None:
-    """(name, reference type) -> selection group for --moe-grouping MODE; None for the reference's own."""
+    """(name, reference type) -> selection group for --moe-grouping MODE; None for the reference's own
+    (and for a dense model, whatever the mode)."""
     if mode not in GROUPINGS:
         raise ValueError(f"unknown MoE grouping {mode!r}; choose one of {', '.join(GROUPINGS)}")
-    if mode == "reference":
-        return None
     experts = {r.name: r for r in rows if r.kind == "expert"}
+    if mode == "reference" or not experts:
+        return None
 
     def group(name: str, type_: str) -> str:
         row = experts.get(name)
