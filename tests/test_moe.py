@@ -1,10 +1,14 @@
 import csv
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors.torch import save_file
 
 import streamscan
 from streamscan.cli import main
@@ -221,3 +225,29 @@ def test_dense_models_are_unchanged_by_the_moe_options(tmp_path):
     assert result.exit_code == 2 and "no MoE experts" in result.output
     bad = CliRunner().invoke(main, ["select", str(tmp_path / "a"), "-p", "50", "--moe-grouping", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for the high-water RSS")
+def test_reading_one_expert_slice_never_loads_the_whole_fused_tensor(tmp_path):
+    """Peak RSS of reading one expert's gate (2 MiB) out of a 64 MiB fused tensor, in a fresh process."""
+    path = tmp_path / "fused" / "model.safetensors"
+    path.parent.mkdir()
+    save_file({"model.layers.0.mlp.experts.gate_up_proj": torch.randn(16, 512, 4096).to(torch.bfloat16)}, str(path))
+    code = f"""
+import torch
+from streamscan.index import read_header
+from streamscan.moe import MoeConfig, split_experts
+from streamscan.reader import read_tensor
+(info,), _ = read_header(__import__("pathlib").Path({str(path)!r}))
+slices = split_experts(info.name, info.shape, MoeConfig(16, 2048, 512, "llama4"))
+torch.ones(512, 2048, dtype=torch.bfloat16).sum()  # warm up torch (reading the file first would set the peak)
+def peak_kib():  # this process's high-water RSS (ru_maxrss would carry over pytest's peak through exec)
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+base = peak_kib()
+x = read_tensor(info, slices[11][1])
+assert tuple(x.shape) == (512, 2048)
+print((peak_kib() - base) / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) < 24, out.stdout  # the whole tensor is 64 MiB (float32: 128 MiB)
