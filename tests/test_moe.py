@@ -251,3 +251,18 @@ print((peak_kib() - base) / 1024)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip()) < 24, out.stdout  # the whole tensor is 64 MiB (float32: 128 MiB)
+
+
+def test_cli_run_writes_the_report_and_ranks_per_layer(tmp_path):
+    model = write_moe(tmp_path / "dbrx", "dbrx", SHAPE)
+    out = tmp_path / "scan"
+    res = CliRunner().invoke(main, ["run", str(model), "--out", str(out), "--devices", "cpu", "-p", "50",
+                                    "--moe-grouping", "per-layer"])
+    assert res.exit_code == 0, res.output
+    assert f"per-expert report: {out / 'moe_report.html'}" in res.output
+    summary = json.loads((out / "streamscan_summary.json").read_text())
+    assert summary["moe"] == {"expert_matrices": 24, "shared_expert_matrices": 0, "routers": 2, "grouping": "per-layer"}
+    text = (out / "snr_results_dbrx_unfrozenparameters_50percent.yaml").read_text()
+    assert "# layer 1: ffn.experts.mlp.w2[*] layers" in text and "# - ^transformer.blocks.1.ffn.experts.mlp.w2$" in text
+    inspect = CliRunner().invoke(main, ["inspect", str(model)])
+    assert "transformer.blocks.0.ffn.experts.mlp.w2[3]" in inspect.output and "24x32" in inspect.output
