@@ -71,6 +71,7 @@ def test_each_layout_splits_into_the_planted_expert_matrices(family, tmp_path):
         want = expert_matrices(SHAPE, layer, job.part.expert)[job.part.projection].to(torch.bfloat16)
         got = read_tensor(job.tensor, job.part)
         assert got.shape == job.shape and (torch.equal(got, want) or torch.equal(got, want.T)), job.name
+        assert got.is_contiguous() and got.untyped_storage().nbytes() == got.numel() * 2  # owned, not a view
         assert job.cost == pytest.approx(24 * 24 * 32 + 4 / 3 * 24**3) and job.nbytes == 24 * 32 * 2
     expected_experts = len(layers) * SHAPE.experts * 3
     fused = family in ("dbrx", "llama4", "v5_fused", "gpt_oss")
