@@ -267,3 +267,15 @@ def test_cli_run_writes_the_report_and_ranks_per_layer(tmp_path):
     assert "# layer 1: ffn.experts.mlp.w2[*] layers" in text and "# - ^transformer.blocks.1.ffn.experts.mlp.w2$" in text
     inspect = CliRunner().invoke(main, ["inspect", str(model)])
     assert "transformer.blocks.0.ffn.experts.mlp.w2[3]" in inspect.output and "24x32" in inspect.output
+
+
+def test_shards_of_a_fused_moe_merge_into_the_same_report(scans, tmp_path):
+    model, whole = scans["v5_fused"]
+    out = tmp_path / "split"
+    for i in (0, 1):
+        streamscan.scan(model, out, shard=f"{i}/2", devices="cpu")
+    res = CliRunner().invoke(main, ["merge", str(out), "-p", "50", "--moe-grouping", "pooled"])
+    assert res.exit_code == 0, res.output
+    assert (out / "moe_experts.csv").read_text() == (whole.out_dir / "moe_experts.csv").read_text()
+    text = (out / "snr_results_v5-fused_unfrozenparameters_50percent.yaml").read_text()
+    assert "# mlp.experts.gate_up_proj[*].gate layers" in text
