@@ -27,10 +27,12 @@ DTYPE_BYTES = {
 class TensorInfo:
     name: str
     shard: Path
-    dtype: str
-    shape: tuple[int, ...]
+    dtype: str  # safetensors dtype; a GGML type name (Q4_K, ...) in a GGUF file; MXFP4 for block/scale pairs
+    shape: tuple[int, ...]  # [out, in] for matrices; the dequantized shape of a quantized weight
     start: int  # absolute byte offset in the shard
     end: int
+    key: str | None = None  # the name in the file, where it differs from ``name`` (GGUF, MXFP4 *_blocks)
+    quant: Quant | None = None  # how it dequantizes, with the scale tensor read beside it
 
     @property
     def nbytes(self) -> int:
@@ -39,6 +41,32 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def stored_name(self) -> str:
+        return self.key or self.name
+
+    @property
+    def dequantized(self) -> bool:
+        """Whether reading it yields float32 computed from a quantized form (not the stored dtype)."""
+        return self.quant is not None or (self.shard.suffix == ".gguf" and self.dtype not in DTYPE_BYTES)
+
+    @property
+    def element_size(self) -> int:
+        """Bytes per element of the tensor the reader returns."""
+        return 4 if self.dequantized else DTYPE_BYTES.get(self.dtype, 4)
+
+
+@dataclass(frozen=True)
+class Quant:
+    """A quantized weight's scheme and the scale tensor read with it (quant.py pairs them).
+
+    scheme: ``fp8-block`` (scale per ``block`` of [rows, cols]), ``fp8-scaled`` (per tensor or output
+    channel) or ``mxfp4`` (E8M0 scale per 32 values; the TensorInfo is the ``*_blocks`` tensor)."""
+
+    scheme: str
+    scale: TensorInfo
+    block: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +138,16 @@ def _shard_header(source: ModelSource, path: Path) -> tuple[list[TensorInfo], Sh
     if source.hub is not None and not path.exists():
         raw, size = source.hub.header(path.name)
         return parse_header(path, raw, size)
-    return read_header(path)
+    return read_any_header(path)
+
+
+def read_any_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
+    """A local shard's tensors whatever its format: safetensors, GGUF or PyTorch zip (formats.py)."""
+    if path.suffix == ".safetensors":
+        return read_header(path)
+    from .formats import read_other_header
+
+    return read_other_header(path)
 
 
 def build_index(source: ModelSource) -> CheckpointIndex:

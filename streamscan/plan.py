@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .index import DTYPE_BYTES, CheckpointIndex, TensorInfo
 from .layout import embedding_role, module_name, natural_key, type_key
+from .quant import pair_quantized
 from .moe import MoeConfig, Part, split_experts
 
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
@@ -28,7 +29,9 @@ class Job:
 
     @property
     def nbytes(self) -> int:
-        """Bytes read for this job."""
+        """Bytes read for this job (a dequantized weight: its float32 matrix, what the reader hands over)."""
+        if self.tensor.dequantized:
+            return self.shape[0] * self.shape[1] * self.tensor.element_size
         if self.part is None:
             return self.tensor.nbytes
         return self.shape[0] * self.shape[1] * DTYPE_BYTES.get(self.tensor.dtype, 1)
@@ -74,6 +77,7 @@ class Plan:
     jobs: tuple[Job, ...]  # largest first
     skipped: tuple[Skipped, ...]
     done: frozenset[str]
+    consumed: tuple[Skipped, ...] = ()  # scale tensors read with their quantized weight (reason: what they scale)
 
     @property
     def total(self) -> int:
@@ -99,7 +103,7 @@ def classify(t: TensorInfo) -> str | None:
         return f"{what}: no matrix spectrum"
     if not t.name.endswith(".weight"):
         return "2-D tensor not named *.weight"
-    if t.dtype not in FLOAT_DTYPES:
+    if t.dtype not in FLOAT_DTYPES and not t.dequantized:
         return f"dtype {t.dtype} is not a float weight"
     return None
 
@@ -112,14 +116,17 @@ def make_plan(
 ) -> Plan:
     targets, skipped = [], []
     moe = MoeConfig.from_config(index.source.config)
-    for t in sorted(index.tensors, key=lambda t: natural_key(t.name)):
+    tensors, quant_skips, consumed = pair_quantized(index.tensors, index.source.config)
+    for t in sorted(tensors, key=lambda t: natural_key(t.name)):
         name = module_name(t.name)
-        split = split_experts(t.name, t.shape, moe) if t.dtype in FLOAT_DTYPES else None
+        quant_reason = quant_skips.get(t.name)  # a quantized weight that cannot be dequantized
+        floating = t.dtype in FLOAT_DTYPES or t.dequantized
+        split = split_experts(t.name, t.shape, moe) if floating and not quant_reason else None
         if isinstance(split, str):  # a fused expert tensor that config.json does not let us split safely
             skipped.append(Skipped(name, type_key(name), split))
             continue
         for label, part in split or [(name, None)]:
-            reason = classify(t) if part is None else None
+            reason = (quant_reason or classify(t)) if part is None else None
             reason = reason or _option_reason((label, name, t.name), include, exclude)
             if reason is None:
                 role = embedding_role(t.name, t.shape, index.source.config) if part is None else None
@@ -127,4 +134,5 @@ def make_plan(
             else:
                 skipped.append(Skipped(label, type_key(label), reason))
     jobs = sorted((j for j in targets if j.name not in done), key=lambda j: -j.cost)
-    return Plan(tuple(jobs), tuple(skipped), frozenset(j.name for j in targets if j.name in done))
+    used = tuple(Skipped(n, type_key(n), why) for n, why in sorted(consumed.items(), key=lambda kv: natural_key(kv[0])))
+    return Plan(tuple(jobs), tuple(skipped), frozenset(j.name for j in targets if j.name in done), used)

@@ -138,6 +138,8 @@ def scan(
     experts = moe_rows(((j.name, j.tensor.name, j.shape, j.part) for j in full.jobs), source.config)
     if experts:  # MoE only: a dense model's journal header is unchanged
         header["experts"] = [r.as_list() for r in experts]
+    if full.consumed:  # quantized checkpoints only: scale tensors read with their weights
+        header["consumed"] = [[s.name, s.reason] for s in full.consumed]
     out_dir = Path(out)
     if ranks is not None:
         if source.hub is not None and (max_disk is not None or keep_shards):
@@ -336,7 +338,7 @@ def _write(out_dir: Path, slug: str, header: dict, results: list[Result], percen
 
 def _all_names(header: dict) -> list[str]:
     """Every module name of the checkpoint (expert slices as their fused tensor), for prefix checks."""
-    return [fused_tensor(n) or n for n in header["targets"]] + [module_name(n) for n, _ in header["skipped"]]
+    return [fused_tensor(n) or n for n in header["targets"]] + [module_name(n) for n, _ in header["skipped"] + header.get("consumed", [])]
 
 
 def _check_grouping(moe_grouping: str) -> None:
@@ -376,6 +378,7 @@ def _summary(header: dict, results: list[Result], method: str, workers: int, sec
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "failures": {r.name: r.reason for r in results if r.status == "error"},
         "skipped_tensors": dict(header["skipped"]),
+        "consumed_tensors": dict(header.get("consumed", [])),
     }
 
 

@@ -402,9 +402,7 @@ class _Pool:
 
 
 def _element_size(job: Job) -> int:
-    from .index import DTYPE_BYTES
-
-    return DTYPE_BYTES.get(job.tensor.dtype, 4)
+    return job.tensor.element_size  # of the tensor read: float32 for dequantized weights
 
 
 def _read(job: Job, pin: bool) -> tuple[torch.Tensor | None, float, BaseException | None]:

@@ -56,7 +56,10 @@ def resolve(model: str | Path, *, revision: str | None = None, offline: bool | N
         raise UsageError(f"--revision {revision}: only for Hub ids, and {model} is a local path")
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise SourceError(f"{path}: not a .safetensors file; give a checkpoint directory or a .safetensors file")
+            other = _other_format(path)
+            if other is not None:
+                return other
+            raise SourceError(f"{path}: not a .safetensors, .gguf or .bin file; give a checkpoint directory or one of those files")
         root = path.parent
         model_id = path.stem if path.stem != "model" else root.resolve().name
         return ModelSource(model_id, root, (path,), None, _config(root))
@@ -70,9 +73,43 @@ def resolve(model: str | Path, *, revision: str | None = None, offline: bool | N
     found = sorted(path.glob("*.safetensors"))
     if found:
         return ModelSource(model_id, path, tuple(found), None, _config(path))
+    other = _other_format(path)
+    if other is not None:
+        return other
     raise SourceError(
-        f"{path}: no {INDEX_NAME}, {SINGLE_NAME} or *.safetensors here; point MODEL at the checkpoint directory"
+        f"{path}: no {INDEX_NAME}, {SINGLE_NAME}, *.safetensors, *.gguf or pytorch_model*.bin here; "
+        "point MODEL at the checkpoint directory"
     )
+
+
+TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
+
+
+def _other_format(path: Path) -> ModelSource | None:
+    """A GGUF file, a PyTorch .bin/.pt/.pth file, or a directory of either (formats.py reads them)."""
+    if path.is_file():
+        if path.suffix == ".gguf":
+            from .formats import gguf_config
+
+            return ModelSource(path.stem, path.parent, (path,), None, gguf_config(path))
+        if path.suffix in (".bin", ".pt", ".pth"):
+            root = path.parent
+            model_id = path.stem if path.stem != "pytorch_model" else root.resolve().name
+            return ModelSource(model_id, root, (path,), None, _config(root))
+        return None
+    model_id = path.resolve().name
+    index = path / TORCH_INDEX_NAME
+    if index.is_file():
+        return ModelSource(model_id, path, tuple(_shards_of(index)), index, _config(path))
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if bins:
+        return ModelSource(model_id, path, tuple(bins), None, _config(path))
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return _other_format(ggufs[0])
+    if ggufs:
+        raise SourceError(f"{path}: holds {len(ggufs)} GGUF files ({ggufs[0].name}, ...); give the one to scan")
+    return None
 
 
 def _shards_of(index: Path) -> list[Path]:

@@ -1,0 +1,231 @@
+"""formats: checkpoints that are not safetensors, indexed without reading tensor data and read one tensor
+at a time.
+
+- GGUF (llama.cpp): the header is parsed by the ``gguf`` package (llama.cpp's own reader, an optional
+  dependency: ``pip install 'streamscan[gguf]'``); tensor names are mapped to Hugging Face module names
+  (``blk.3.ffn_down`` -> ``model.layers.3.mlp.down_proj``) so types and outputs match a safetensors scan of
+  the same model; its metadata stands in for config.json. A tensor's ``dtype`` is its GGML type name
+  (``Q4_K``, ``F16``, ...) and its byte range is its data; reading ``pread``s only those bytes and
+  dequantizes them with ``gguf.quants`` (dequant.py). GGUF shapes are stored fastest-axis first (``ne``):
+  the matrix is ``reversed(ne)`` = [out, in], as in Hugging Face checkpoints.
+- PyTorch ``.bin``/``.pt``/``.pth`` in the zip format: ``torch.load(mmap=True, weights_only=True)`` maps the
+  file and unpickles only tensors and plain containers (never arbitrary objects); the data is touched only
+  when one tensor is copied out. Legacy (non-zip) files cannot be memory-mapped and are refused.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError, SourceError
+from .index import ShardInfo, TensorInfo
+
+log = logging.getLogger(__name__)
+
+GGUF_SUFFIX = ".gguf"
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+INSTALL_GGUF = "reading GGUF files needs the gguf package: pip install 'streamscan[gguf]'"
+
+TORCH_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+
+# llama.cpp tensor names -> Hugging Face module names (the llama.cpp converter's map, inverted).
+GGUF_TOP = {"token_embd": "model.embed_tokens", "output": "lm_head", "output_norm": "model.norm"}
+GGUF_BLOCK = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_qkv": "self_attn.qkv_proj",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_post_norm": "post_attention_layernorm", "ffn_post_norm": "post_feedforward_layernorm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_exps": "mlp.experts.gate_proj", "ffn_up_exps": "mlp.experts.up_proj",
+    "ffn_down_exps": "mlp.experts.down_proj",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj", "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+}
+_BLOCK_NAME = re.compile(r"^blk\.(\d+)\.(.+?)(\.weight|\.bias)?$")
+_TOP_NAME = re.compile(r"^([a-z_]+?)(\.weight|\.bias)?$")
+
+
+def is_other_format(path: Path) -> bool:
+    return path.suffix in (GGUF_SUFFIX, *TORCH_SUFFIXES)
+
+
+def hf_name(gguf_name: str) -> str:
+    """`blk.3.ffn_down.weight` -> `model.layers.3.mlp.down_proj.weight`; unknown names stay as they are."""
+    m = _BLOCK_NAME.match(gguf_name)
+    if m and m.group(2) in GGUF_BLOCK:
+        return f"model.layers.{m.group(1)}.{GGUF_BLOCK[m.group(2)]}{m.group(3) or ''}"
+    m = _TOP_NAME.match(gguf_name)
+    if m and m.group(1) in GGUF_TOP:
+        return GGUF_TOP[m.group(1)] + (m.group(2) or "")
+    return gguf_name
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise SourceError(INSTALL_GGUF) from None
+    return gguf
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_header(path: str, size: int, mtime: int) -> tuple[tuple[TensorInfo, ...], str, dict]:
+    """(tensors, sha256 of the header bytes, metadata as config.json keys), cached per file version."""
+    gguf = _gguf()
+    try:
+        reader = gguf.GGUFReader(path, "r")
+    except (ValueError, OSError, IndexError, KeyError) as err:
+        raise CheckpointError(f"{path}: not a readable GGUF file ({err}); re-download it") from None
+    tensors, seen = [], {}
+    for t in reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        name = hf_name(t.name)
+        if name in seen:  # two llama.cpp names for one Hugging Face name: keep the file's names
+            raise CheckpointError(f"{path}: {t.name!r} and {seen[name]!r} both map to {name!r}; report this file's architecture")
+        seen[name] = t.name
+        end = int(t.data_offset) + int(t.n_bytes)
+        if end > size:
+            raise CheckpointError(f"{path}: tensor {t.name!r} lies outside the file (truncated?); re-download it")
+        tensors.append(TensorInfo(name, Path(path), t.tensor_type.name, shape, int(t.data_offset), end, key=t.name))
+    with open(path, "rb") as fh:
+        digest = hashlib.sha256(fh.read(int(reader.data_offset))).hexdigest()
+    return tuple(tensors), digest, _gguf_config(reader)
+
+
+def _field(reader, key: str):
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    try:
+        return field.contents()
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
+def _gguf_config(reader) -> dict:
+    """The GGUF metadata a scan needs, under config.json's keys (model_type = the llama.cpp architecture)."""
+    arch = _field(reader, "general.architecture") or ""
+    keys = {
+        "hidden_size": "embedding_length", "intermediate_size": "feed_forward_length",
+        "num_hidden_layers": "block_count", "num_attention_heads": "attention.head_count",
+        "num_key_value_heads": "attention.head_count_kv", "vocab_size": "vocab_size",
+        "num_experts": "expert_count", "moe_intermediate_size": "expert_feed_forward_length",
+    }
+    config: dict = {"model_type": arch, "gguf_file_type": _field(reader, "general.file_type")}
+    for hf_key, gguf_key in keys.items():
+        value = _field(reader, f"{arch}.{gguf_key}")
+        if isinstance(value, int):
+            config[hf_key] = value
+    if "vocab_size" not in config:
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        if tokens is not None:
+            config["vocab_size"] = len(tokens.data)
+    return config
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def gguf_config(path: Path) -> dict:
+    """A GGUF file's metadata as config.json keys (hidden_size, num_hidden_layers, vocab_size, ...)."""
+    return dict(_gguf_header(*_stat_key(path))[2])
+
+
+def read_other_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
+    """Index a GGUF or PyTorch zip checkpoint file: names, dtypes, shapes; no tensor data."""
+    if path.suffix == GGUF_SUFFIX:
+        tensors, digest, _ = _gguf_header(*_stat_key(path))
+        return list(tensors), ShardInfo(path, path.stat().st_size, digest)
+    if path.suffix in TORCH_SUFFIXES:
+        return _torch_header(path)
+    raise CheckpointError(f"{path}: unknown checkpoint format; give .safetensors, .gguf or .bin files")
+
+
+def _torch_load(path: Path) -> dict:
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: a legacy (non-zip) PyTorch file cannot be memory-mapped; "
+                              "re-save it with torch.save (zip format) or convert it to safetensors")
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:  # weights_only refuses arbitrary objects; corrupt zips raise RuntimeError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot load tensors safely ({first}); convert it to safetensors") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors; convert it to safetensors")
+    return state
+
+
+def _torch_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
+    state = _torch_load(path)
+    tensors = []
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        dtype = TORCH_DTYPES.get(value.dtype, str(value.dtype).removeprefix("torch."))
+        nbytes = value.numel() * value.element_size()
+        # torch.load locates the data itself; the byte range records only the tensor's size
+        tensors.append(TensorInfo(str(name), path, dtype, tuple(value.shape), 0, nbytes))
+    del state
+    with zipfile.ZipFile(path) as zf:
+        pickles = sorted(n for n in zf.namelist() if n.endswith("data.pkl"))
+        digest = hashlib.sha256(b"".join(zf.read(n) for n in pickles)).hexdigest()
+    return tensors, ShardInfo(path, path.stat().st_size, digest)
+
+
+def read_other_tensor(info: TensorInfo) -> torch.Tensor:
+    """One tensor of a GGUF (dequantized to float32) or PyTorch zip file (as stored), owned by the caller."""
+    if info.shard.suffix == GGUF_SUFFIX:
+        return _read_gguf(info)
+    state = _torch_load(info.shard)
+    value = state.get(info.stored_name)
+    if not isinstance(value, torch.Tensor):
+        raise CheckpointError(f"{info.shard}: no tensor {info.stored_name!r}; the file changed since it was indexed, rescan")
+    tensor = value.clone()  # copies only this tensor's pages out of the mapping
+    del state, value
+    return tensor
+
+
+def _read_gguf(info: TensorInfo) -> torch.Tensor:
+    import numpy as np
+
+    from .dequant import gguf_matrix
+
+    try:
+        with open(info.shard, "rb") as fh:
+            raw = os.pread(fh.fileno(), info.nbytes, info.start)
+    except OSError as err:
+        raise CheckpointError(f"{info.shard}: cannot read {info.stored_name!r} ({err}); re-download it") from None
+    if len(raw) != info.nbytes:
+        raise CheckpointError(f"{info.shard}: {info.stored_name!r} is truncated; re-download it")
+    try:
+        return gguf_matrix(np.frombuffer(raw, dtype=np.uint8), info.dtype, info.shape)
+    except NotImplementedError as err:
+        raise CheckpointError(f"{info.shard}: {info.stored_name!r}: {err}; upgrade gguf (pip install -U gguf)") from None
+
+
+def gguf_skip_reason(info: TensorInfo) -> str | None:
+    """Why a GGUF tensor cannot be dequantized here, or None."""
+    from .dequant import gguf_supported
+
+    if info.dtype in ("F32", "F16", "BF16") or gguf_supported(info.dtype):
+        return None
+    if info.dtype in {"I8", "I16", "I32", "I64"}:
+        return f"dtype {info.dtype} is not a float weight"
+    return f"GGML type {info.dtype}: gguf.quants cannot dequantize it (upgrade gguf or requantize)"
