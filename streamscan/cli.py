@@ -136,7 +136,8 @@ def run(model, out, devices, cpu_workers, max_memory, method, top_percent, inclu
         click.echo(
             f"streamscan: {s['matrices']} matrices ({s['scored']} scored, {s['no_snr']} without SNR, "
             f"{s['failed']} failed, {s['resumed_from_journal']} from a previous run), {s['skipped']} tensors skipped, "
-            f"{s['seconds']:.1f} s, peak RSS {s['peak_rss_mb']:.0f} MB -> {res.out_dir}"
+            + (f"{len(s['consumed_tensors'])} scale tensors read with their weights, " if s.get("consumed_tensors") else "")
+            + f"{s['seconds']:.1f} s, peak RSS {s['peak_rss_mb']:.0f} MB -> {res.out_dir}"
         )
     if not quiet and s.get("run"):
         r = s["run"]
@@ -236,12 +237,15 @@ def inspect_cmd(model, include, exclude, revision, offline, cpu_workers, as_json
         click.echo(f"score  {j.name:60s} {'x'.join(map(str, j.shape)):>14s} {j.tensor.dtype}")
     for s in plan.skipped:
         click.echo(f"skip   {s.name:60s} {s.reason}")
+    for s in plan.consumed:
+        click.echo(f"scale  {s.name:60s} {s.reason}")
     for key, t in ov["types"].items():
         experts = f", {t['experts']} experts" if t["experts"] else ""
         click.echo(f"type   {key:60s} {t['matrices']:5d} matrices{experts}, {' '.join(t['shapes'])} {' '.join(t['dtypes'])}")
     gib = 2**30
+    used = f", {len(plan.consumed)} scale tensors read with their weights" if plan.consumed else ""
     where = f" at commit {ov['commit']}" if ov["commit"] else ""
-    click.echo(f"{len(jobs)} matrices to score, {len(plan.skipped)} tensors skipped, {len(index.shards)} shard(s){where}, "
+    click.echo(f"{len(jobs)} matrices to score, {len(plan.skipped)} tensors skipped{used}, {len(index.shards)} shard(s){where}, "
                f"{index.total_bytes / gib:.2f} GiB; {ov['bytes_to_read'] / gib:.2f} GiB to read, "
                f"{ov['bytes_to_download'] / gib:.2f} GiB to download ({len(ov['shards_to_download'])} shard(s))")
     eta = ", ".join(f"{d} ~{_duration(sec)}" for d, sec in ov["eta_seconds"].items())

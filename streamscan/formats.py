@@ -124,7 +124,7 @@ def _gguf_config(reader) -> dict:
         "num_key_value_heads": "attention.head_count_kv", "vocab_size": "vocab_size",
         "num_experts": "expert_count", "moe_intermediate_size": "expert_feed_forward_length",
     }
-    config: dict = {"model_type": arch, "gguf_file_type": _field(reader, "general.file_type")}
+    config: dict = {"model_type": arch}
     for hf_key, gguf_key in keys.items():
         value = _field(reader, f"{arch}.{gguf_key}")
         if isinstance(value, int):

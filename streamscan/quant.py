@@ -97,7 +97,8 @@ def _fp8(t: TensorInfo, companions: dict[str, TensorInfo], block: tuple[int, int
     if scale.dtype not in ("F32", "BF16", "F16"):
         skipped[t.name] = f"FP8 scale {scale.name} has dtype {scale.dtype}; expected F32"
         return t
-    if len(scale.shape) == 2 and (numel > 1 and not (scale.shape == (rows, 1))):
+    blockwise = scale.name.endswith("_scale_inv") or (numel > 1 and scale.shape != (rows, 1))
+    if len(scale.shape) == 2 and blockwise:
         br, bc = block or DEFAULT_BLOCK
         if scale.shape != (math.ceil(rows / br), math.ceil(cols / bc)):
             skipped[t.name] = (f"FP8 scale {list(scale.shape)} does not tile a {rows}x{cols} weight in {br}x{bc} "
