@@ -55,10 +55,9 @@ def pair_quantized(tensors: tuple[TensorInfo, ...] | list[TensorInfo], config: d
             from .formats import gguf_skip_reason
 
             reason = gguf_skip_reason(t)
-            if reason is None:
-                out.append(t)
-            else:
+            if reason is not None:
                 skipped[t.name] = reason
+            out.append(t)
             continue
         companions = {s: by_name[t.name[: -len(".weight")] + s] for s in SCALE_SUFFIXES
                       if t.name.endswith(".weight") and t.name[: -len(".weight")] + s in by_name}
