@@ -11,6 +11,7 @@ Each function works in row chunks, so its transient memory stays a small fractio
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -94,18 +95,22 @@ def mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return out.reshape(*lead, groups * 32)
 
 
+@functools.lru_cache(maxsize=None)
 def gguf_supported(ggml_type: str) -> bool:
-    """Whether ``gguf.quants`` can dequantize this GGML type (by name, e.g. "Q4_K")."""
+    """Whether ``gguf.quants`` can dequantize this GGML type (by name, e.g. "Q4_K"): tried on one zero block."""
     import gguf
+    import numpy as np
     from gguf import quants
 
-    try:
-        qtype = gguf.GGMLQuantizationType[ggml_type]
-    except KeyError:
+    qtype = getattr(gguf.GGMLQuantizationType, ggml_type, None)
+    if qtype is None or qtype not in gguf.GGML_QUANT_SIZES:
         return False
-    if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16):
-        return True
-    return qtype in getattr(quants, "_type_traits", {})
+    _, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    try:
+        quants.dequantize(np.zeros((1, type_size), dtype=np.uint8), qtype)
+    except (NotImplementedError, ValueError, TypeError, KeyError):
+        return False
+    return not qtype.name.startswith(("I8", "I16", "I32", "I64"))
 
 
 def gguf_matrix(raw, ggml_type: str, shape: tuple[int, ...]) -> torch.Tensor:

@@ -195,3 +195,10 @@ print((peak_kib() - base) / 1024)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip()) < 16, out.stdout  # 30 matrices read, 16 MiB of Q4_1 in all; one at a time
+
+
+def test_without_the_gguf_package_the_error_says_how_to_install_it(tmp_path, monkeypatch):
+    path, _ = write_gguf_llama(tmp_path / "g" / "m.gguf", LlamaShape(layers=1, ffn=192))
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
+    res = CliRunner().invoke(main, ["inspect", str(path)])
+    assert res.exit_code == 2 and "pip install 'streamscan[gguf]'" in res.output, res.output
