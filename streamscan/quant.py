@@ -43,8 +43,9 @@ def pair_quantized(tensors: tuple[TensorInfo, ...] | list[TensorInfo], config: d
     out: list[TensorInfo] = []
     skipped: dict[str, str] = {}
     consumed: dict[str, str] = {}
+    quantized = {n for n, t in by_name.items() if n.endswith(".weight") and _is_quantized(t, by_name)}
     for t in tensors:
-        if t.name.endswith(SCALE_SUFFIXES) and t.name.rsplit(".", 1)[0] + ".weight" in by_name:
+        if t.name.endswith(SCALE_SUFFIXES) and t.name.rsplit(".", 1)[0] + ".weight" in quantized:
             continue  # handled with its weight below
         if t.name.endswith("_scales") and t.name[: -len("_scales")] + "_blocks" in by_name:
             continue
@@ -59,11 +60,11 @@ def pair_quantized(tensors: tuple[TensorInfo, ...] | list[TensorInfo], config: d
                 skipped[t.name] = reason
             out.append(t)
             continue
-        companions = {s: by_name[t.name[: -len(".weight")] + s] for s in SCALE_SUFFIXES
-                      if t.name.endswith(".weight") and t.name[: -len(".weight")] + s in by_name}
-        if not companions:
+        if t.name not in quantized:
             out.append(t)
             continue
+        companions = {s: by_name[t.name[: -len(".weight")] + s] for s in SCALE_SUFFIXES
+                      if t.name[: -len(".weight")] + s in by_name}
         module = t.name[: -len(".weight")]
         if t.dtype in FP8:
             paired = _fp8(t, companions, block, skipped)
@@ -71,16 +72,21 @@ def pair_quantized(tensors: tuple[TensorInfo, ...] | list[TensorInfo], config: d
             for suffix, s in companions.items():
                 used = paired.quant is not None and s is paired.quant.scale
                 consumed[s.name] = f"{'scale of' if used else 'activation/extra scale of'} {module} (FP8)"
-        else:
+        else:  # NVFP4
             out.append(t)
-            nvfp4 = t.dtype == "U8" and companions.get(".weight_scale") is not None and \
-                companions[".weight_scale"].dtype in FP8
-            if nvfp4:
-                skipped[t.name] = ("NVFP4 (U8 weight with F8_E4M3 block scales): not dequantized yet; "
-                                   "convert the checkpoint to bf16 to scan it")
+            skipped[t.name] = ("NVFP4 (U8 weight with F8_E4M3 block scales): not dequantized yet; "
+                               "convert the checkpoint to bf16 to scan it")
             for s in companions.values():
-                consumed[s.name] = f"scale of {module} ({'NVFP4, not scored' if nvfp4 else t.dtype})"
+                consumed[s.name] = f"scale of {module} (NVFP4, not scored)"
     return out, skipped, consumed
+
+
+def _is_quantized(t: TensorInfo, by_name: dict[str, TensorInfo]) -> bool:
+    """An FP8 weight, or a U8 weight with an FP8 ``weight_scale`` (NVFP4): its scale tensors belong to it."""
+    if t.dtype in FP8:
+        return True
+    scale = by_name.get(t.name[: -len(".weight")] + ".weight_scale")
+    return t.dtype == "U8" and scale is not None and scale.dtype in FP8
 
 
 def _fp8(t: TensorInfo, companions: dict[str, TensorInfo], block: tuple[int, int] | None,

@@ -40,9 +40,12 @@ def test_missing_path_and_non_checkpoint_are_one_line_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no model.safetensors.index.json"):
         resolve(tmp_path / "empty")
-    (tmp_path / "x.bin").write_bytes(b"x")
-    with pytest.raises(SourceError, match="not a .safetensors file"):
-        resolve(tmp_path / "x.bin")
+    (tmp_path / "x.txt").write_bytes(b"x")
+    with pytest.raises(SourceError, match="not a .safetensors, .gguf or .bin file"):
+        resolve(tmp_path / "x.txt")
+    (tmp_path / "x.bin").write_bytes(b"x")  # a PyTorch file name, but not a zip checkpoint
+    with pytest.raises(CheckpointError, match="legacy \\(non-zip\\) PyTorch file"):
+        build_index(resolve(tmp_path / "x.bin"))
 
 
 def test_missing_shard_named_in_error(sharded_llama):
