@@ -85,7 +85,7 @@ def mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     flat_scales = scales.reshape(-1, groups)
     lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
     out = torch.empty(flat_blocks.shape[0], groups, 32, dtype=torch.float32)
-    step = _row_step(groups * 32)
+    step = max(1, _row_step(groups * 32) // 8)  # the int64 code indices are 2x the float32 chunk
     for r in range(0, flat_blocks.shape[0], step):
         b = flat_blocks[r : r + step]
         chunk = out[r : r + step]

@@ -63,10 +63,13 @@ def is_other_format(path: Path) -> bool:
 
 
 def hf_name(gguf_name: str) -> str:
-    """`blk.3.ffn_down.weight` -> `model.layers.3.mlp.down_proj.weight`; unknown names stay as they are."""
+    """`blk.3.ffn_down.weight` -> `model.layers.3.mlp.down_proj.weight`; unknown names stay as they are.
+    Stacked experts (`blk.3.ffn_down_exps.weight`, [E, out, in]) become transformers' fused expert tensors
+    (`model.layers.3.mlp.experts.down_proj`, no `.weight`), which moe.py splits one expert at a time."""
     m = _BLOCK_NAME.match(gguf_name)
     if m and m.group(2) in GGUF_BLOCK:
-        return f"model.layers.{m.group(1)}.{GGUF_BLOCK[m.group(2)]}{m.group(3) or ''}"
+        suffix = "" if m.group(2).endswith("_exps") and m.group(3) == ".weight" else (m.group(3) or "")
+        return f"model.layers.{m.group(1)}.{GGUF_BLOCK[m.group(2)]}{suffix}"
     m = _TOP_NAME.match(gguf_name)
     if m and m.group(1) in GGUF_TOP:
         return GGUF_TOP[m.group(1)] + (m.group(2) or "")
@@ -189,35 +192,47 @@ def _torch_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
     return tensors, ShardInfo(path, path.stat().st_size, digest)
 
 
-def read_other_tensor(info: TensorInfo) -> torch.Tensor:
-    """One tensor of a GGUF (dequantized to float32) or PyTorch zip file (as stored), owned by the caller."""
+def read_other_tensor(info: TensorInfo, part=None) -> torch.Tensor:
+    """One tensor of a GGUF (dequantized to float32) or PyTorch zip file (as stored), owned by the caller;
+    with ``part`` (a moe.Part) only that expert's matrix (GGUF: only that expert's bytes are read)."""
     if info.shard.suffix == GGUF_SUFFIX:
-        return _read_gguf(info)
+        return _read_gguf(info, part)
     state = _torch_load(info.shard)
     value = state.get(info.stored_name)
     if not isinstance(value, torch.Tensor):
         raise CheckpointError(f"{info.shard}: no tensor {info.stored_name!r}; the file changed since it was indexed, rescan")
-    tensor = value.clone()  # copies only this tensor's pages out of the mapping
-    del state, value
+    view = value if part is None else value[part.key]
+    tensor = view.clone(memory_format=torch.contiguous_format)  # copies only these pages out of the mapping
+    del state, value, view
     return tensor
 
 
-def _read_gguf(info: TensorInfo) -> torch.Tensor:
+def _read_gguf(info: TensorInfo, part=None) -> torch.Tensor:
     import numpy as np
 
     from .dequant import gguf_matrix
 
+    start, nbytes, shape = info.start, info.nbytes, info.shape
+    if part is not None:
+        if part.index is None or len(shape) != 3 or nbytes % shape[0]:
+            raise CheckpointError(f"{info.shard}: {info.stored_name!r}: GGUF slices are read per expert of a 3-D tensor")
+        nbytes //= shape[0]
+        start += part.index * nbytes
+        shape = shape[1:]
     try:
         with open(info.shard, "rb") as fh:
-            raw = os.pread(fh.fileno(), info.nbytes, info.start)
+            raw = os.pread(fh.fileno(), nbytes, start)
     except OSError as err:
         raise CheckpointError(f"{info.shard}: cannot read {info.stored_name!r} ({err}); re-download it") from None
-    if len(raw) != info.nbytes:
+    if len(raw) != nbytes:
         raise CheckpointError(f"{info.shard}: {info.stored_name!r} is truncated; re-download it")
     try:
-        return gguf_matrix(np.frombuffer(raw, dtype=np.uint8), info.dtype, info.shape)
+        matrix = gguf_matrix(np.frombuffer(raw, dtype=np.uint8), info.dtype, shape)
     except NotImplementedError as err:
         raise CheckpointError(f"{info.shard}: {info.stored_name!r}: {err}; upgrade gguf (pip install -U gguf)") from None
+    if part is None:
+        return matrix
+    return matrix[slice(*part.rows), slice(*part.cols)].clone(memory_format=torch.contiguous_format)
 
 
 def gguf_skip_reason(info: TensorInfo) -> str | None:

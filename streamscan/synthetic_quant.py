@@ -164,3 +164,61 @@ def write_bin_llama(path: str | Path, shape: LlamaShape = LlamaShape(), shards: 
         (root / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (root / "config.json").write_text(json.dumps(_config(shape), indent=2))
     return root
+
+
+FP4_GRID = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def mxfp4_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., K] (K a multiple of 32) -> (blocks U8 [..., K/32, 16], scales U8 [..., K/32]): per 32 values the
+    smallest power-of-two scale with |x| / scale <= 6, each value rounded to the nearest E2M1 code."""
+    *lead, k = w.shape
+    x = w.float().reshape(*lead, k // 32, 32)
+    amax = x.abs().amax(-1).clamp_min(2.0**-126)
+    exp = torch.ceil(torch.log2(amax / 6.0)).clamp(-127, 127)
+    scaled = x / torch.exp2(exp).unsqueeze(-1)
+    mag = (scaled.abs().unsqueeze(-1) - FP4_GRID).abs().argmin(-1)
+    codes = (mag | ((scaled < 0).long() << 3)).to(torch.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return blocks.contiguous(), (exp + 127).to(torch.uint8).contiguous()
+
+
+def mxfp4_reference(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The MXFP4 decoding written out directly (independent of dequant.mxfp4), in float64 then float32."""
+    table = torch.cat([FP4_GRID, -FP4_GRID]).double()
+    codes = torch.stack([blocks & 15, blocks >> 4], dim=-1).reshape(*blocks.shape[:-1], 32).long()
+    values = table[codes] * torch.exp2(scales.double() - 127).unsqueeze(-1)
+    return values.reshape(*blocks.shape[:-2], blocks.shape[-2] * 32).float()
+
+
+def write_mxfp4_gpt_oss(path: str | Path, shape=None, seed: int = 0) -> tuple[Path, dict[str, torch.Tensor]]:
+    """gpt-oss as released: experts in MXFP4 (``gate_up_proj_blocks`` [E, 2I, H/32, 16] with gate/up rows
+    interleaved, ``down_proj_blocks`` [E, H, I/32, 16], U8 ``*_scales``), the rest bf16; the planted
+    experts of synthetic_moe. Returns the directory and each expert slice's dequantized matrix by job name
+    (``...gate_up_proj[e].gate`` = rows 0::2 of expert e, ``.up`` = rows 1::2, ``...down_proj[e]``)."""
+    from .synthetic_moe import MoeShape, write_moe
+
+    shape = shape or MoeShape(hidden=64, ffn=96)
+    root = write_moe(Path(path), "gpt_oss", shape, seed=seed)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(root / "model.safetensors"))
+    expected: dict[str, torch.Tensor] = {}
+    for name in [n for n in tensors if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        stored = tensors.pop(name).float().transpose(1, 2).contiguous()  # [E, out, in] as the MXFP4 release stores it
+        blocks, scales = mxfp4_quantize(stored)
+        tensors[name + "_blocks"], tensors[name + "_scales"] = blocks, scales
+        full = mxfp4_reference(blocks, scales)
+        for e in range(full.shape[0]):
+            if name.endswith("gate_up_proj"):
+                expected[f"{name}[{e}].gate"] = full[e, 0::2].contiguous()
+                expected[f"{name}[{e}].up"] = full[e, 1::2].contiguous()
+            else:
+                expected[f"{name}[{e}]"] = full[e]
+    save_file(tensors, str(root / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((root / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn",
+                                                                                        "model.layers.*.mlp.router",
+                                                                                        "model.embed_tokens", "lm_head"]}
+    (root / "config.json").write_text(json.dumps(config, indent=2))
+    return root, expected

@@ -37,7 +37,7 @@ def test_gguf_names_map_to_hugging_face_modules():
     assert hf_name("blk.3.attn_k.bias") == "model.layers.3.self_attn.k_proj.bias"
     assert hf_name("token_embd.weight") == "model.embed_tokens.weight"
     assert hf_name("output.weight") == "lm_head.weight" and hf_name("output_norm.weight") == "model.norm.weight"
-    assert hf_name("blk.1.ffn_gate_exps.weight") == "model.layers.1.mlp.experts.gate_proj.weight"
+    assert hf_name("blk.1.ffn_gate_exps.weight") == "model.layers.1.mlp.experts.gate_proj"  # fused experts: no .weight
     assert hf_name("blk.1.some_new_thing.weight") == "blk.1.some_new_thing.weight"  # unknown: kept
 
 
