@@ -96,8 +96,9 @@ def _gguf_header(path: str, size: int, mtime: int) -> tuple[tuple[TensorInfo, ..
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         name = hf_name(t.name)
-        if name in seen:  # two llama.cpp names for one Hugging Face name: keep the file's names
-            raise CheckpointError(f"{path}: {t.name!r} and {seen[name]!r} both map to {name!r}; report this file's architecture")
+        if name in seen:  # an architecture whose llama.cpp names map onto one HF name: keep the file's name
+            log.warning("%s: %s and %s both map to %s; keeping the llama.cpp name", path, t.name, seen[name], name)
+            name = t.name
         seen[name] = t.name
         end = int(t.data_offset) + int(t.n_bytes)
         if end > size:

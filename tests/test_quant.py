@@ -147,3 +147,13 @@ print((peak_kib() - base) / 1024)
     assert out.returncode == 0, out.stderr
     # one matrix: 2 MiB FP8 + 8 MiB float32 result (+ a transient chunk); the file is 64 MiB
     assert float(out.stdout.strip()) < 24, out.stdout
+
+
+def test_dequantized_weights_are_budgeted_as_float32(tmp_path):
+    model, _ = write_fp8_llama(tmp_path / "fp8", SHAPE, block=(32, 48))
+    _, plan = inspect_model(model)
+    fp8 = next(j for j in plan.jobs if j.tensor.quant is not None)
+    bf16 = next(j for j in plan.jobs if j.tensor.quant is None)
+    assert fp8.tensor.dtype == "F8_E4M3" and fp8.tensor.dequantized and fp8.tensor.element_size == 4
+    assert bf16.tensor.element_size == 2 and not bf16.tensor.dequantized
+    assert read_tensor(fp8.tensor).element_size() == fp8.tensor.element_size
