@@ -178,7 +178,7 @@ class _Pool:
         self.keys: list[float] = []  # -cost of pending, for bisect
         self.queued_cost = 0.0
         self.excluded: dict[str, set[str]] = {}
-        self.stalled_since: float | None = None
+        self.gpu_active = time.perf_counter()  # when a job of ours last ran or started on a GPU
         self.ready: dict[str, tuple[torch.Tensor | None, float, BaseException | None]] = {}
         self.reading: set[str] = set()
         self.held = 0  # bytes of RAM held: read tensors and CPU work
@@ -327,18 +327,21 @@ class _Pool:
         by_name = {j.name: j for j in window}
         states = self.states()
         now = time.perf_counter()
-        idle_since = self.stalled_since if self.stalled_since is not None else now
-        stalled = not any(self.running.values()) and now - idle_since >= STALL_SECONDS
+        gpus = [d for d in self.chosen if d != "cpu"]
+        if not gpus or any(self.running[d] for d in gpus):
+            self.gpu_active = now
+        # no job of ours has run on any GPU for STALL_SECONDS although jobs wait: GPU memory is held elsewhere
+        stalled = bool(gpus) and now - self.gpu_active >= STALL_SECONDS
         started = 0
         for a in assign(tasks, states, queue_cost=self.queued_cost, stalled=stalled):
             if a.device not in self.chosen and a.device in self.idle and not self.idle[a.device]:
                 continue  # the fallback CPU worker is busy: the job waits for it
             if a.note and stalled:
                 log.warning("%s: %s", a.key, a.note)
+            if a.device != "cpu":
+                self.gpu_active = now
             self._start(by_name[a.key], a)
             started += 1
-        nothing_runs = not started and not any(self.running.values())
-        self.stalled_since = idle_since if nothing_runs else None
         return started
 
     def _start(self, job: Job, a: Assignment) -> None:

@@ -138,3 +138,20 @@ def test_jobs_from_a_lazy_source_and_closing_early(sharded_llama):
     while any(t.name.startswith("streamscan-") for t in threading.enumerate()) and time.time() < deadline:
         time.sleep(0.05)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("streamscan-")]
+
+
+def test_gpu_memory_held_by_another_process_sends_the_waiting_job_to_cpu(single_llama, monkeypatch):
+    """A simulated GPU whose memory another process holds (free < need <= total): jobs wait, then, once nothing
+    of ours has run for STALL_SECONDS, go to the CPU one at a time with a note; nothing hangs or is lost."""
+    from streamscan.placement import GPU_MARGIN_MIN
+    from streamscan.spectrum import score
+
+    monkeypatch.setattr(scheduler, "STALL_SECONDS", 0.2)
+    jobs = _jobs(single_llama)
+    total = GPU_MARGIN_MIN + 2 * max(_need(j) for j in jobs)
+    used = []
+    results = list(scheduler.run_jobs(jobs, "gram64", devices=["cuda:0"], memory_probe=lambda d: (GPU_MARGIN_MIN, total),
+                                      compute=lambda t, m, d: used.append(d) or score(t, m)))
+    assert sorted(r.name for r in results) == sorted(j.name for j in jobs) and not used
+    assert {r.worker for r in results} == {"cpu0"}
+    assert all(r.note == "waited for GPU memory that other processes hold on cuda:0; scored on CPU" for r in results)
