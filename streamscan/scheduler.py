@@ -54,16 +54,6 @@ def _oom_types() -> tuple[type[BaseException], ...]:
     return tuple({getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)} - {None})
 
 
-def run_job(job: Job, method: str, worker: str) -> Result:
-    """Read and score one job on the CPU; any failure becomes an error Result, never an exception."""
-    start = time.perf_counter()
-    try:
-        tensor = read_tensor(job.tensor) if job.part is None else read_tensor(job.tensor, job.part)
-    except Exception as err:
-        return _error(job, method, worker, err, time.perf_counter() - start)
-    return _score(job, tensor, method, worker, "cpu", time.perf_counter() - start)
-
-
 def _base(job: Job, method: str, worker: str) -> dict:
     return dict(name=job.name, type=job.type, shape=job.shape, dtype=job.tensor.dtype, role=job.role,
                 method=method, worker=worker)
@@ -150,9 +140,9 @@ class _Worker(threading.Thread):
             job, note, threads = item
             if self.device == "cpu":
                 torch.set_num_threads(threads)
-            self.pool.finish(self, job, note, self._run(job, note))
+            self.pool.finish(self, job, note, self._run(job))
 
-    def _run(self, job: Job, note: str | None):
+    def _run(self, job: Job):
         tensor, read, err = self.pool.tensor_for(job, pin=self.device != "cpu" and self.pool.compute is None)
         if err is not None:
             return _error(job, self.pool.method, self.worker, err, 0.0, read)
@@ -187,6 +177,7 @@ class _Pool:
         self.feeding = True
         self.stopped = False
         self.speed = dict(PRIOR_SPEED)
+        self.timed: set[str] = set()  # device kinds whose speed has been measured (replacing the prior)
         self.workers: dict[str, list[_Worker]] = {}
         self.idle: dict[str, list[_Worker]] = {}
         self.running: dict[str, int] = {}
@@ -380,7 +371,8 @@ class _Pool:
                 if outcome.status != "error" and outcome.seconds > 0:
                     rate = job.cost / outcome.seconds
                     kind = "cpu" if dev == "cpu" else "cuda"
-                    self.speed[kind] = rate if stats.jobs == 1 else 0.7 * self.speed[kind] + 0.3 * rate
+                    self.speed[kind] = 0.7 * self.speed[kind] + 0.3 * rate if kind in self.timed else rate
+                    self.timed.add(kind)
                 results.append(replace(outcome, note=note) if note else outcome)
             else:  # out of memory: never this device again for this job
                 stats.oom += 1
@@ -419,11 +411,14 @@ def _read(job: Job, pin: bool) -> tuple[torch.Tensor | None, float, BaseExceptio
     return tensor, time.perf_counter() - start, None
 
 
+_THIS_PROCESS = psutil.Process()  # one object: cpu_percent(None) compares with this object's previous call
+
+
 def _other_busy_cores() -> float:
-    """Cores other processes keep busy right now (system load minus ours), from psutil's counters."""
+    """Cores other processes kept busy since the previous call (system load minus ours), from psutil's counters."""
     try:
         total = psutil.cpu_percent(interval=None) / 100 * (psutil.cpu_count() or 1)
-        ours = psutil.Process().cpu_percent(interval=None) / 100
+        ours = _THIS_PROCESS.cpu_percent(interval=None) / 100
         return max(0.0, total - ours)
     except psutil.Error:
         return 0.0
