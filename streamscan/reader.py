@@ -39,20 +39,14 @@ def read_tensor(info: TensorInfo, part: Part | None = None) -> torch.Tensor:
         from .formats import read_other_tensor
 
         return read_other_tensor(info, part)
-    try:
-        with _open(info, sliced=part is not None) as fh:
-            if part is None:
+    if part is not None:
+        tensor = _read_slice(info, part.key)
+    else:
+        try:
+            with _open(info) as fh:
                 tensor = fh.get_tensor(info.stored_name)
-            else:
-                stored = fh.get_slice(info.stored_name)
-                if tuple(stored.get_shape()) != info.shape:
-                    raise CheckpointError(f"{info.shard}: {info.name!r} has shape {tuple(stored.get_shape())}, "
-                                          f"header says {info.shape}")
-                # a view into the mapping: copy it out now (the I/O happens here, in the reading thread,
-                # and the caller owns a contiguous matrix; the mapping goes when the view does)
-                tensor = stored[part.key].clone(memory_format=torch.contiguous_format)
-    except (OSError, SafetensorError) as err:
-        raise CheckpointError(f"{info.shard}: cannot read {info.name!r} ({err}); re-download the shard") from None
+        except (OSError, SafetensorError) as err:
+            raise CheckpointError(f"{info.shard}: cannot read {info.name!r} ({err}); re-download the shard") from None
     expected = info.shape if part is None else part.shape
     if tuple(tensor.shape) != expected:
         raise CheckpointError(f"{info.shard}: {info.name!r} read as {tuple(tensor.shape)}, expected {expected}; re-download the shard")
@@ -94,13 +88,19 @@ def read_quantized(info: TensorInfo, part: Part | None = None) -> torch.Tensor:
 
 
 def _expert(info: TensorInfo, index: int) -> torch.Tensor:
-    """``t[index]`` of a stored tensor, read through a short-lived mapping (only that expert's pages)."""
+    """``t[index]`` of a stored tensor (only that expert's pages are touched)."""
+    return _read_slice(info, slice(index, index + 1))[0]
+
+
+def _read_slice(info: TensorInfo, key) -> torch.Tensor:
+    """``stored[key]`` read through a short-lived mapping and copied out now: the I/O happens here, in the
+    reading thread, the caller owns a contiguous tensor, and the mapping goes when this returns."""
     try:
         with _open(info, sliced=True) as fh:
             stored = fh.get_slice(info.stored_name)
             if tuple(stored.get_shape()) != info.shape:
                 raise CheckpointError(f"{info.shard}: {info.stored_name!r} has shape {tuple(stored.get_shape())}, "
                                       f"header says {info.shape}")
-            return stored[index : index + 1].clone(memory_format=torch.contiguous_format)[0]
+            return stored[key].clone(memory_format=torch.contiguous_format)
     except (OSError, SafetensorError) as err:
         raise CheckpointError(f"{info.shard}: cannot read {info.stored_name!r} ({err}); re-download the shard") from None
