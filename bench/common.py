@@ -1,4 +1,5 @@
 """Shared helpers of the benchmarks: a cache outside the repo, timed child processes, RESULTS.md sections."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ CACHE = Path(os.environ.get("STREAMSCAN_BENCH_CACHE", Path.home() / ".cache" / "
 
 def checkpoint(name: str, **shape) -> Path:
     """A synthetic Llama checkpoint, generated once and cached outside the repo."""
-    from streamscan.synthetic import LlamaShape, write_llama
+    from tests.fixtures.synthetic import LlamaShape, write_llama
 
     root = CACHE / name
     if not (root / "config.json").exists():
@@ -26,8 +27,13 @@ def checkpoint(name: str, **shape) -> Path:
 
 def measure(args: list[str], env: dict | None = None) -> dict:
     """Run a child under /usr/bin/time -v; wall seconds, peak RSS and peak anonymous RSS (sampled) in MB."""
-    proc = subprocess.Popen(["/usr/bin/time", "-v", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        ["/usr/bin/time", "-v", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     peak_anon = 0
 
     def sample() -> None:

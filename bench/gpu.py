@@ -1,29 +1,25 @@
 """GPU: per-shape time of the default method (gram64) against float32 svdvals on the same GPU, SNR agreement,
 and a projection for whole 70B-class and Mixtral-8x22B scans on one GPU.
 
-Run on a machine with CUDA: python bench/gpu.py            (writes the "gpu" section of bench/RESULTS.md)
-Check the script on CPU with small shapes: python bench/gpu.py --device cpu --scale 16 --no-write
+Run on a machine with CUDA: python -m bench.gpu            (writes the "gpu" section of bench/RESULTS.md)
+Check the script on CPU with small shapes: python -m bench.gpu --device cpu --scale 16 --no-write
 
 Projection: a scan's compute time = Σ over the model's matrices of the measured time of its shape (every
 shape of both models is measured); its I/O time = bytes / --disk-gbps; with prefetch the wall is about
 max(compute, I/O) plus the first read. Times are medians of --repeat runs after one warm-up.
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import update_section  # noqa: E402
-
-from streamscan.spectrum import score  # noqa: E402
+from bench.common import update_section
+from streamscan.compute.spectrum import score
 
 ISSUE_SHAPES = [(4096, 4096), (4096, 14336), (8192, 8192), (8192, 28672), (6144, 16384), (7168, 2048)]
 
@@ -80,15 +76,22 @@ def measure(shape, device: str, repeat: int) -> dict:
     ref = timed(lambda: score(Wd, "svdvals32", device), device, repeat)
     exact = score(W, "svdvals64").snr if max(shape) * min(shape) <= 8192 * 8192 and device == "cpu" else None
     s_gram, s_ref = score(Wd, "gram64", device).snr, score(Wd, "svdvals32", device).snr
-    out = {"shape": shape, "gram64": gram, "gram64_magma": magma, "svdvals32": ref, "snr_gram64": s_gram, "snr_svdvals32": s_ref,
-           "rel_diff": abs(s_gram - s_ref) / abs(s_gram)}
+    out = {
+        "shape": shape,
+        "gram64": gram,
+        "gram64_magma": magma,
+        "svdvals32": ref,
+        "snr_gram64": s_gram,
+        "snr_svdvals32": s_ref,
+        "rel_diff": abs(s_gram - s_ref) / abs(s_gram),
+    }
     if exact is not None:
         out["rel_err_gram64"] = abs(s_gram - exact) / abs(exact)
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats()
         score(Wd, "gram64", device)
         out["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    del Wd
+    Wd = None  # free the device copy before the next shape
     return out
 
 
@@ -108,23 +111,31 @@ def main() -> None:
         small = (max(2, shape[0] // sc), max(2, shape[1] // sc))
         r = measure(small, args.device, args.repeat)
         rows[shape] = r
-        print(f"{shape} -> {small}: gram64 {r['gram64']:.3f} s, svdvals32 {r['svdvals32']:.3f} s, "
-              f"speed-up {r['svdvals32'] / r['gram64']:.1f}x, SNR diff {r['rel_diff']:.1e}", flush=True)
+        print(
+            f"{shape} -> {small}: gram64 {r['gram64']:.3f} s, svdvals32 {r['svdvals32']:.3f} s, "
+            f"speed-up {r['svdvals32'] / r['gram64']:.1f}x, SNR diff {r['rel_diff']:.1e}",
+            flush=True,
+        )
     name = torch.cuda.get_device_name() if args.device != "cpu" else "CPU"
     table = "\n".join(
         f"| {s[0]}×{s[1]} | {r['gram64']:.3f} s | {r['svdvals32']:.3f} s | {r['svdvals32'] / r['gram64']:.1f}× | "
         f"{r['rel_diff']:.1e} | {r.get('peak_gb', float('nan')):.2f} | "
-        f"{'n/a' if r['gram64_magma'] is None else format(r['gram64_magma'], '.3f') + ' s'} |" for s, r in rows.items() if s in ISSUE_SHAPES)
+        f"{'n/a' if r['gram64_magma'] is None else format(r['gram64_magma'], '.3f') + ' s'} |"
+        for s, r in rows.items()
+        if s in ISSUE_SHAPES
+    )
     proj = []
     for model, counts in models.items():
         compute = sum(n * rows[s]["gram64"] for s, n in counts.items())
         ref = sum(n * rows[s]["svdvals32"] for s, n in counts.items())
         gb = sum(n * s[0] * s[1] * 2 for s, n in counts.items()) / 1e9
         io = gb / args.disk_gbps
-        proj.append(f"| {model} | {sum(counts.values())} | {gb:.0f} GB | {compute / 60:.1f} min | {ref / 60:.1f} min | "
-                    f"{io / 60:.1f} min | **{max(compute, io) / 60:.1f} min** |")
-    text = f"""## GPU: per-shape times and whole-model projection (`python bench/gpu.py`)
-Device: {name}{f' (dimensions divided by {sc})' if sc > 1 else ''}. bf16 weights with some strong directions; medians of {args.repeat}.
+        proj.append(
+            f"| {model} | {sum(counts.values())} | {gb:.0f} GB | {compute / 60:.1f} min | {ref / 60:.1f} min | "
+            f"{io / 60:.1f} min | **{max(compute, io) / 60:.1f} min** |"
+        )
+    text = f"""## GPU: per-shape times and whole-model projection (`python -m bench.gpu`)
+Device: {name}{f" (dimensions divided by {sc})" if sc > 1 else ""}. bf16 weights with some strong directions; medians of {args.repeat}.
 gram64 = float64 Gram + eigvalsh (the default); svdvals32 = the reference's float32 `torch.linalg.svdvals`.
 
 | shape | gram64 | svdvals32 | speed-up | SNR rel. diff | gram64 peak GiB | gram64, MAGMA eigvalsh |

@@ -1,27 +1,26 @@
 """Hub models through the local Hub server (tests/hubserver.py): cold vs warm cache, overlap, --max-disk.
 
-Run: python bench/hub.py   (generates a ~0.35 GB bf16 checkpoint under ~/.cache/streamscan-bench; the HF cache
+Run: python -m bench.hub   (generates a ~0.35 GB bf16 checkpoint under ~/.cache/streamscan-bench; the HF cache
 of each run is a temporary directory). The server is throttled to RATE bytes/s to stand in for a network.
 """
+
 from __future__ import annotations
 
 import os
 import platform
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from bench.common import checkpoint, measure, python, update_section
+from tests.checkpoint.hubserver import FakeHub
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-from common import checkpoint, measure, python, update_section  # noqa: E402
-from tests.hubserver import FakeHub  # noqa: E402
 
 RATE = 100e6  # bytes/s served per response
 REPO = "bench/llama8"
-NOTE = ('The downloads run in a thread beside the scan; on this shared 2-core machine the local server, the client and the SVDs compete for the same two cores (load ~6-9 from other work), so the overlap gains nothing measurable here (cold ≈ download-then-scan); over a real network the download is I/O-bound and hides behind the scan. The `--max-disk` row is the sampled peak of shard blobs in the cache (partial files included).')
+NOTE = "The downloads run in a thread beside the scan; on this shared 2-core machine the local server, the client and the SVDs compete for the same two cores (load ~6-9 from other work), so the overlap gains nothing measurable here (cold ≈ download-then-scan); over a real network the download is I/O-bound and hides behind the scan. The `--max-disk` row is the sampled peak of shard blobs in the cache (partial files included)."
 
 
 def blob_bytes(cache: Path) -> int:
@@ -47,8 +46,9 @@ def run(hub: FakeHub, cache: Path, out: Path, *extra: str) -> dict:
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        m = measure([python(), "-m", "streamscan", "run", REPO, "--out", str(out), "-q", "--devices", "cpu", *extra],
-                    env=env)
+        m = measure(
+            [python(), "-m", "streamscan", "run", REPO, "--out", str(out), "-q", "--devices", "cpu", *extra], env=env
+        )
     finally:
         stop.set()
         sampler.join()
@@ -57,9 +57,11 @@ def run(hub: FakeHub, cache: Path, out: Path, *extra: str) -> dict:
 
 
 def download_only(hub: FakeHub, cache: Path) -> float:
-    code = ("import time, huggingface_hub as h; t = time.perf_counter(); "
-            f"[h.hf_hub_download({REPO!r}, s.rfilename, cache_dir={str(cache)!r}) "
-            f"for s in h.model_info({REPO!r}).siblings]; print(time.perf_counter() - t)")
+    code = (
+        "import time, huggingface_hub as h; t = time.perf_counter(); "
+        f"[h.hf_hub_download({REPO!r}, s.rfilename, cache_dir={str(cache)!r}) "
+        f"for s in h.model_info({REPO!r}).siblings]; print(time.perf_counter() - t)"
+    )
     env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
     return float(measure([python(), "-c", code], env=env)["stdout"].split()[-1])
 
@@ -101,7 +103,7 @@ def main() -> None:
         "",
         NOTE,
     ]
-    text = "## Hub models: cold vs warm cache, bounded disk (`python bench/hub.py`)\n\n" + "\n".join(lines)
+    text = "## Hub models: cold vs warm cache, bounded disk (`python -m bench.hub`)\n\n" + "\n".join(lines)
     print(text)
     update_section("hub", text)
 

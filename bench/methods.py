@@ -1,31 +1,30 @@
 """Singular-value methods side by side: time (1 thread, same run) and SNR error vs float64 SVD.
 
-Run: python bench/methods.py
+Run: python -m bench.methods
 Matrices are LLM-like: Gaussian bulk with lognormal column scales, a few outlier directions 5-50x the
 bulk edge, stored as bf16 (the case where float32 shortcuts break). Also compares the two ways to use
 2 cores: two jobs on one thread each (streamscan's scheduler) vs one job on two threads.
 """
+
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import update_section  # noqa: E402
-
-from streamscan.spectrum import gram, score, snr_from_singular_values  # noqa: E402
+from bench.common import update_section
+from streamscan.compute.spectrum import gram, score, snr_from_singular_values
 
 SHAPES = [(2048, 5632), (5632, 2048), (2048, 2048), (256, 2048)]
 
 
 def llm_like(m: int, n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    W = torch.randn(m, n, generator=g, dtype=torch.float64) * torch.exp(0.5 * torch.randn(n, generator=g, dtype=torch.float64))
+    W = torch.randn(m, n, generator=g, dtype=torch.float64) * torch.exp(
+        0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    )
     k = 6
     u = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=torch.float64)).Q
     v = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64)).Q
@@ -44,8 +43,12 @@ def sv_eig(W, gram_dtype, eig_dtype):
 METHODS = {
     "gram64 (default)": lambda W: score(W, "gram64").snr,
     "fp64 gram, full product": lambda W: snr_from_singular_values(sv_eig(W, torch.float64, torch.float64), W.shape).snr,
-    "fp32 gram + fp64 eigvalsh": lambda W: snr_from_singular_values(sv_eig(W, torch.float32, torch.float64), W.shape).snr,
-    "fp64 gram + fp32 eigvalsh": lambda W: snr_from_singular_values(sv_eig(W, torch.float64, torch.float32), W.shape).snr,
+    "fp32 gram + fp64 eigvalsh": lambda W: (
+        snr_from_singular_values(sv_eig(W, torch.float32, torch.float64), W.shape).snr
+    ),
+    "fp64 gram + fp32 eigvalsh": lambda W: (
+        snr_from_singular_values(sv_eig(W, torch.float64, torch.float32), W.shape).snr
+    ),
     "svdvals32 as stored (reference)": lambda W: score(W, "svdvals32").snr,
     "svdvals32 on the tall side": lambda W: score(W if W.shape[0] >= W.shape[1] else W.T, "svdvals32").snr,
 }
@@ -89,7 +92,9 @@ def main() -> None:
 
     _, par1 = timed(parallel)
     table = "\n".join(f"| {s} | {name} | {t:.2f} s | {r:.2f} | {e:.1e} |" for s, name, t, r, e in rows)
-    update_section("methods", f"""## Methods side by side (`python bench/methods.py`)
+    update_section(
+        "methods",
+        f"""## Methods side by side (`python -m bench.methods`)
 One thread each, same run, {os.cpu_count()} CPUs; LLM-like bf16 matrices (lognormal column scales, 6 outlier
 directions 5-50x the bulk edge). Error: relative SNR difference from float64 `svdvals`.
 
@@ -98,7 +103,8 @@ directions 5-50x the bulk edge). Error: relative SNR difference from float64 `sv
 {table}
 
 Using 2 cores for 4 matrices of 2048x5632 (gram64): one job at a time on 2 threads {serial2:.2f} s;
-two jobs at once on 1 thread each {par1:.2f} s (**{serial2 / par1:.2f}x** throughput). streamscan's scheduler does the latter.""")
+two jobs at once on 1 thread each {par1:.2f} s (**{serial2 / par1:.2f}x** throughput). streamscan's scheduler does the latter.""",
+    )
 
 
 if __name__ == "__main__":

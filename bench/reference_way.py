@@ -2,8 +2,9 @@
 float32 (as `from_pretrained(torch_dtype=torch.float32)` does), then float32 `torch.linalg.svdvals` per
 2-D weight on torch's default threads, SNR arithmetic in float32 as spectrum.py does it.
 
-Usage: python bench/reference_way.py CHECKPOINT_DIR OUT.json
+Usage: python -m bench.reference_way CHECKPOINT_DIR OUT.json
 """
+
 from __future__ import annotations
 
 import json

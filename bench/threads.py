@@ -3,25 +3,21 @@
 For each shape: one job on 1 thread, one job on all threads, and as many 1-thread jobs in parallel as there
 are cores (throughput per job). Alternating repeats; best of each (noise only adds time).
 
-Run: python bench/threads.py [--repeat 3]
+Run: python -m bench.threads [--repeat 3]
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import threading
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import update_section  # noqa: E402
-
-from streamscan.devices import default_workers  # noqa: E402
-from streamscan.spectrum import score  # noqa: E402
+from bench.common import update_section
+from streamscan.compute.devices import default_workers
+from streamscan.compute.spectrum import score
 
 SHAPES = [(512, 512), (1024, 2816), (2048, 5632)]
 
@@ -35,6 +31,7 @@ def one(W: torch.Tensor, threads: int) -> float:
 
 def parallel(W: torch.Tensor, jobs: int) -> float:
     """Wall seconds per job when JOBS one-thread jobs run at once."""
+
     def run() -> None:
         torch.set_num_threads(1)
         score(W)
@@ -68,8 +65,9 @@ def main() -> None:
     torch.set_num_threads(before)
     table = "\n".join(
         f"| {m}×{n} | {b['1']:.3f} s | {b['all']:.3f} s ({b['1'] / b['all']:.2f}×) | {b['par']:.3f} s ({b['1'] / b['par']:.2f}×) |"
-        for (m, n), b in rows)
-    text = f"""## CPU: threads per job vs jobs in parallel (`python bench/threads.py`)
+        for (m, n), b in rows
+    )
+    text = f"""## CPU: threads per job vs jobs in parallel (`python -m bench.threads`)
 gram64 on bf16 random matrices, {cores} physical cores, best of {args.repeat} alternating repeats (1-minute load
 average {os.getloadavg()[0]:.1f} at the end; the machine is shared). Speed-ups against one job on one thread.
 

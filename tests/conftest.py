@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from streamscan.synthetic import LlamaShape, write_llama
+from tests.fixtures.synthetic import LlamaShape, write_llama
 
 
 def write_tensors(path: Path, tensors: dict, config: dict | None = None) -> Path:

@@ -1,4 +1,5 @@
 """Split scans: cost-balanced assignment, rank journals, --shard + merge, torchrun on gloo, dead and hung ranks."""
+
 import json
 import os
 import random
@@ -8,22 +9,39 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import streamscan
+from streamscan.checkpoint.index import build_index
+from streamscan.checkpoint.source import resolve
 from streamscan.cli import main
-from streamscan.distributed import Rank, assign, from_env, local_devices, parse_shard, share
+from streamscan.distributed import (
+    Rank,
+    assign,
+    from_env,
+    local_devices,
+    parse_shard,
+    share,
+)
 from streamscan.errors import JournalError, UsageError
-from streamscan.index import build_index
-from streamscan.journal import JOURNAL_NAME, Journal, is_locked, rank_journal_name, read_journals
-from streamscan.plan import Result, make_plan
-from streamscan.source import resolve
-from streamscan.synthetic import LlamaShape, write_llama
+from streamscan.planning.plan import make_plan
+from streamscan.records import Fingerprint, RankInfo, Result, ScanHeader
+from streamscan.results.journal import (
+    JOURNAL_NAME,
+    Journal,
+    is_locked,
+    rank_journal_name,
+    read_journals,
+)
+from tests.fixtures.synthetic import LlamaShape, write_llama
 
-HEADER = {"streamscan_journal": 1, "fingerprint": {"model": "m", "method": "gram64"}, "targets": ["a", "b", "c"]}
+HEADER = ScanHeader(
+    version="test", fingerprint=Fingerprint("m", (), "gram64"), model="m", slug="m", targets=("a", "b", "c")
+)
 
 
 def res(name, snr=1.0, status="ok", worker="cpu0"):
@@ -96,8 +114,10 @@ def test_auto_devices_are_the_ranks_own_gpus():
 def test_rank_journals_coexist_union_and_fold_into_the_single_process_journal(tmp_path):
     with Journal(tmp_path, HEADER) as j:
         j.append(res("a", None, "error"))  # an earlier single-process run failed on "a"
-    with Journal(tmp_path, dict(HEADER, rank={"rank": 0}), rank=0) as r0, \
-            Journal(tmp_path, dict(HEADER, rank={"rank": 1}), rank=1) as r1:
+    with (
+        Journal(tmp_path, replace(HEADER, rank=RankInfo(0, 3, False, "host", 1)), rank=0) as r0,
+        Journal(tmp_path, replace(HEADER, rank=RankInfo(1, 3, False, "host", 1)), rank=1) as r1,
+    ):
         r0.append(res("b", 2.0, worker="rank0/cpu0"))
         r1.append(res("a", 3.0, worker="rank1/cpu0"))
         assert is_locked(tmp_path)
@@ -107,7 +127,7 @@ def test_rank_journals_coexist_union_and_fold_into_the_single_process_journal(tm
             Journal(tmp_path, HEADER, rank=1)  # nor the same rank twice
         _, union = read_journals(tmp_path)
         assert {n: r.snr for n, r in union.items()} == {"a": 3.0, "b": 2.0}
-    r1 = Journal(tmp_path, dict(HEADER, rank={"rank": 1}), rank=1)
+    r1 = Journal(tmp_path, replace(HEADER, rank=RankInfo(1, 3, False, "host", 1)), rank=1)
     r1.append(res("a", None, "error"))  # a stale error never replaces a finished record
     r1.close()
     with Journal(tmp_path, HEADER) as j:  # opening the single-process journal folds the ranks in
@@ -117,10 +137,10 @@ def test_rank_journals_coexist_union_and_fold_into_the_single_process_journal(tm
 
 
 def test_a_rank_journal_of_another_scan_is_refused(tmp_path):
-    with Journal(tmp_path, dict(HEADER, fingerprint={"model": "m", "method": "svdvals32"}), rank=2):
+    with Journal(tmp_path, replace(HEADER, fingerprint=Fingerprint("m", (), "svdvals32")), rank=2):
         pass
     with pytest.raises(JournalError, match=rank_journal_name(2) + ".*different method"):
-        read_journals(tmp_path, HEADER["fingerprint"])
+        read_journals(tmp_path, HEADER.fingerprint)
     with pytest.raises(JournalError, match="different method"):
         Journal(tmp_path, HEADER)
     with Journal(tmp_path, HEADER, fresh=True) as j:
@@ -153,17 +173,21 @@ def test_shards_then_merge_equal_a_single_process_scan(sharded_llama, tmp_path):
 
 
 def test_shard_option_errors_are_one_line(sharded_llama, tmp_path):
-    for args, fragment in ((["--shard", "2/2"], "--shard 2/2"), (["--shard", "0/2", "--fresh"], "--fresh with --shard"),
-                           (["--shard", "0/2", "--distributed"], "exclude each other"),
-                           (["--distributed"], "no RANK/WORLD_SIZE")):
+    for args, fragment in (
+        (["--shard", "2/2"], "--shard 2/2"),
+        (["--shard", "0/2", "--fresh"], "--fresh with --shard"),
+        (["--shard", "0/2", "--distributed"], "exclude each other"),
+        (["--distributed"], "no RANK/WORLD_SIZE"),
+    ):
         result = invoke("run", sharded_llama, "--out", tmp_path / "x", *args)
         assert result.exit_code == 2 and fragment in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_a_world_of_one_in_process_scans_merges_and_passes_rank_0_errors_on(sharded_llama, tmp_path, monkeypatch):
     ref = streamscan.scan(sharded_llama, tmp_path / "ref", top_percent=[25], cpu_workers=1)
-    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(free_port())).items():
+    for key, value in dict(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+    ).items():
         monkeypatch.setenv(key, value)
     out = tmp_path / "world1"
     res = streamscan.scan(sharded_llama, out, top_percent=[25], cpu_workers=1)  # torchrun's environment: split
@@ -181,15 +205,36 @@ def test_a_world_of_one_in_process_scans_merges_and_passes_rank_0_errors_on(shar
 @pytest.fixture(scope="module")
 def medium(tmp_path_factory) -> tuple[Path, Path]:
     """A checkpoint with 58 matrices (about a second of work per rank) and its single-process scan."""
-    ck = write_llama(tmp_path_factory.mktemp("ck") / "medium", LlamaShape(layers=8, hidden=256, ffn=704, kv=64,
-                                                                           vocab=768), layers_per_shard=3)
+    ck = write_llama(
+        tmp_path_factory.mktemp("ck") / "medium",
+        LlamaShape(layers=8, hidden=256, ffn=704, kv=64, vocab=768),
+        layers_per_shard=3,
+    )
     ref = streamscan.scan(ck, tmp_path_factory.mktemp("ref"), top_percent=[25], cpu_workers=1)
     return ck, ref.out_dir
 
 
 def torchrun(n: int, ck: Path, out: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-            "-m", "streamscan", "run", str(ck), "--out", str(out), "-q", "-p", "25", "--cpu-workers", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(n),
+        "-m",
+        "streamscan",
+        "run",
+        str(ck),
+        "--out",
+        str(out),
+        "-q",
+        "-p",
+        "25",
+        "--cpu-workers",
+        "1",
+        *extra,
+    ]
 
 
 def lines(path: Path) -> int:
@@ -259,10 +304,32 @@ def test_a_hung_rank_is_named_and_rank_0_writes_what_is_done(medium, tmp_path):
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
     copy = tmp_path / "own-cache" / ck.name  # each rank may read its own copy (its own HF cache)
     shutil.copytree(ck, copy)
-    procs = [subprocess.Popen([sys.executable, "-m", "streamscan", "run", str(copy if r else ck), "--out", str(out), "-q",
-                               "-p", "25", "--cpu-workers", "1", "--rank-timeout", "3", "--distributed"],
-                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamscan",
+                "run",
+                str(copy if r else ck),
+                "--out",
+                str(out),
+                "-q",
+                "-p",
+                "25",
+                "--cpu-workers",
+                "1",
+                "--rank-timeout",
+                "3",
+                "--distributed",
+            ],
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
     wait_for(out / rank_journal_name(1), 4, procs[1])
     pid = rank_pid(out, 1)
     os.kill(pid, signal.SIGSTOP)  # hung: alive, holding its journal, never reaching the final barrier
@@ -289,12 +356,34 @@ def test_ranks_reading_different_checkpoints_all_stop_before_scanning(sharded_ll
     other = write_llama(tmp_path / "other" / sharded_llama.name, LlamaShape(layers=4, ffn=192), layers_per_shard=2)
     out = tmp_path / "mixed"
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
-    procs = [subprocess.Popen([sys.executable, "-m", "streamscan", "run", str(other if r else sharded_llama), "--out",
-                               str(out), "-q", "--cpu-workers", "1"], env=dict(env, RANK=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamscan",
+                "run",
+                str(other if r else sharded_llama),
+                "--out",
+                str(out),
+                "-q",
+                "--cpu-workers",
+                "1",
+            ],
+            env=dict(env, RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
     errs = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [2, 2]
     for err in errs:
         line = [x for x in err.splitlines() if x.startswith("streamscan: error:")]
-        assert len(line) == 1 and "rank 1 (pid" in line[0] and "other checkpoint files or scan options than rank 0" in line[0]
+        assert (
+            len(line) == 1
+            and "rank 1 (pid" in line[0]
+            and "other checkpoint files or scan options than rank 0" in line[0]
+        )
     assert read_journals(out)[1] == {} and not list(out.glob("streamscan.journal.rank-*"))

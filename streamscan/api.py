@@ -1,0 +1,105 @@
+"""api: what a finished (or partial) scan answers without rescanning, and what a scan would do.
+
+``load_results``, ``status``, ``select`` and ``moe_report`` read the journal in OUT; ``inspect_model`` reads
+only headers. ``streamscan.scan`` and ``streamscan.merge`` (pipeline.py) write the journal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from streamscan.checkpoint.index import CheckpointIndex, build_index
+from streamscan.checkpoint.source import resolve
+from streamscan.errors import JournalError, UsageError
+from streamscan.planning.experts import GROUPINGS
+from streamscan.planning.plan import Plan, make_plan
+from streamscan.records import DEFAULT_OUT, Result, ScanHeader
+from streamscan.results.journal import is_locked, journal_files, read_journals
+from streamscan.results.moe_report import write_moe_outputs
+from streamscan.results.outputs import write_yaml
+from streamscan.results.scan_outputs import all_names, count, in_order, yaml_options
+
+__all__ = ["DEFAULT_OUT", "inspect_model", "load_results", "moe_report", "select", "status"]
+
+
+def no_scan(out_dir: Path) -> JournalError:
+    return JournalError(f"{out_dir}: no streamscan scan here; run `streamscan run MODEL --out {out_dir}` first")
+
+
+def check_grouping(moe_grouping: str) -> None:
+    if moe_grouping not in GROUPINGS:
+        raise UsageError(f"--moe-grouping {moe_grouping}: unknown; choose one of {', '.join(GROUPINGS)}")
+
+
+def check_percent(top_percent: float) -> float:
+    if not 0 < top_percent <= 100:
+        raise UsageError(f"--top-percent {top_percent}: must be in (0, 100]")
+    return float(top_percent)
+
+
+def inspect_model(
+    model: str | Path,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    *,
+    revision: str | None = None,
+    offline: bool | None = None,
+) -> tuple[CheckpointIndex, Plan]:
+    """Headers only (read remotely for a Hub model's shards not yet downloaded): what a scan would score and skip."""
+    index = build_index(resolve(model, revision=revision, offline=offline))
+    return index, make_plan(index, tuple(include), tuple(exclude))
+
+
+def load_results(out: str | Path) -> tuple[ScanHeader, list[Result]]:
+    """The journal header and the results recorded so far (a finished or partial scan)."""
+    out_dir = Path(out)
+    if not journal_files(out_dir):
+        raise no_scan(out_dir)
+    header, by_name = read_journals(out_dir)
+    assert header is not None
+    return header, in_order(header, by_name)
+
+
+def select(out: str | Path, top_percent: float, moe_grouping: str = "reference") -> Path:
+    """Write the YAML for TOP_PERCENT from a finished or partial scan in OUT, without rescanning."""
+    check_grouping(moe_grouping)
+    header, results = load_results(out)
+    return write_yaml(
+        Path(out),
+        header.slug,
+        results,
+        check_percent(top_percent),
+        all_names(header),
+        header.model,
+        **yaml_options(header, moe_grouping),
+    )
+
+
+def moe_report(out: str | Path) -> list[Path]:
+    """Write moe_experts.csv and moe_report.html from the finished or partial scan in OUT, without rescanning."""
+    header, results = load_results(out)
+    if not header.experts:
+        raise UsageError(
+            f"{out}: this scan has no MoE experts; the per-expert report is for Mixture-of-Experts checkpoints"
+        )
+    return write_moe_outputs(Path(out), results, header.experts, header.model)
+
+
+def status(out: str | Path) -> dict:
+    """How far the scan in OUT got."""
+    header, results = load_results(out)
+    n = count(results)
+    total = len(header.targets)
+    return {
+        "model": header.model,
+        "method": header.method,
+        "total": total,
+        "done": n["ok"] + n["null"],
+        "scored": n["ok"],
+        "no_snr": n["null"],
+        "failed": n["error"],
+        "remaining": total - n["ok"] - n["null"],
+        "running": is_locked(out),
+        "compute_seconds": sum(r.seconds for r in results),
+    }

@@ -1,0 +1,1 @@
+"""checkpoint: where a model's files are, their headers, and one tensor (or expert slice) at a time."""

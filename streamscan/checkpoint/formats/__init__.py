@@ -1,0 +1,32 @@
+"""formats: one reader per checkpoint file format, chosen here by the file's suffix and nowhere else.
+
+Each format module has the same two functions:
+
+- ``read_header(path) -> (tensors, shard)``: names, dtypes, shapes and byte ranges; no tensor data;
+- ``read_tensor(info, part=None) -> torch.Tensor``: one tensor (or one expert's slice ``part``), owned by the
+  caller, as stored (GGUF quants come dequantized to float32).
+
+safetensors (``.safetensors``), GGUF (``.gguf``) and PyTorch zip (``.bin``/``.pt``/``.pth``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from streamscan.errors import CheckpointError
+
+FORMATS = {".safetensors": "safetensors", ".gguf": "gguf", ".bin": "torch_zip", ".pt": "torch_zip", ".pth": "torch_zip"}
+
+
+def is_checkpoint_file(path: Path) -> bool:
+    return path.suffix in FORMATS
+
+
+def format_for(path: Path) -> ModuleType:
+    """The format module that reads PATH (imported on first use: GGUF needs the optional gguf package)."""
+    name = FORMATS.get(Path(path).suffix)
+    if name is None:
+        raise CheckpointError(f"{path}: unknown checkpoint format; give .safetensors, .gguf or .bin files")
+    return importlib.import_module(f"{__name__}.{name}")

@@ -1,0 +1,67 @@
+"""reader: one tensor (or one expert's slice) at a time, in its stored dtype or dequantized to float32.
+
+The file format's own reader (formats/) reads stored tensors; a quantized weight (FP8 with its scales,
+MXFP4 blocks with theirs) is read with its scale tensor and dequantized here (dequant.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from streamscan.checkpoint import dequant
+from streamscan.checkpoint.formats import format_for
+from streamscan.checkpoint.formats.safetensors import read_slice
+from streamscan.errors import CheckpointError
+from streamscan.records import Part, TensorInfo
+
+
+def read_tensor(info: TensorInfo, part: Part | None = None) -> torch.Tensor:
+    """The tensor's data as stored (e.g. bfloat16), owned by the caller; with ``part``, only that expert's
+    matrix (safetensors slicing reads just its rows; strided or column slices stay within one expert).
+    A quantized weight (FP8 with its scales, MXFP4, GGUF) comes dequantized to float32."""
+    if info.quant is not None:
+        return read_quantized(info, part)
+    return format_for(info.shard).read_tensor(info, part)
+
+
+def read_quantized(info: TensorInfo, part: Part | None = None) -> torch.Tensor:
+    """A quantized weight and its scale tensor (``info.quant``), read one after the other and dequantized
+    to float32: at its peak this holds the stored weight, its scales and the float32 result. With ``part``
+    (an expert of a fused MXFP4 tensor) only that expert's blocks and scales are read and dequantized."""
+    quant = info.quant
+    assert quant is not None
+    try:
+        if quant.scheme == "mxfp4":
+            blocks_shape = (*info.shape[:-1], info.shape[-1] // 32, 16)
+            blocks = replace(info, quant=None, shape=blocks_shape)
+            if part is None:
+                return dequant.mxfp4(read_tensor(blocks), read_tensor(quant.scale))
+            if part.index is None or len(info.shape) != 3:
+                raise CheckpointError(
+                    f"{info.shard}: {info.stored_name!r}: MXFP4 slices are read per expert of a 3-D tensor"
+                )
+            rows = slice(*part.rows)  # gpt-oss gate/up: every other row of the expert's [2I, H]
+            if part.cols == (0, info.shape[2], 1):  # whole rows: dequantize only the rows of this slice
+                return dequant.mxfp4(_expert(blocks, part.index)[rows], _expert(quant.scale, part.index)[rows])
+            expert = dequant.mxfp4(_expert(blocks, part.index), _expert(quant.scale, part.index))
+            matrix = expert[rows, slice(*part.cols)].clone(memory_format=torch.contiguous_format)
+            del expert
+            return matrix
+        if part is not None:
+            raise CheckpointError(f"{info.shard}: {info.stored_name!r}: {quant.scheme} expert slices are not supported")
+        weight = read_tensor(replace(info, quant=None))
+        scale = read_tensor(quant.scale)
+        if quant.scheme == "fp8-block":
+            return dequant.fp8_block(weight, scale, quant.block or (128, 128))
+        if quant.scheme == "fp8-scaled":
+            return dequant.fp8_scaled(weight, scale)
+    except ValueError as err:  # the scales do not fit the weight
+        raise CheckpointError(f"{info.shard}: cannot dequantize {info.stored_name!r}: {err}") from None
+    raise CheckpointError(f"{info.shard}: {info.stored_name!r}: unknown quantization scheme {quant.scheme!r}")
+
+
+def _expert(info: TensorInfo, index: int) -> torch.Tensor:
+    """``t[index]`` of a stored tensor (only that expert's pages are touched)."""
+    return read_slice(info, slice(index, index + 1))[0]

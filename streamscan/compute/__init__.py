@@ -1,0 +1,1 @@
+"""compute: devices, the placement policy, the scheduler and the spectrum math."""

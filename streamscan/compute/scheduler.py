@@ -1,0 +1,491 @@
+"""schedule: run jobs on a pool of devices (GPUs and CPU workers), reading ahead within a RAM budget.
+
+One thread per GPU and one per CPU worker. The dispatcher (the generator :func:`run_jobs`) asks the pure
+placement policy (placement.py) which waiting job goes to which idle device, given each device's free
+memory right now. A prefetch thread reads the next tensors while devices compute, holding at most
+``max_memory`` bytes of tensors and CPU work at a time (a job bigger than the whole budget runs alone).
+A CUDA out-of-memory error sends the job back to the queue, never to that device again; when no GPU can
+hold it, it runs on the CPU. Results are yielded as jobs finish, in any order.
+
+CPU workers run torch with ``cores // workers`` threads (one by default): one job per core beats one job
+on all cores, and a multi-threaded torch op slows down ~10x as soon as another process takes a core.
+At the tail, when nothing waits, a lone job may use the idle cores (placement.cpu_threads).
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import psutil
+import torch
+
+from streamscan.checkpoint.reader import read_tensor
+from streamscan.compute.devices import default_max_memory, default_workers, gpu_memory, parse_devices  # noqa: F401 (re-exported)
+from streamscan.compute.executor import error_result, oom_types, score_job
+from streamscan.compute.placement import Assignment, DeviceState, Task, assign, cpu_threads
+from streamscan.compute.spectrum import DEFAULT_METHOD, memory_bytes
+from streamscan.records import Job, Result
+
+log = logging.getLogger(__name__)
+
+PRIOR_SPEED = {"cpu": 15e9, "cuda": 5e12}  # flop/s of one slot before any job has been timed
+WINDOW = 256  # jobs from each end of the queue shown to the policy per decision
+STALL_SECONDS = 120.0  # how long the head job waits for GPU memory other processes hold before going to CPU
+
+
+def limit_heap_growth() -> None:
+    """Serve large buffers (tensors, Gram chunks) with their own mmap so that freeing them returns the memory.
+
+    glibc otherwise raises its mmap threshold after the first large free and keeps later buffers in
+    per-thread heaps, where fragmentation holds ~70 MB more resident per scan. No-op off glibc.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB (fixed, not dynamic)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class DeviceStats:
+    """What one device did: jobs, busy seconds (computing), out-of-memory retries, worker slots."""
+
+    slots: int = 0
+    jobs: int = 0
+    busy: float = 0.0
+    oom: int = 0
+
+
+@dataclass
+class PoolStats:
+    """Live figures of a run (read by progress displays; written by the scheduler)."""
+
+    devices: dict[str, DeviceStats] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    wall: float = 0.0
+    read_seconds: float = 0.0
+    read_bytes: int = 0
+    prefetched: int = 0
+    peak_held: int = 0
+    max_memory: int = 0
+
+    def summary(self) -> dict:
+        wall = self.wall or (time.perf_counter() - self.started)
+        busy = sum(d.busy for d in self.devices.values())
+        slots = sum(d.slots for d in self.devices.values()) or 1
+        return {
+            "wall_seconds": round(wall, 3),
+            "overlap": round(busy / max(wall * slots, 1e-9), 3),
+            "read_seconds": round(self.read_seconds, 3),
+            "prefetched": self.prefetched,
+            "peak_held_mb": round(self.peak_held / 2**20, 1),
+            "max_memory_mb": round(self.max_memory / 2**20, 1),
+            "devices": {
+                n: {
+                    "slots": d.slots,
+                    "jobs": d.jobs,
+                    "busy_seconds": round(d.busy, 3),
+                    "utilisation": round(d.busy / max(wall * max(d.slots, 1), 1e-9), 3),
+                    "oom_retries": d.oom,
+                }
+                for n, d in self.devices.items()
+            },
+        }
+
+
+class _Worker(threading.Thread):
+    def __init__(self, pool: _Pool, name: str, device: str):
+        super().__init__(name=f"streamscan-{name}", daemon=True)
+        self.pool, self.worker, self.device = pool, name, device
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def run(self) -> None:
+        if self.device != "cpu" and self.pool.compute is None:
+            torch.cuda.set_device(torch.device(self.device))
+        while (item := self.inbox.get()) is not None:
+            job, note, threads = item
+            if self.device == "cpu":
+                torch.set_num_threads(threads)
+            self.pool.finish(self, job, note, self._run(job))
+
+    def _run(self, job: Job):
+        tensor, read, err = self.pool.tensor_for(job, pin=self.device != "cpu" and self.pool.compute is None)
+        if err is not None:
+            return error_result(job, self.pool.method, self.worker, err, 0.0, read)
+        try:
+            return score_job(job, tensor, self.pool.method, self.worker, self.device, read, self.pool.compute)
+        except oom_types() as oom:
+            return oom
+        finally:
+            del tensor
+
+
+class _Pool:
+    """The shared state of one run_jobs call. Every field is guarded by ``cond``."""
+
+    def __init__(
+        self,
+        devices: list[str],
+        method: str,
+        cpu_workers: int,
+        max_memory: int,
+        prefetch: int,
+        memory_probe,
+        compute,
+        stats: PoolStats,
+    ):
+        self.method, self.cond, self.stats, self.compute = method, threading.Condition(), stats, compute
+        self.cores = default_workers()
+        self.cpu_workers = cpu_workers
+        self.memory_probe = memory_probe or gpu_memory
+        self.max_memory, self.prefetch_depth = max_memory, prefetch
+        self.pending: list[Job] = []  # largest first
+        self.keys: list[float] = []  # -cost of pending, for bisect
+        self.queued_cost = 0.0
+        self.excluded: dict[str, set[str]] = {}
+        self.gpu_active = time.perf_counter()  # when a job of ours last ran or started on a GPU
+        self.ready: dict[str, tuple[torch.Tensor | None, float, BaseException | None]] = {}
+        self.reading: set[str] = set()
+        self.held = 0  # bytes of RAM held: read tensors and CPU work
+        self.holds: dict[str, int] = {}
+        self.outbox: list[tuple[_Worker, Job, str | None, object]] = []
+        self.feeding = True
+        self.stopped = False
+        self.speed = dict(PRIOR_SPEED)
+        self.timed: set[str] = set()  # device kinds whose speed has been measured (replacing the prior)
+        self.workers: dict[str, list[_Worker]] = {}
+        self.idle: dict[str, list[_Worker]] = {}
+        self.running: dict[str, int] = {}
+        self.chosen = list(devices)  # a fallback CPU worker (not chosen) only takes jobs no GPU can hold
+        for dev in devices:
+            count = cpu_workers if dev == "cpu" else 1
+            self._add_device(dev, count)
+
+    def _add_device(self, dev: str, count: int) -> None:
+        names = [f"cpu{i}" for i in range(count)] if dev == "cpu" else [dev]
+        self.workers[dev] = [_Worker(self, n, dev) for n in names]
+        self.idle[dev] = list(self.workers[dev])
+        self.running[dev] = 0
+        self.stats.devices[dev] = DeviceStats(slots=count)
+        for w in self.workers[dev]:
+            w.start()
+
+    # queue -----------------------------------------------------------------------------------------
+    def add(self, job: Job) -> None:
+        i = bisect.bisect_right(self.keys, -job.cost)
+        self.keys.insert(i, -job.cost)
+        self.pending.insert(i, job)
+        self.queued_cost += job.cost
+
+    def take(self, job: Job) -> None:
+        i = bisect.bisect_left(self.keys, -job.cost)  # first job of equal cost; the job itself is near
+        while self.pending[i] is not job:
+            i += 1
+        del self.pending[i], self.keys[i]
+        self.queued_cost -= job.cost
+
+    def feed(self, jobs: Iterable[Job], lookahead: int) -> None:
+        """Pull jobs from a lazy iterable (e.g. shards still downloading) while the queue is short."""
+        try:
+            for job in jobs:
+                with self.cond:
+                    while len(self.pending) >= lookahead and not self.stopped:
+                        self.cond.wait()
+                    if self.stopped:
+                        return
+                    self.add(job)
+                    self.cond.notify_all()
+        finally:
+            with self.cond:
+                self.feeding = False
+                self.cond.notify_all()
+
+    # memory ----------------------------------------------------------------------------------------
+    def _hold(self, key: str, nbytes: int) -> None:
+        self.holds[key] = self.holds.get(key, 0) + nbytes
+        self.held += nbytes
+        self.stats.peak_held = max(self.stats.peak_held, self.held)
+
+    def _release(self, key: str) -> None:
+        self.held -= self.holds.pop(key, 0)
+        self.cond.notify_all()
+
+    def _cpu_need(self, job: Job) -> int:
+        need = memory_bytes(job.shape, _element_size(job), self.method, "cpu")
+        return need - job.nbytes if job.name in self.ready or job.name in self.reading else need
+
+    # prefetch --------------------------------------------------------------------------------------
+    def prefetch(self) -> None:
+        """Read the jobs at the head of the queue ahead of their dispatch, within the RAM budget."""
+        pin = any(d != "cpu" for d in self.workers) and self.compute is None and torch.cuda.is_available()
+        while True:
+            with self.cond:
+                while True:
+                    if self.stopped:
+                        return
+                    job = self._next_to_read()
+                    if job is not None:
+                        break
+                    if not self.feeding and not self.pending:
+                        return
+                    self.cond.wait()
+                self.reading.add(job.name)
+                self._hold(job.name, job.nbytes)
+            tensor, seconds, err = _read(job, pin)
+            with self.cond:
+                self.reading.discard(job.name)
+                self.stats.read_seconds += seconds
+                if err is None:
+                    self.stats.read_bytes += job.nbytes
+                self.ready[job.name] = (tensor, seconds, err)
+                self.cond.notify_all()
+
+    def _next_to_read(self) -> Job | None:
+        if len(self.ready) + len(self.reading) >= self.prefetch_depth:
+            return None
+        for job in self.pending[: self.prefetch_depth + len(self.ready) + len(self.reading)]:
+            if job.name in self.ready or job.name in self.reading:
+                continue
+            if self.held + job.nbytes <= self.max_memory or self.held == 0:
+                return job
+            return None  # the head does not fit yet: wait rather than read around it
+        return None
+
+    def tensor_for(self, job: Job, pin: bool) -> tuple[torch.Tensor | None, float, BaseException | None]:
+        """The job's tensor: prefetched, being prefetched (wait), or read now."""
+        with self.cond:
+            while job.name in self.reading:
+                self.cond.wait()
+            got = self.ready.pop(job.name, None)
+            if got is not None:
+                self.stats.prefetched += 1
+                self.cond.notify_all()
+                return got
+        tensor, seconds, err = _read(job, pin)
+        with self.cond:
+            self.stats.read_seconds += seconds
+            if err is None:
+                self.stats.read_bytes += job.nbytes
+        return tensor, seconds, err
+
+    # dispatch --------------------------------------------------------------------------------------
+    def states(self) -> list[DeviceState]:
+        out = []
+        for dev in self.chosen:
+            if dev == "cpu":
+                out.append(
+                    DeviceState(
+                        dev,
+                        "cpu",
+                        self.max_memory - self.held,
+                        self.max_memory,
+                        len(self.idle[dev]),
+                        self.speed["cpu"],
+                        self.running[dev],
+                    )
+                )
+            else:
+                free, total = self.memory_probe(dev)
+                out.append(
+                    DeviceState(dev, "cuda", free, total, len(self.idle[dev]), self.speed["cuda"], self.running[dev])
+                )
+        return out
+
+    def dispatch(self) -> int:
+        """Start what the policy assigns now; the number of jobs started."""
+        if not self.pending or not any(self.idle.values()):
+            return 0
+        window = self.pending[:WINDOW] + (self.pending[-WINDOW:] if len(self.pending) > WINDOW else [])
+        window = list(dict.fromkeys(window))
+        tasks = [
+            Task(
+                j.name,
+                j.cost,
+                {"cuda": memory_bytes(j.shape, _element_size(j), self.method, "cuda"), "cpu": self._cpu_need(j)},
+                frozenset(self.excluded.get(j.name, ())),
+            )
+            for j in window
+        ]
+        by_name = {j.name: j for j in window}
+        states = self.states()
+        now = time.perf_counter()
+        gpus = [d for d in self.chosen if d != "cpu"]
+        if not gpus or any(self.running[d] for d in gpus):
+            self.gpu_active = now
+        # no job of ours has run on any GPU for STALL_SECONDS although jobs wait: GPU memory is held elsewhere
+        stalled = bool(gpus) and now - self.gpu_active >= STALL_SECONDS
+        started = 0
+        for a in assign(tasks, states, queue_cost=self.queued_cost, stalled=stalled):
+            if a.device not in self.chosen and a.device in self.idle and not self.idle[a.device]:
+                continue  # the fallback CPU worker is busy: the job waits for it
+            if a.note and stalled:
+                log.warning("%s: %s", a.key, a.note)
+            if a.device != "cpu":
+                self.gpu_active = now
+            self._start(by_name[a.key], a)
+            started += 1
+        return started
+
+    def _start(self, job: Job, a: Assignment) -> None:
+        if a.device not in self.workers:  # a job no GPU can hold, in a pool without CPU workers
+            self._add_device("cpu", 1)
+        worker = self.idle[a.device].pop(0)
+        self.take(job)
+        self.running[a.device] += 1
+        threads = 0
+        if a.device == "cpu":
+            self._hold(job.name, self._cpu_need(job))
+            threads = cpu_threads(
+                self.cores, self.cpu_workers, self.running["cpu"] - 1, len(self.pending), _other_busy_cores()
+            )
+        elif job.name not in self.ready and job.name not in self.reading:
+            self._hold(job.name, job.nbytes)  # the host copy it will read
+        worker.inbox.put((job, a.note, threads))
+
+    def finish(self, worker: _Worker, job: Job, note: str | None, outcome) -> None:
+        with self.cond:
+            self.outbox.append((worker, job, note, outcome))
+            self.cond.notify_all()
+
+    def collect(self) -> list[Result]:
+        """Book the finished jobs: results out, OOMs back to the queue, slots idle again."""
+        results = []
+        for worker, job, note, outcome in self.outbox:
+            dev = worker.device
+            self.idle[dev].append(worker)
+            self.running[dev] -= 1
+            self._release(job.name)
+            self.ready.pop(job.name, None)
+            stats = self.stats.devices[dev]
+            if isinstance(outcome, Result):
+                stats.jobs += 1
+                stats.busy += outcome.seconds
+                if outcome.status != "error" and outcome.seconds > 0:
+                    rate = job.cost / outcome.seconds
+                    kind = "cpu" if dev == "cpu" else "cuda"
+                    self.speed[kind] = 0.7 * self.speed[kind] + 0.3 * rate if kind in self.timed else rate
+                    self.timed.add(kind)
+                results.append(replace(outcome, note=note) if note else outcome)
+            else:  # out of memory: never this device again for this job
+                stats.oom += 1
+                self.excluded.setdefault(job.name, set()).add(dev)
+                log.info("%s: out of memory on %s (%s); retrying elsewhere", job.name, dev, outcome)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.add(job)
+        self.outbox.clear()
+        return results
+
+    def busy(self) -> bool:
+        return bool(self.pending or self.feeding or any(self.running.values()) or self.outbox)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        for workers in self.workers.values():
+            for w in workers:
+                w.inbox.put(None)
+
+
+def _element_size(job: Job) -> int:
+    return job.tensor.element_size  # of the tensor read: float32 for dequantized weights
+
+
+def _read(job: Job, pin: bool) -> tuple[torch.Tensor | None, float, BaseException | None]:
+    start = time.perf_counter()
+    try:
+        tensor = read_tensor(job.tensor) if job.part is None else read_tensor(job.tensor, job.part)
+        if pin:
+            tensor = tensor.pin_memory()
+    except Exception as err:  # becomes the job's error Result
+        return None, time.perf_counter() - start, err
+    return tensor, time.perf_counter() - start, None
+
+
+_THIS_PROCESS = psutil.Process()  # one object: cpu_percent(None) compares with this object's previous call
+
+
+def _other_busy_cores() -> float:
+    """Cores other processes kept busy since the previous call (system load minus ours), from psutil's counters."""
+    try:
+        total = psutil.cpu_percent(interval=None) / 100 * (psutil.cpu_count() or 1)
+        ours = _THIS_PROCESS.cpu_percent(interval=None) / 100
+        return max(0.0, total - ours)
+    except psutil.Error:
+        return 0.0
+
+
+def run_jobs(
+    jobs: Iterable[Job],
+    method: str = DEFAULT_METHOD,
+    workers: int | None = None,
+    *,
+    devices: Sequence[str] = ("cpu",),
+    max_memory: int | None = None,
+    prefetch: int | None = None,
+    stats: PoolStats | None = None,
+    memory_probe=None,
+    compute=None,
+) -> Iterator[Result]:
+    """Yield a Result per job as each finishes (any order). Closing the iterator cancels queued jobs.
+
+    ``devices``: "cpu" and/or "cuda:N" names (devices.parse_devices). ``workers``: CPU worker threads.
+    ``max_memory``: RAM bytes for read tensors and CPU work (default: available RAM minus headroom).
+    ``prefetch``: tensors read ahead (default: one per device slot). ``memory_probe(device) -> (free,
+    total)`` and ``compute(tensor, method, device) -> SNR`` replace the CUDA query and the CUDA computation
+    (tests simulate GPUs with them; ``compute`` may raise torch.OutOfMemoryError).
+    """
+    workers = workers or default_workers()
+    devices = list(devices) or ["cpu"]
+    slots = sum(workers if d == "cpu" else 1 for d in devices)
+    stats = stats if stats is not None else PoolStats()
+    stats.max_memory = max_memory or default_max_memory()
+    limit_heap_growth()
+    before = torch.get_num_threads()
+    _other_busy_cores()  # starts psutil's counters
+    pool = _Pool(
+        devices,
+        method,
+        workers,
+        stats.max_memory,
+        prefetch if prefetch is not None else slots,
+        memory_probe,
+        compute,
+        stats,
+    )
+    threads = []
+    if isinstance(jobs, Sequence):
+        for job in jobs:
+            pool.add(job)
+        pool.feeding = False
+    else:
+        threads.append(
+            threading.Thread(target=pool.feed, args=(jobs, 4 * slots + 8), daemon=True, name="streamscan-feed")
+        )
+    if pool.prefetch_depth > 0:
+        threads.append(threading.Thread(target=pool.prefetch, daemon=True, name="streamscan-prefetch"))
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            with pool.cond:
+                results = pool.collect()
+                pool.dispatch()
+                if not results:
+                    if not pool.busy():
+                        break
+                    if not pool.outbox:
+                        pool.cond.wait(timeout=1.0)
+                    continue
+            yield from results
+    finally:
+        stats.wall = time.perf_counter() - stats.started
+        pool.stop()  # queued jobs are dropped; a running SVD finishes in its daemon thread, unjournaled
+        torch.set_num_threads(before)

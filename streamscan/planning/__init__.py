@@ -1,0 +1,1 @@
+"""planning: which matrices a scan scores (targets, roles, type keys, expert slices, quantized pairs)."""

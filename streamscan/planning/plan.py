@@ -1,0 +1,80 @@
+"""plan: which tensors are scored, which are skipped and why, minus what is already done."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from streamscan.checkpoint.index import CheckpointIndex
+from streamscan.layout import embedding_role, module_name, natural_key, type_key
+from streamscan.planning.experts import MoeConfig, split_experts
+from streamscan.planning.quant import pair_quantized
+from streamscan.records import Job, Skipped, TensorInfo
+
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    jobs: tuple[Job, ...]  # largest first
+    skipped: tuple[Skipped, ...]
+    done: frozenset[str]
+    consumed: tuple[Skipped, ...] = ()  # scale tensors read with their quantized weight (reason: what they scale)
+
+    @property
+    def total(self) -> int:
+        return len(self.jobs) + len(self.done)
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _option_reason(names: tuple[str, ...], include: tuple[str, ...], exclude: tuple[str, ...]) -> str | None:
+    if include and not any(_matches(n, include) for n in names):
+        return "not matched by --include"
+    if exclude and any(_matches(n, exclude) for n in names):
+        return "matched by --exclude"
+    return None
+
+
+def classify(t: TensorInfo) -> str | None:
+    """None if the tensor is a target, else why it is skipped."""
+    if len(t.shape) != 2:
+        what = {0: "scalar", 1: "1-D tensor (norm or bias)"}.get(len(t.shape), f"{len(t.shape)}-D tensor")
+        return f"{what}: no matrix spectrum"
+    if not t.name.endswith(".weight"):
+        return "2-D tensor not named *.weight"
+    if t.dtype not in FLOAT_DTYPES and not t.dequantized:
+        return f"dtype {t.dtype} is not a float weight"
+    return None
+
+
+def make_plan(
+    index: CheckpointIndex,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    done: frozenset[str] = frozenset(),
+) -> Plan:
+    targets, skipped = [], []
+    moe = MoeConfig.from_config(index.source.config)
+    tensors, quant_skips, consumed = pair_quantized(index.tensors, index.source.config)
+    for t in sorted(tensors, key=lambda t: natural_key(t.name)):
+        name = module_name(t.name)
+        quant_reason = quant_skips.get(t.name)  # a quantized weight that cannot be dequantized
+        floating = t.dtype in FLOAT_DTYPES or t.dequantized
+        split = split_experts(t.name, t.shape, moe) if floating and not quant_reason else None
+        if isinstance(split, str):  # a fused expert tensor that config.json does not let us split safely
+            skipped.append(Skipped(name, type_key(name), split))
+            continue
+        for label, part in split or [(name, None)]:
+            reason = (quant_reason or classify(t)) if part is None else None
+            reason = reason or _option_reason((label, name, t.name), include, exclude)
+            if reason is None:
+                role = embedding_role(t.name, t.shape, index.source.config) if part is None else None
+                targets.append(Job(label, t, type_key(label), role, part))
+            else:
+                skipped.append(Skipped(label, type_key(label), reason))
+    jobs = sorted((j for j in targets if j.name not in done), key=lambda j: -j.cost)
+    used = tuple(Skipped(n, type_key(n), why) for n, why in sorted(consumed.items(), key=lambda kv: natural_key(kv[0])))
+    return Plan(tuple(jobs), tuple(skipped), frozenset(j.name for j in targets if j.name in done), used)

@@ -1,0 +1,1 @@
+"""results: the journal, the Spectrum outputs, selections, reports and the inspect overview."""

@@ -1,0 +1,307 @@
+"""journal: the durable record of finished jobs, one JSON line each, fsync'd before it counts.
+
+Line 1 is a header with the scan's fingerprint (model files, method, options) and its plan totals.
+Every later line is one Result. A torn last line (a kill mid-write) is cut off on open; a name seen
+twice keeps its last record (a finished record is never replaced by an error), so nothing is counted
+twice. A lock file keeps a second scan out.
+
+Ranks of a multi-node scan (and ``--shard i/N`` runs) write one journal each,
+``streamscan.journal.rank-NNNNN.jsonl``, under a shared lock on ``.streamscan.lock`` plus an exclusive
+lock of their own: ranks run side by side, while a single-process scan or a merge (exclusive lock) is
+refused as long as any of them runs. What is done is the union of every journal in the directory; a single-process
+journal opened with the lock held folds the rank journals into itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import IO
+
+from streamscan.errors import JournalError
+from streamscan.records import JOURNAL_FORMAT, Fingerprint, Result, ScanHeader
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = "streamscan.journal.jsonl"
+LOCK_NAME = ".streamscan.lock"
+RANK_GLOB = "streamscan.journal.rank-*.jsonl"
+FORMAT = JOURNAL_FORMAT
+
+
+def rank_journal_name(rank: int) -> str:
+    return f"streamscan.journal.rank-{rank:05d}.jsonl"
+
+
+def rank_lock_name(rank: int) -> str:
+    return f".streamscan.rank-{rank:05d}.lock"
+
+
+def rank_journals(out_dir: str | Path) -> list[Path]:
+    """The rank journals in OUT_DIR, by rank."""
+    return sorted(Path(out_dir).glob(RANK_GLOB))
+
+
+def journal_files(out_dir: str | Path) -> list[Path]:
+    """Every journal in OUT_DIR: the single-process one first, then the rank journals by rank."""
+    main = Path(out_dir) / JOURNAL_NAME
+    return ([main] if main.is_file() else []) + rank_journals(out_dir)
+
+
+def _keep(results: dict[str, Result], result: Result) -> None:
+    """Record RESULT unless it is an error that would replace a finished record."""
+    old = results.get(result.name)
+    if old is not None and result.status == "error" and old.status != "error":
+        return
+    results.pop(result.name, None)
+    results[result.name] = result
+
+
+def _result_from(row: dict) -> Result:
+    fields = {f.name for f in dataclasses.fields(Result)}
+    row = {k: v for k, v in row.items() if k in fields}
+    row["shape"] = tuple(row.get("shape", ()))
+    return Result(**row)
+
+
+def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:
+    """(header, every record in file order, byte length of the valid prefix). Raises JournalError if unreadable."""
+    data = path.read_bytes()
+    header: ScanHeader | None = None
+    rows: list[Result] = []
+    good = 0
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - pos)
+            break
+        try:
+            row = json.loads(data[pos:end])
+        except ValueError:
+            if end + 1 >= len(data):
+                log.warning("%s: dropping a torn last line", path)
+                break
+            raise JournalError(f"{path}: corrupt line at byte {pos}; rerun with --fresh to start over") from None
+        if header is None:
+            try:
+                if not isinstance(row, dict) or row.get("streamscan_journal") != FORMAT:
+                    raise ValueError(row)
+                header = ScanHeader.from_dict(row)
+            except (KeyError, TypeError, ValueError):
+                raise JournalError(
+                    f"{path}: not a streamscan journal; choose another --out or rerun with --fresh"
+                ) from None
+        else:
+            rows.append(_result_from(row))
+        pos = good = end + 1
+    if header is None:
+        raise JournalError(f"{path}: empty journal; rerun with --fresh")
+    return header, rows, good
+
+
+def read_journal(out_dir: Path, name: str = JOURNAL_NAME) -> tuple[ScanHeader, dict[str, Result], int]:
+    """(header, results by name, byte length of the valid prefix). Raises JournalError if unreadable."""
+    header, rows, good = _read(Path(out_dir) / name)
+    results: dict[str, Result] = {}
+    for result in rows:
+        _keep(results, result)
+    return header, results, good
+
+
+def read_journals(
+    out_dir: str | Path, fingerprint: Fingerprint | None = None
+) -> tuple[ScanHeader | None, dict[str, Result]]:
+    """The union of every journal in OUT_DIR: (first header or None, results by name).
+
+    Raises JournalError if a journal is unreadable or holds a different scan (other than FINGERPRINT,
+    or than the first journal's when None).
+    """
+    header: ScanHeader | None = None
+    results: dict[str, Result] = {}
+    for path in journal_files(out_dir):
+        head, rows, _ = _read(path)
+        _check(path, head, fingerprint if fingerprint is not None else (header or head).fingerprint)
+        header = header or head
+        for result in rows:
+            _keep(results, result)
+    return header, results
+
+
+def _check(path: Path, old: ScanHeader, fingerprint: Fingerprint) -> None:
+    if old.fingerprint != fingerprint:
+        raise JournalError(
+            f"{path}: holds a scan of {_differs(old.fingerprint.to_dict(), fingerprint.to_dict())}; "
+            "rerun with --fresh to replace it, or choose another --out"
+        )
+
+
+def _flock(path: Path, mode: int) -> IO[str] | None:
+    """PATH opened and flocked with MODE (non-blocking), or None if another process holds it."""
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
+
+
+def holders(out_dir: str | Path) -> str:
+    """Who holds OUT_DIR's locks, as written in the lock files (for error messages)."""
+    found = []
+    for path in [Path(out_dir) / LOCK_NAME] + sorted(Path(out_dir).glob(".streamscan.rank-*.lock")):
+        fh = _flock(path, fcntl.LOCK_SH) if path.exists() else None
+        if fh is not None:  # nobody writes to it
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+        elif path.exists():
+            found.append(path.read_text().strip() or "another process")
+    return ", ".join(found) or "another process"
+
+
+class Journal:
+    """An open, locked journal in OUT_DIR. Use as a context manager.
+
+    With RANK, the rank's own journal (shared directory lock, exclusive rank lock); its ``results`` are
+    the rank's own records. Without, the single-process journal (exclusive directory lock): rank
+    journals found in the directory are folded into it on open, so ``results`` is everything done.
+    """
+
+    def __init__(self, out_dir: str | Path, header: ScanHeader, fresh: bool = False, *, rank: int | None = None):
+        self.dir = Path(out_dir)
+        self.rank = rank
+        self.path = self.dir / (JOURNAL_NAME if rank is None else rank_journal_name(rank))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._locks: list[IO[str]] = []
+        self._fh = None
+        who = f"pid {os.getpid()}" if rank is None else f"rank {rank} pid {os.getpid()} on {socket.gethostname()}"
+        for name, mode in (
+            [(LOCK_NAME, fcntl.LOCK_EX)]
+            if rank is None
+            else [(LOCK_NAME, fcntl.LOCK_SH), (rank_lock_name(rank), fcntl.LOCK_EX)]
+        ):
+            fh = _flock(self.dir / name, mode)
+            if fh is None:
+                self.close()
+                raise JournalError(
+                    f"{self.dir}: another scan ({holders(self.dir)}) is writing here; wait for it or use another --out"
+                )
+            self._locks.append(fh)
+        lock = self._locks[-1]
+        lock.seek(0)
+        lock.truncate()
+        lock.write(who)
+        lock.flush()
+        self.results: dict[str, Result] = {}
+        if fresh and rank is None:
+            for path in rank_journals(self.dir):
+                path.unlink()
+        if self.path.exists() and not fresh:
+            old, self.results, good = read_journal(self.dir, self.path.name)
+            try:
+                _check(self.dir, old, header.fingerprint)
+            except JournalError:
+                self.close()
+                raise
+            self.header = old
+            self._fh = open(self.path, "r+b")
+            self._fh.truncate(good)
+            self._fh.seek(good)
+        else:
+            self.header = header
+            self._fh = open(self.path, "wb")
+            self._write(header.to_dict())
+        if rank is None:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Append every rank journal's records (all of them: duplicates stay visible) and remove the files."""
+        paths = rank_journals(self.dir)
+        rows: list[Result] = []
+        try:
+            for path in paths:
+                head, found, _ = _read(path)
+                _check(path, head, self.header.fingerprint)
+                rows += found
+        except JournalError:
+            self.close()
+            raise
+        if rows:
+            self._write_many(rows)
+        for path in paths:
+            path.unlink()
+            rank = int(path.name[len("streamscan.journal.rank-") : -len(".jsonl")])
+            (self.dir / rank_lock_name(rank)).unlink(missing_ok=True)
+        if paths:
+            log.info("%s: folded %d rank journal(s) into %s", self.dir, len(paths), self.path.name)
+
+    def _write(self, row: dict) -> None:
+        self._fh.write(json.dumps(row, allow_nan=False, separators=(",", ":")).encode() + b"\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def _write_many(self, results: list[Result]) -> None:
+        """Append many records with one fsync (folding rank journals)."""
+        self._fh.write(
+            b"".join(
+                json.dumps(dataclasses.asdict(r), allow_nan=False, separators=(",", ":")).encode() + b"\n"
+                for r in results
+            )
+        )
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        for result in results:
+            _keep(self.results, result)
+
+    def append(self, result: Result) -> None:
+        """Record a finished job durably; only then does it count as done."""
+        self._write(dataclasses.asdict(result))
+        _keep(self.results, result)
+
+    def done(self) -> frozenset[str]:
+        """Names that need no more work (errors are retried)."""
+        return frozenset(n for n, r in self.results.items() if r.status != "error")
+
+    def close(self) -> None:
+        if getattr(self, "_fh", None) is not None:
+            self._fh.close()
+            self._fh = None
+        while self._locks:
+            lock = self._locks.pop()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def is_locked(out_dir: str | Path) -> bool:
+    """True while a scan holds OUT_DIR."""
+    path = Path(out_dir) / LOCK_NAME
+    if not path.exists():
+        return False
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def _differs(old: dict, new: dict) -> str:
+    for key in ("model", "revision", "shards", "method", "include", "exclude"):
+        if old.get(key) != new.get(key):
+            if key == "shards":
+                return "different checkpoint files"
+            return f"a different {key} ({old.get(key)!r}, now {new.get(key)!r})"
+    return "a different configuration"

@@ -1,0 +1,96 @@
+"""report: the Spectrum-compatible outputs, written atomically from the journal's results.
+
+- ``snr_results_{slug}.json``: {module: {"snr": float | null, "type": str}} (+ "reason" when null)
+- ``snr_results_{slug}_sorted.json``: {type: {module: snr}} by descending SNR, unscored last as null
+- ``snr_results_{slug}_unfrozenparameters_{N}percent.yaml``: per --top-percent N
+- ``streamscan_summary.json``: method, counts, timings and every skipped tensor with its reason
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from streamscan.layout import natural_key
+from streamscan.records import Result
+from streamscan.results.files import write_atomic
+from streamscan.results.selection import Group, rank_by_type, select_top, yaml_text
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, indent=4, allow_nan=False) + "\n"
+
+
+def results_json(results: Iterable[Result]) -> dict:
+    out = {}
+    for r in sorted(results, key=lambda r: natural_key(r.name)):
+        entry: dict = {"snr": r.snr, "type": r.type}
+        if r.snr is None:
+            entry["reason"] = r.reason
+        out[r.name] = entry
+    return out
+
+
+def sorted_json(results: Iterable[Result]) -> dict:
+    results = list(results)
+    out = {t: {r.name: r.snr for r in members} for t, members in rank_by_type(results).items()}
+    for r in sorted(results, key=lambda r: natural_key(r.name)):
+        if r.snr is None:
+            out[r.type][r.name] = None
+    return out
+
+
+def percent_label(percent: float) -> str:
+    return f"{percent:g}".replace(".", "_")
+
+
+def output_paths(out_dir: Path, slug: str, percents: Iterable[float] = ()) -> dict[str, Path]:
+    base = Path(out_dir) / f"snr_results_{slug}"
+    paths = {"results": base.with_name(base.name + ".json"), "sorted": base.with_name(base.name + "_sorted.json")}
+    for p in percents:
+        paths[f"yaml{p:g}"] = base.with_name(f"{base.name}_unfrozenparameters_{percent_label(p)}percent.yaml")
+    return paths
+
+
+def write_yaml(
+    out_dir: Path,
+    slug: str,
+    results: list[Result],
+    percent: float,
+    all_names: list[str],
+    model: str,
+    group: Group | None = None,
+    fused: dict[str, str] | None = None,
+    grouping: str = "reference",
+) -> Path:
+    """The YAML for PERCENT; ``group``/``grouping`` rank MoE experts another way (--moe-grouping),
+    ``fused`` names expert slices of fused tensors (see ``yaml_text``)."""
+    path = output_paths(out_dir, slug, [percent])[f"yaml{percent:g}"]
+    header = f"streamscan: top {percent:g}% by Spectrum SNR per type, model {model}"
+    if group is not None:
+        header += f"\nMoE experts ranked with --moe-grouping {grouping}"
+    return write_atomic(path, yaml_text(select_top(results, percent, group), all_names, header, fused))
+
+
+def write_outputs(
+    out_dir: Path,
+    slug: str,
+    results: Iterable[Result],
+    percents: Iterable[float],
+    all_names: list[str],
+    summary: dict,
+    **yaml_options,
+) -> list[Path]:
+    """Write every output; returns their paths. Identical inputs give byte-identical files."""
+    results = list(results)
+    paths = output_paths(out_dir, slug)
+    written = [
+        write_atomic(paths["results"], _dumps(results_json(results))),
+        write_atomic(paths["sorted"], _dumps(sorted_json(results))),
+    ]
+    written += [
+        write_yaml(out_dir, slug, results, p, all_names, summary.get("model", slug), **yaml_options) for p in percents
+    ]
+    written.append(write_atomic(Path(out_dir) / "streamscan_summary.json", _dumps(summary)))
+    return written

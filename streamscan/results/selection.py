@@ -1,0 +1,102 @@
+"""select: the reference's top-N%-per-type rule, and the Axolotl `unfrozen_parameters` lines for it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from streamscan.layout import natural_key
+from streamscan.records import Result
+
+
+@dataclass(frozen=True)
+class Selection:
+    percent: float
+    always: tuple[str, ...]  # tensor names of the embedding and output head, unfrozen whatever their SNR
+    chosen: dict[str, tuple[str, ...]]  # type -> module names, highest SNR first
+    counts: dict[str, int]  # type -> number of scored members
+    unscored: dict[str, int]  # type -> members without an SNR
+
+    def names(self) -> list[str]:
+        return [n for names in self.chosen.values() for n in names]
+
+
+Group = Callable[[str, str], str]  # (name, type) -> the group a matrix is ranked in (default: its type)
+
+
+def _group(r: Result, group: Group | None) -> str:
+    return group(r.name, r.type) if group else r.type
+
+
+def rank_by_type(results: Iterable[Result], group: Group | None = None) -> dict[str, list[Result]]:
+    """Per type (or per ``group``, in first-seen natural order), its scored results by descending SNR, ties by name."""
+    ranked: dict[str, list[Result]] = {}
+    for r in sorted(results, key=lambda r: natural_key(r.name)):
+        key = _group(r, group)
+        ranked.setdefault(key, [])
+        if r.snr is not None:
+            ranked[key].append(r)
+    for members in ranked.values():
+        members.sort(key=lambda r: (-r.snr, natural_key(r.name)))
+    return ranked
+
+
+def select_top(results: Iterable[Result], percent: float, group: Group | None = None) -> Selection:
+    """Per type (or ``group``), the int(len * percent / 100) highest-SNR matrices (the reference's rule)."""
+    if not 0 < percent <= 100:
+        raise ValueError(f"top percent must be in (0, 100], got {percent}")
+    results = list(results)
+    ranked = rank_by_type(results, group)
+    chosen = {t: tuple(r.name for r in members[: int(len(members) * percent / 100)]) for t, members in ranked.items()}
+    unscored: dict[str, int] = {}
+    for r in results:
+        if r.snr is None:
+            key = _group(r, group)
+            unscored[key] = unscored.get(key, 0) + 1
+    always = tuple(f"{r.name}.weight" for r in sorted(results, key=lambda r: (r.role != "head", r.name)) if r.role)
+    return Selection(percent, always, chosen, {t: len(m) for t, m in ranked.items()}, unscored)
+
+
+def module_pattern(name: str, all_names: Iterable[str]) -> str:
+    """The reference writes a module name, which Axolotl applies as a prefix `re.match` (dots literal).
+    Where that prefix would also catch another module (`mlp.gate` vs `mlp.gate_proj`), end it with '.'."""
+    collides = any(o.startswith(name) and not o.startswith(name + ".") and o != name for o in all_names)
+    return name + "." if collides else name
+
+
+def yaml_text(
+    selection: Selection, all_names: Iterable[str], header: str = "", fused: Mapping[str, str] | None = None
+) -> str:
+    """An Axolotl config fragment in the reference's layout, with a comment for types that selected nothing.
+
+    ``fused`` maps expert-slice names to their fused tensor: no trainer can freeze a slice, so selected
+    slices are listed as comments and each fused tensor they belong to gets a commented-out line that
+    would unfreeze it whole (every expert in it)."""
+    fused = fused or {}
+    whole: dict[str, list[str]] = {}
+    all_names = list(all_names)
+    lines = [f"# {line}" for line in header.splitlines()] + ["unfrozen_parameters:"]
+    lines += [f"- ^{name}$" for name in selection.always]
+    always_modules = {n[: -len(".weight")] for n in selection.always}
+    for type_, names in selection.chosen.items():
+        total = selection.counts[type_]
+        if not names and type_ in always_modules:
+            continue
+        lines.append(f"# {type_} layers")
+        if not names:
+            lines.append(f"#   none selected: int({total} * {selection.percent:g} / 100) = 0 of {total} scored")
+        if selection.unscored.get(type_):
+            lines.append(f"#   {selection.unscored[type_]} without an SNR, not ranked")
+        for n in names:
+            if n in fused:
+                whole.setdefault(fused[n], []).append(n)
+                lines.append(f"#   {n} (slice of a fused tensor, see the end)")
+            else:
+                lines.append(f"- {module_pattern(n, all_names)}")
+    if whole:
+        lines.append("# fused expert tensors: a selected expert slice cannot be unfrozen alone, only the whole tensor")
+        lines.append("# (all of its experts). Uncomment a line to train that tensor whole:")
+        for tensor, slices in whole.items():
+            lines.append(f"#   {tensor}: {len(slices)} selected slice(s)")
+            lines.append(f"# - ^{tensor}$")
+    return "\n".join(lines) + "\n"

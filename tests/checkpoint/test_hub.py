@@ -1,0 +1,383 @@
+"""Hub models through huggingface_hub against a local Hub server (tests/hubserver.py): the real client, real HTTP.
+
+In-process tests point huggingface_hub's constants at the server and a temporary cache; the kill test runs
+the CLI in a subprocess with HF_ENDPOINT / HF_HUB_CACHE in its environment.
+"""
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from streamscan import SourceError, UsageError, scan
+from streamscan.cli import main
+from streamscan.errors import JournalError
+from tests.fixtures.synthetic import LlamaShape, write_llama
+
+from .hubserver import FakeHub
+
+REPO = "acme/tiny-llama"
+SHARDS = [f"model-{i:05d}-of-00004.safetensors" for i in range(1, 5)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """4 shards of one layer each (~198 KB), the last also holding the embedding and head (~395 KB)."""
+    return write_llama(
+        tmp_path_factory.mktemp("hubck") / "tiny-llama",
+        LlamaShape(layers=4, hidden=96, ffn=256, kv=32, vocab=512),
+        layers_per_shard=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint, tmp_path_factory) -> dict:
+    """SNRs of the same checkpoint scanned from its local directory."""
+    return scan(checkpoint, tmp_path_factory.mktemp("ref"), devices="cpu", cpu_workers=1).snr
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch, checkpoint):
+    """A running local Hub serving REPO, with huggingface_hub pointed at it and at an empty cache."""
+    from huggingface_hub import constants
+
+    with FakeHub() as server:
+        server.commit = server.add_commit(REPO, checkpoint)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        server.cache = tmp_path / "hf-cache"
+        yield server
+
+
+def shard_bodies(server: FakeHub) -> list[tuple[str, str | None]]:
+    """(shard, Range) of every GET that downloaded shard data (header probes of the first 100 kB excluded)."""
+    return [(p.rsplit("/", 1)[-1], r) for m, p, r in server.gets(".safetensors") if r != "bytes=0-99999"]
+
+
+def snapshot(server: FakeHub) -> Path:
+    return server.cache / "models--acme--tiny-llama" / "snapshots" / server.commit
+
+
+def shard_blob_bytes(cache: Path) -> int:
+    """Bytes of shard data in the cache's blobs, partial downloads included (LFS blobs are sha256 names)."""
+    total = 0
+    for p in cache.glob("models--*/blobs/*"):
+        if len(p.name.split(".")[0]) == 64:
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def assert_cache_consistent(cache: Path) -> None:
+    from huggingface_hub import scan_cache_dir
+
+    info = scan_cache_dir(cache)
+    assert not info.warnings, info.warnings
+    for link in cache.glob("models--*/snapshots/*/*"):
+        assert link.exists(), f"dangling snapshot link {link}"
+    assert not list(cache.glob("models--*/blobs/*.incomplete"))
+
+
+def test_cold_scan_downloads_shard_by_shard_and_matches_a_local_scan(hub, reference, tmp_path):
+    res = scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1)
+    assert res.snr == reference
+    h = res.summary["hub"]
+    assert h["commit"] == hub.commit and h["shards_downloaded"] == 4 and h["shards_scanned_from_cache"] == []
+    assert sorted(s for s, _ in shard_bodies(hub)) == SHARDS  # each shard fetched once, whole
+    header = json.loads((tmp_path / "out" / "streamscan.journal.jsonl").read_text().splitlines()[0])
+    assert header["fingerprint"]["revision"] == hub.commit
+    assert_cache_consistent(hub.cache)
+
+
+def test_plan_is_known_before_any_download(hub):
+    result = CliRunner().invoke(main, ["inspect", REPO, "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["matrices"] == 30 and plan["commit"] == hub.commit
+    assert plan["shards_to_download"] == SHARDS and plan["bytes_to_download"] == sum(
+        hub.repos[REPO].commits[hub.commit][s].__len__() for s in SHARDS
+    )
+    assert plan["types"]["mlp.down_proj"] == {"matrices": 4, "shapes": ["96x256"], "dtypes": ["BF16"], "experts": 0}
+    assert all(sec > 0 for sec in plan["eta_seconds"].values())
+    assert shard_bodies(hub) == []  # headers only: Range reads of the first 100 kB
+    assert not list(hub.cache.glob("models--*/blobs/*.incomplete")) and not (snapshot(hub) / SHARDS[0]).exists()
+    text = CliRunner().invoke(main, ["inspect", REPO]).output
+    assert f"4 shard(s) at commit {hub.commit}" in text and "estimated compute" in text
+
+
+def test_warm_cache_is_used_in_place_without_downloading(hub, reference, tmp_path):
+    scan(REPO, tmp_path / "cold", devices="cpu", cpu_workers=1)
+    hub.requests.clear()
+    res = scan(REPO, tmp_path / "warm", devices="cpu", cpu_workers=1, max_disk=1)
+    assert res.snr == reference
+    assert shard_bodies(hub) == [] and not hub.gets(".safetensors")  # not even a header probe
+    h = res.summary["hub"]
+    assert h["shards_scanned_from_cache"] == SHARDS and h["shards_downloaded"] == 0 and h["deleted_after_scan"] == []
+    assert all((snapshot(hub) / s).exists() for s in SHARDS)  # pre-cached shards are never deleted
+
+
+def test_max_disk_smaller_than_the_model_bounds_the_disk(hub, reference, tmp_path):
+    sizes = {s: len(hub.repos[REPO].commits[hub.commit][s]) for s in SHARDS}
+    budget = 600_000
+    assert max(sizes.values()) < budget < sum(sizes.values())
+    hub.rate = 4e6  # slow enough for the sampler to see every download
+    peak, stop = [0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], shard_blob_bytes(hub.cache))
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        res = scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1, max_disk=budget)
+    finally:
+        stop.set()
+        sampler.join()
+    assert res.snr == reference
+    h = res.summary["hub"]
+    assert 0 < peak[0] <= budget and h["peak_disk_bytes"] <= budget
+    assert h["deleted_after_scan"][:2] == SHARDS[:2] and h["shards_downloaded"] == 4
+    assert shard_blob_bytes(hub.cache) <= budget
+    assert_cache_consistent(hub.cache)
+    assert not (snapshot(hub) / SHARDS[0]).exists() and (snapshot(hub) / SHARDS[3]).exists()
+
+
+def test_budget_smaller_than_a_shard_and_keep_shards_over_budget_are_refused(hub, tmp_path):
+    with pytest.raises(UsageError, match="smaller than shard model-00004-of-00004"):
+        scan(REPO, tmp_path / "a", devices="cpu", max_disk="200K")
+    with pytest.raises(UsageError, match="--keep-shards needs"):
+        scan(REPO, tmp_path / "b", devices="cpu", max_disk=600_000, keep_shards=True)
+    assert shard_bodies(hub) == []
+
+
+def test_keep_shards_keeps_every_download(hub, reference, tmp_path):
+    res = scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1, max_disk="10M", keep_shards=True)
+    assert res.snr == reference and res.summary["hub"]["deleted_after_scan"] == []
+    assert all((snapshot(hub) / s).exists() for s in SHARDS)
+
+
+def test_dropped_connection_mid_shard_is_resumed_by_huggingface_hub(hub, reference, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    # The client writes what it received in chunks of DOWNLOAD_CHUNK_SIZE (10 MiB) and resumes from the last one
+    # written; our shards are smaller than one chunk, so use 16 KiB chunks to see a mid-shard resume.
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
+    hub.drop = {SHARDS[1]: [120_000]}
+    res = scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1)
+    assert res.snr == reference
+    resumed = [int(r[6:-1]) for s, r in shard_bodies(hub) if s == SHARDS[1] and r]
+    assert len(resumed) == 1 and 100_000 <= resumed[0] <= 120_000  # the client asked for the rest only
+    assert hub.drop[SHARDS[1]] == []  # the drop happened
+    assert_cache_consistent(hub.cache)
+
+
+def test_a_failed_download_keeps_the_finished_work_and_a_rerun_resumes(hub, reference, tmp_path):
+    hub.fail = {SHARDS[2]: 403}
+    with pytest.raises(SourceError) as err:
+        scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1)
+    msg = str(err.value)
+    assert "cannot reach" in msg and "403" in msg and "\n" not in msg
+    assert "14 matrices scanned before it are saved; rerun to resume" in msg  # shards 1 and 2: 7 matrices each
+    hub.fail = {}
+    res = scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1)
+    assert res.summary["resumed_from_journal"] == 14 and res.snr == reference
+    assert res.summary["hub"]["shards_scanned_from_cache"] == []  # shards 1 and 2 were done: not even opened
+    assert res.summary["hub"]["shards_downloaded"] == 2
+
+
+def test_offline_with_a_partial_cache_names_the_missing_shards(hub, reference, tmp_path):
+    from huggingface_hub import constants
+
+    scan(REPO, tmp_path / "first", devices="cpu", cpu_workers=1, max_disk=600_000)  # leaves shards 3 and 4
+    hub.requests.clear()
+    with pytest.raises(SourceError) as err:
+        scan(REPO, tmp_path / "off", devices="cpu", offline=True)
+    msg = str(err.value)
+    assert f"2 of 4 shards are not in the HF cache: {SHARDS[0]}, {SHARDS[1]};" in msg and "\n" not in msg
+    constants.HF_HUB_OFFLINE = True  # HF_HUB_OFFLINE=1 (monkeypatch restores it)
+    result = CliRunner().invoke(main, ["run", REPO, "--out", str(tmp_path / "off2"), "-q"])
+    assert result.exit_code == 2 and f"{SHARDS[0]}, {SHARDS[1]}" in result.output
+    assert hub.requests == []  # offline means no request at all
+
+
+def interrupt_after(monkeypatch, n: int):
+    """Make the next scan stop (KeyboardInterrupt, as Ctrl-C) after N results are journaled; returns the undo."""
+    scan_mod = importlib.import_module("streamscan.pipeline")
+    real = scan_mod.run_jobs
+
+    def interrupted(jobs, *args, **kwargs):
+        gen = real(jobs, *args, **kwargs)
+        for i, r in enumerate(gen):
+            if i == n:
+                gen.close()
+                raise KeyboardInterrupt
+            yield r
+
+    monkeypatch.setattr(scan_mod, "run_jobs", interrupted)
+    return lambda: monkeypatch.setattr(scan_mod, "run_jobs", real)
+
+
+def test_offline_resume_from_the_cache_matches_the_online_scan(hub, reference, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    out = tmp_path / "out"
+    undo = interrupt_after(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        scan(REPO, out, devices="cpu", cpu_workers=1, max_disk="10M")
+    undo()
+    scan(REPO, tmp_path / "fill", devices="cpu", cpu_workers=1)  # the rest of the shards reach the cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub.requests.clear()
+    res = scan(REPO, out, devices="cpu", cpu_workers=1)  # same fingerprint offline: resumes
+    assert res.summary["resumed_from_journal"] == 5 and res.snr == reference
+    assert hub.requests == []
+
+
+def test_resumed_scan_counts_what_the_interrupted_one_downloaded(hub, reference, tmp_path, monkeypatch):
+    budget = 600_000
+    undo = interrupt_after(monkeypatch, 9)  # shard 1 done (7 matrices), shard 2 begun, 3 fetched, 4 waits for room
+    with pytest.raises(KeyboardInterrupt):
+        scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1, max_disk=budget)
+    undo()
+    time.sleep(0.2)  # let the interrupted run's download thread see that it was stopped
+    left = sorted(p.name for p in snapshot(hub).glob("*.safetensors"))
+    assert left in (SHARDS[:3], SHARDS[1:3])  # shard 1 deleted already, or not yet when it stopped
+    res = scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1, max_disk=budget)
+    assert res.snr == reference
+    h = res.summary["hub"]
+    # the earlier run's shards are this scan's to delete, so shard 4 fits within the budget
+    assert h["deleted_after_scan"] == [n for n in left if n != SHARDS[2]] and h["shards_downloaded"] == 1
+    assert h["peak_disk_bytes"] <= budget and shard_blob_bytes(hub.cache) <= budget
+    assert_cache_consistent(hub.cache)
+
+
+def test_revision_is_pinned_and_a_resume_never_mixes_revisions(hub, checkpoint, tmp_path, reference):
+    first = hub.commit
+    v2 = tmp_path / "v2"
+    write_llama(v2, LlamaShape(layers=4, hidden=96, ffn=256, kv=32, vocab=512), layers_per_shard=1, seed=7)
+    second = hub.add_commit(REPO, v2)  # main moves on
+    hub.repos[REPO].refs["v1"] = first
+    res = scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1, revision="v1")
+    assert res.summary["hub"]["commit"] == first and res.snr == reference
+    with pytest.raises(JournalError, match="a different revision"):
+        scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1)  # main is now `second`
+    assert scan(REPO, tmp_path / "main", devices="cpu", cpu_workers=1).summary["hub"]["commit"] == second
+
+
+@pytest.mark.parametrize(
+    "args, env, expected",
+    [
+        (["--revision", "nope"], {}, "no revision 'nope'; give an existing branch, tag or commit with --revision"),
+        ([], {"repo": "acme/missing"}, "acme/missing: no such model on"),
+        ([], {"gated": True}, "gated repo; accept its terms"),
+        ([], {"down": True}, "cannot reach http://127.0.0.1:"),
+    ],
+)
+def test_hub_errors_are_one_clear_line(hub, tmp_path, monkeypatch, args, env, expected):
+    from huggingface_hub import constants
+
+    repo = env.get("repo", REPO)
+    if env.get("gated"):
+        hub.repos[REPO].gated = True
+    if env.get("down"):
+        dead = "http://127.0.0.1:9"  # discard port: nothing listens
+        monkeypatch.setattr(constants, "ENDPOINT", dead)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    result = CliRunner().invoke(main, ["run", repo, "--out", str(tmp_path / "o"), "-q", *args])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and result.output.count("\n") == 1, result.output
+    if env.get("gated"):  # with the token of an account that accepted the terms, it works
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        ok = CliRunner().invoke(main, ["run", repo, "--out", str(tmp_path / "o"), "-q", "--devices", "cpu"])
+        assert ok.exit_code == 0, ok.output
+
+
+def test_split_scan_of_a_hub_model(hub, reference, tmp_path):
+    from streamscan import merge
+
+    out = tmp_path / "out"
+    first = scan(REPO, out, devices="cpu", cpu_workers=1, shard="0/2")
+    scan(REPO, out, devices="cpu", cpu_workers=1, shard="1/2")  # the same HF cache: shards fetched once
+    assert merge(out).snr == reference and 0 < len(first.results) < 30
+    assert sorted(s for s, _ in shard_bodies(hub)) == SHARDS
+    with pytest.raises(UsageError, match="whole scans only"):
+        scan(REPO, tmp_path / "o2", devices="cpu", shard="0/2", max_disk="10M")
+
+
+def test_local_path_rejects_hub_only_options(checkpoint, tmp_path):
+    with pytest.raises(UsageError, match="--revision v1: only for Hub ids"):
+        scan(checkpoint, tmp_path / "o", revision="v1")
+    with pytest.raises(UsageError, match="--max-disk/--keep-shards: only for Hub ids"):
+        scan(checkpoint, tmp_path / "o", max_disk="1G")
+
+
+# a real kill during a download -------------------------------------------------------------------------
+def test_kill_during_download_then_resume(hub, reference, tmp_path):
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_CACHE": str(hub.cache),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    env.pop("HF_TOKEN", None)
+    args = [
+        sys.executable,
+        "-m",
+        "streamscan",
+        "run",
+        REPO,
+        "--out",
+        str(out),
+        "-q",
+        "--devices",
+        "cpu",
+        "--cpu-workers",
+        "1",
+    ]
+    hub.rate = 100e3  # 100 kB/s: ~2 s a shard
+    proc = subprocess.Popen(args, env=env)
+    journal = out / "streamscan.journal.jsonl"
+    blobs = hub.cache / "models--acme--tiny-llama" / "blobs"
+    deadline = time.monotonic() + 120
+    partial = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        lines = journal.read_bytes().count(b"\n") if journal.exists() else 0
+        partial = list(blobs.glob("*.incomplete")) if blobs.exists() else []  # written in 10 MiB chunks: may be empty
+        if lines >= 3 and partial:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert partial and proc.returncode == -signal.SIGKILL, "the run was not killed during a download"
+    assert list(blobs.glob("*.incomplete"))  # what huggingface_hub leaves behind a kill
+    done_before = journal.read_bytes().count(b"\n") - 1
+    assert 0 < done_before < 30
+
+    hub.rate = None
+    subprocess.run(args, env=env, check=True, timeout=300)
+    results = json.loads((out / "snr_results_acme-tiny-llama.json").read_text())
+    assert {k: v["snr"] for k, v in results.items() if v["snr"] is not None} == reference
+    names = [json.loads(line)["name"] for line in journal.read_text().splitlines()[1:]]
+    assert len(names) == len(set(names)) == 30  # nothing lost, nothing counted twice
+    assert [s for s, r in shard_bodies(hub)].count(SHARDS[0]) == 1  # the finished shard was not fetched again
+    assert_cache_consistent(hub.cache)  # the killed download's partial file was cleaned up

@@ -1,0 +1,144 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import streamscan
+from streamscan.cli import main
+from tests.conftest import write_tensors
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("streamscan: error:"), result.output
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_run_writes_spectrum_outputs_and_summary(sharded_llama, tmp_path):
+    out = tmp_path / "scan"
+    res = invoke("run", sharded_llama, "--out", out, "-p", 25, "-p", 50)
+    assert res.exit_code == 0, res.output
+    assert "30 matrices (30 scored" in res.output and "9 tensors skipped" in res.output and "peak RSS" in res.output
+    data = json.loads((out / "snr_results_tiny-llama.json").read_text())
+    assert len(data) == 30 and data["model.layers.2.mlp.up_proj"]["type"] == "mlp.up_proj"
+    assert (out / "snr_results_tiny-llama_sorted.json").exists()
+    assert (out / "snr_results_tiny-llama_unfrozenparameters_25percent.yaml").exists()
+    summary = json.loads((out / "streamscan_summary.json").read_text())
+    assert summary["skipped_tensors"]["model.norm"].startswith("1-D")
+    # the Python API gives the same numbers
+    api = streamscan.scan(sharded_llama, tmp_path / "api", top_percent=[25])
+    assert api.snr == {k: v["snr"] for k, v in data.items()}
+
+
+def test_rerun_resumes_from_the_journal(sharded_llama, tmp_path):
+    out = tmp_path / "scan"
+    assert invoke("run", sharded_llama, "--out", out, "-q").exit_code == 0
+    res = invoke("run", sharded_llama, "--out", out)
+    assert "30 from a previous run" in res.output
+
+
+def test_status_select_and_inspect(sharded_llama, tmp_path):
+    out = tmp_path / "scan"
+    invoke("run", sharded_llama, "--out", out, "-q", "--include", "*mlp*")
+    st = invoke("status", out)
+    assert "12/12 matrices done, 0 remaining" in st.output and "complete" in st.output
+    assert json.loads(invoke("status", out, "--json").output)["scored"] == 12
+    sel = invoke("select", out, "-p", 50)
+    assert sel.exit_code == 0
+    text = (out / "snr_results_tiny-llama_unfrozenparameters_50percent.yaml").read_text()
+    assert text.count("- model.layers.") == 6  # 3 types x int(4 * 50 / 100)
+    ins = invoke("inspect", sharded_llama)
+    assert "30 matrices to score, 9 tensors skipped, 2 shard(s)" in ins.output
+
+
+def test_select_works_on_a_partial_scan(sharded_llama, tmp_path):
+    out = tmp_path / "scan"
+    invoke("run", sharded_llama, "--out", out, "-q")
+    journal = out / "streamscan.journal.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    journal.write_text("".join(lines[:11]))  # header + 10 results
+    assert "10/30 matrices done" in invoke("status", out).output
+    assert invoke("select", out, "-p", 100).exit_code == 0
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path, sharded_llama):
+    one_line_error(invoke("run", tmp_path / "missing"), "no such file")
+    bad = write_tensors(tmp_path / "bad" / "model.safetensors", {"a.weight": torch.randn(4, 4)})
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + b"\x00" * 32)
+    one_line_error(invoke("run", bad.parent, "--out", tmp_path / "o"), "corrupt safetensors header", str(bad))
+    (sharded_llama / "model-00001-of-00002.safetensors").rename(tmp_path / "moved")
+    one_line_error(invoke("run", sharded_llama), "model-00001-of-00002.safetensors", "missing")
+    one_line_error(invoke("status", tmp_path / "nothing"), "no streamscan scan here")
+    one_line_error(invoke("run", tmp_path / "bad", "--devices", "0,1"), "--devices")
+
+
+def test_other_method_on_same_out_is_refused_with_fresh_hint(sharded_llama, tmp_path):
+    out = tmp_path / "scan"
+    invoke("run", sharded_llama, "--out", out, "-q", "--include", "*k_proj")
+    one_line_error(
+        invoke("run", sharded_llama, "--out", out, "--method", "svdvals32", "--include", "*k_proj"),
+        "different method",
+        "--fresh",
+    )
+    assert (
+        invoke(
+            "run", sharded_llama, "--out", out, "-q", "--method", "svdvals32", "--include", "*k_proj", "--fresh"
+        ).exit_code
+        == 0
+    )
+
+
+def test_degenerate_matrices_are_reported_not_crashed(tmp_path):
+    path = write_tensors(
+        tmp_path / "deg" / "model.safetensors",
+        {
+            "model.layers.0.zero.weight": torch.zeros(16, 32),
+            "model.layers.0.nan.weight": torch.full((16, 32), float("nan")),
+            "model.layers.0.row.weight": torch.randn(1, 32),
+            "model.layers.0.ok.weight": torch.randn(16, 32),
+        },
+    )
+    res = invoke("run", path, "--out", tmp_path / "o")
+    assert res.exit_code == 0 and "1 scored, 3 without SNR" in res.output
+    data = json.loads((tmp_path / "o" / "snr_results_deg.json").read_text())
+    assert data["model.layers.0.zero"] == {"snr": None, "type": "zero", "reason": "all-zero matrix"}
+    assert "NaN" in data["model.layers.0.nan"]["reason"] and "too small" in data["model.layers.0.row"]["reason"]
+
+
+@pytest.mark.parametrize("percent", ["0", "101"])
+def test_bad_percent(sharded_llama, tmp_path, percent):
+    one_line_error(invoke("run", sharded_llama, "--out", tmp_path / "o", "-p", percent), "--top-percent")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--devices", "0,1"], ["--devices 0,1: no CUDA GPU is visible here; use --devices cpu"]),
+        (["--devices", "gpu0"], ["'gpu0' is not a GPU index or 'cpu'"]),
+        (["--max-memory", "lots"], ["--max-memory lots: write it as bytes or with a unit"]),
+    ],
+)
+def test_device_and_memory_options_fail_in_one_line(sharded_llama, tmp_path, args, fragments):
+    one_line_error(invoke("run", sharded_llama, "--out", tmp_path / "o", *args), *fragments)
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_run_reports_devices_and_overlap(sharded_llama, tmp_path):
+    res = invoke(
+        "run", sharded_llama, "--out", tmp_path / "o", "--devices", "cpu", "--cpu-workers", "2", "--max-memory", "64M"
+    )
+    assert res.exit_code == 0, res.output
+    assert "cpu: 30 jobs" in res.output and "overlap" in res.output
+    run = json.loads((tmp_path / "o" / "streamscan_summary.json").read_text())["run"]
+    assert run["devices"]["cpu"]["slots"] == 2 and run["devices"]["cpu"]["jobs"] == 30
+    assert run["max_memory_mb"] == 64 and run["peak_held_mb"] <= 64
+    assert 0 < run["overlap"] <= 1.0

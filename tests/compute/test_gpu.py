@@ -1,0 +1,54 @@
+"""GPU checks: run on a machine with CUDA (`pytest -m gpu`); skipped elsewhere."""
+
+import pytest
+import torch
+
+import streamscan
+import streamscan.compute.scheduler as scheduler
+from streamscan.checkpoint.index import build_index
+from streamscan.checkpoint.source import resolve
+from streamscan.compute.spectrum import memory_bytes, score
+from streamscan.planning.plan import make_plan
+from tests.fixtures.synthetic import LlamaShape, write_llama
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("shape", [(512, 2048), (3000, 1024), (2048, 2048)])
+def test_gpu_scores_match_cpu_and_memory_estimate_is_an_upper_bound(shape):
+    W = torch.randn(shape).to(torch.bfloat16)
+    cpu = score(W, "gram64")
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    gpu = score(W.to("cuda"), "gram64", "cuda")
+    peak = torch.cuda.max_memory_allocated() - base
+    assert gpu.snr == pytest.approx(cpu.snr, rel=1e-10)
+    assert peak <= memory_bytes(shape, 2, "gram64", "cuda")
+
+
+def test_real_out_of_memory_is_retried_on_cpu(tmp_path):
+    ck = write_llama(tmp_path / "m", LlamaShape(layers=1, hidden=1024, ffn=2816, kv=256, vocab=32000))
+    jobs = make_plan(build_index(resolve(ck))).jobs
+    total = torch.cuda.mem_get_info()[1]
+    torch.cuda.empty_cache()
+    # our process may use only ~64 MiB: the 32000x1024 embedding's Gram work does not fit, the rest does
+    torch.cuda.set_per_process_memory_fraction((64 << 20) / total)
+    try:
+        results = list(scheduler.run_jobs(jobs, "gram64", devices=["cuda:0"]))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    by = {r.name: r for r in results}
+    assert len(results) == len(jobs) and all(r.status == "ok" for r in results)
+    assert by["model.embed_tokens"].worker == "cpu0" and "ran out of memory on cuda:0" in by["model.embed_tokens"].note
+    expected = {r.name: r.snr for r in scheduler.run_jobs(jobs, "gram64", workers=1)}
+    assert {n: pytest.approx(r.snr, rel=1e-9) for n, r in by.items()} == expected
+
+
+def test_mixed_pool_scan_equals_cpu_scan(sharded_llama, tmp_path):
+    gpu = streamscan.scan(sharded_llama, tmp_path / "gpu", devices="0,cpu")
+    cpu = streamscan.scan(sharded_llama, tmp_path / "cpu", devices="cpu")
+    assert gpu.snr.keys() == cpu.snr.keys()
+    assert all(gpu.snr[n] == pytest.approx(cpu.snr[n], rel=1e-9) for n in cpu.snr)
+    assert gpu.summary["run"]["devices"]["cuda:0"]["jobs"] > 0

@@ -1,0 +1,75 @@
+import json
+from dataclasses import replace
+
+import pytest
+
+from streamscan.errors import JournalError
+from streamscan.records import Fingerprint, Result, ScanHeader
+from streamscan.results.journal import JOURNAL_NAME, Journal, is_locked, read_journal
+
+HEADER = ScanHeader(
+    version="test", fingerprint=Fingerprint("m", (), "gram64"), model="m", slug="m", targets=("a", "b", "c")
+)
+
+
+def res(name, snr=1.0, status="ok"):
+    return Result(name=name, type="t", shape=(4, 4), dtype="F32", snr=snr, status=status)
+
+
+def test_append_is_durable_and_resume_reads_it(tmp_path):
+    with Journal(tmp_path, HEADER) as j:
+        j.append(res("a", 0.5))
+        j.append(res("b", None, "error"))
+    with Journal(tmp_path, HEADER) as j:
+        assert j.results["a"].snr == 0.5 and j.results["a"].shape == (4, 4)
+        assert j.done() == {"a"}  # errors are retried
+
+
+def test_torn_last_line_is_dropped_and_overwritten(tmp_path):
+    with Journal(tmp_path, HEADER) as j:
+        j.append(res("a"))
+    path = tmp_path / JOURNAL_NAME
+    with open(path, "ab") as fh:
+        fh.write(b'{"name": "b", "ty')  # killed mid-write
+    with Journal(tmp_path, HEADER) as j:
+        assert set(j.results) == {"a"}
+        j.append(res("c"))
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 3 and all(json.loads(line) for line in lines)
+
+
+def test_a_name_twice_keeps_the_last_record(tmp_path):
+    with Journal(tmp_path, HEADER) as j:
+        j.append(res("a", None, "error"))
+        j.append(res("a", 2.0))
+    _, results, _ = read_journal(tmp_path)
+    assert list(results) == ["a"] and results["a"].snr == 2.0
+
+
+def test_different_fingerprint_is_refused_unless_fresh(tmp_path):
+    with Journal(tmp_path, HEADER) as j:
+        j.append(res("a"))
+    other = replace(HEADER, fingerprint=Fingerprint("m", (), "svdvals32"))
+    with pytest.raises(JournalError, match="different method.*--fresh"):
+        Journal(tmp_path, other)
+    with Journal(tmp_path, other, fresh=True) as j:
+        assert j.results == {}
+
+
+def test_second_writer_is_refused_by_the_lock(tmp_path):
+    with Journal(tmp_path, HEADER):
+        assert is_locked(tmp_path)
+        with pytest.raises(JournalError, match="another scan"):
+            Journal(tmp_path, HEADER)
+    assert not is_locked(tmp_path)
+
+
+def test_corruption_in_the_middle_is_an_error(tmp_path):
+    with Journal(tmp_path, HEADER) as j:
+        j.append(res("a"))
+        j.append(res("b"))
+    path = tmp_path / JOURNAL_NAME
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b"{oops\n" + lines[2])
+    with pytest.raises(JournalError, match="corrupt line"):
+        read_journal(tmp_path)

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import yaml
+
+from streamscan.records import Result
+from streamscan.results.outputs import results_json, sorted_json, write_outputs
+from streamscan.results.selection import module_pattern, select_top, yaml_text
+
+
+def r(name, type_, snr, role=None, reason=None):
+    return Result(
+        name=name,
+        type=type_,
+        shape=(8, 8),
+        dtype="BF16",
+        snr=snr,
+        reason=reason,
+        status="ok" if snr is not None else "null",
+        role=role,
+    )
+
+
+RESULTS = [
+    r("transformer.wte", "transformer.wte", 3.0, role="embedding"),
+    r("lm_head", "lm_head", 2.0, role="head"),
+    *[r(f"model.layers.{i}.mlp.down_proj", "mlp.down_proj", float(i)) for i in range(10)],
+    r("model.layers.10.mlp.down_proj", "mlp.down_proj", None, reason="all-zero matrix"),
+    r("model.layers.0.mlp.gate", "mlp.gate", 1.0),
+    r("model.layers.0.mlp.gate_proj", "mlp.gate_proj", 1.0),
+]
+
+
+def test_reference_rule_int_len_times_percent():
+    sel = select_top(RESULTS, 25)
+    assert sel.chosen["mlp.down_proj"] == ("model.layers.9.mlp.down_proj", "model.layers.8.mlp.down_proj")
+    assert sel.chosen["mlp.gate"] == ()  # int(1 * 25 / 100) = 0
+    assert sel.always == ("lm_head.weight", "transformer.wte.weight")
+    assert len(select_top(RESULTS, 100).chosen["mlp.down_proj"]) == 10  # the null one is not ranked
+
+
+def test_yaml_parses_names_real_embeddings_and_says_what_selected_nothing():
+    names = [x.name for x in RESULTS]
+    text = yaml_text(select_top(RESULTS, 50), names, header="top 50%")
+    doc = yaml.safe_load(text)
+    assert doc["unfrozen_parameters"][:2] == ["^lm_head.weight$", "^transformer.wte.weight$"]
+    assert "model.layers.9.mlp.down_proj" in doc["unfrozen_parameters"]
+    assert "# mlp.gate layers\n#   none selected: int(1 * 50 / 100) = 0 of 1 scored" in text
+    assert "#   1 without an SNR, not ranked" in text
+    assert "# lm_head layers" not in text
+
+
+def test_prefix_collisions_get_a_trailing_dot():
+    names = ["model.layers.0.mlp.gate", "model.layers.0.mlp.gate_proj", "model.layers.1.mlp.down_proj"]
+    assert module_pattern("model.layers.0.mlp.gate", names) == "model.layers.0.mlp.gate."
+    assert module_pattern("model.layers.0.mlp.gate_proj", names) == "model.layers.0.mlp.gate_proj"
+    assert (
+        module_pattern("model.layers.1.mlp.down_proj", names + ["model.layers.10.mlp.down_proj"])
+        == "model.layers.1.mlp.down_proj"
+    )
+
+
+def test_results_json_is_valid_strict_json_with_reasons(tmp_path):
+    def no_constants(token):
+        raise AssertionError(f"invalid JSON token {token}")
+
+    paths = write_outputs(tmp_path, "m", RESULTS, [25, 12.5], [x.name for x in RESULTS], {"model": "m"})
+    for p in paths:
+        if p.suffix == ".json":
+            json.loads(p.read_text(), parse_constant=no_constants)
+    data = results_json(RESULTS)
+    assert data["model.layers.3.mlp.down_proj"] == {"snr": 3.0, "type": "mlp.down_proj"}
+    assert data["model.layers.10.mlp.down_proj"] == {"snr": None, "type": "mlp.down_proj", "reason": "all-zero matrix"}
+    assert list(data)[:4] == ["lm_head"] + [
+        "model.layers.0.mlp.down_proj",
+        "model.layers.0.mlp.gate",
+        "model.layers.0.mlp.gate_proj",
+    ]
+    srt = sorted_json(RESULTS)["mlp.down_proj"]
+    assert list(srt.values())[:3] == [9.0, 8.0, 7.0] and list(srt.values())[-1] is None
+    assert (tmp_path / "snr_results_m_unfrozenparameters_12_5percent.yaml").exists()
+
+
+def test_percent_out_of_range():
+    with pytest.raises(ValueError):
+        select_top(RESULTS, 0)

@@ -1,0 +1,103 @@
+"""Crash and resume for real: SIGKILL the CLI mid-scan, rerun, compare with an uninterrupted scan."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.synthetic import LlamaShape, write_llama
+
+JOURNAL = "streamscan.journal.jsonl"
+
+
+@pytest.fixture(scope="module")
+def medium_llama(tmp_path_factory) -> Path:
+    # ~90 matrices, a few seconds of work on one worker: time to kill it more than once.
+    return write_llama(
+        tmp_path_factory.mktemp("ck") / "medium",
+        LlamaShape(layers=12, hidden=384, ffn=1024, kv=128, vocab=2048),
+        layers_per_shard=4,
+    )
+
+
+def cli(*args) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "streamscan",
+        "run",
+        *map(str, args),
+        "-q",
+        "-p",
+        "25",
+        "-p",
+        "50",
+        "--cpu-workers",
+        "1",
+    ]
+
+
+def journal_lines(out: Path) -> int:
+    try:
+        return (out / JOURNAL).read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def kill_after(args, out: Path, lines: int, timeout: float = 120) -> int:
+    proc = subprocess.Popen(args)
+    deadline = time.monotonic() + timeout
+    while journal_lines(out) < lines and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return journal_lines(out)
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("snr_results_*"))}
+
+
+def test_kill_9_twice_then_resume_gives_identical_outputs(medium_llama, tmp_path):
+    ref = tmp_path / "ref"
+    subprocess.run(cli(medium_llama, "--out", ref), check=True)
+    total = journal_lines(ref) - 1
+
+    out = tmp_path / "killed"
+    first = kill_after(cli(medium_llama, "--out", out), out, 8)
+    assert 1 < first < total + 1, "the scan was not killed mid-way"
+    second = kill_after(cli(medium_llama, "--out", out), out, first + 15)
+    assert first < second < total + 1
+    subprocess.run(cli(medium_llama, "--out", out), check=True)
+
+    assert outputs(out) == outputs(ref) and len(outputs(ref)) == 4
+    names = [json.loads(line)["name"] for line in (out / JOURNAL).read_text().splitlines()[1:]]
+    assert len(names) == len(set(names)) == total  # nothing lost, nothing counted twice
+
+
+def test_torn_write_at_the_moment_of_the_kill_is_tolerated(medium_llama, tmp_path):
+    out = tmp_path / "torn"
+    kill_after(cli(medium_llama, "--out", out, "--include", "*self_attn*"), out, 5)
+    with open(out / JOURNAL, "ab") as fh:
+        fh.write(b'{"name":"model.layers.1.self_attn.q_proj","type":"self_')
+    subprocess.run(cli(medium_llama, "--out", out, "--include", "*self_attn*"), check=True)
+    data = json.loads(next(out.glob("snr_results_medium.json")).read_text())
+    assert len(data) == 48 and all(v["snr"] is not None for v in data.values())
+
+
+def test_concurrent_scan_on_the_same_dir_is_refused(medium_llama, tmp_path):
+    from streamscan.records import Fingerprint, ScanHeader
+    from streamscan.results.journal import Journal
+
+    out = tmp_path / "busy"
+    with Journal(
+        out, ScanHeader("test", Fingerprint("other", (), "gram64"), "other", "other", ())
+    ):  # another process holds the directory
+        second = subprocess.run(cli(medium_llama, "--out", out), capture_output=True, text=True)
+    assert second.returncode == 2
+    assert f"another scan (pid {os.getpid()})" in second.stderr and second.stderr.count("\n") == 1
