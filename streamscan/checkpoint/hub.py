@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamscan.checkpoint.config import read_config
+from streamscan.checkpoint.formats.safetensors_header import MAX_HEADER_SIZE
 from streamscan.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class HubSource:
             if len(data) < 8:
                 raise SourceError(f"{self.repo_id}/{name}: not a safetensors file ({len(data)} bytes)")
             (length,) = struct.unpack("<Q", data[:8])
-            if length > 100 * 1024 * 1024:
+            if length > MAX_HEADER_SIZE:
                 raise SourceError(f"{self.repo_id}/{name}: corrupt safetensors header (length {length})")
             if 8 + length > len(data):
                 response = get_session().get(url, headers={**headers, "Range": f"bytes=8-{length + 7}"})
