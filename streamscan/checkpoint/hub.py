@@ -8,7 +8,6 @@ exceptions become one-line SourceErrors. Nothing here reads a tensor: shards are
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -305,10 +304,9 @@ def _record_ref(cache: Path, repo_id: str, revision: str | None, commit: str) ->
 
 def _shard_names(repo_id: str, index: Path | None, names: set[str]) -> list[str]:
     if index is not None:
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise SourceError(f"{repo_id}: {INDEX_NAME} is not a valid safetensors index ({err})") from None
+        from streamscan.checkpoint.source import read_weight_map
+
+        weight_map = read_weight_map(index)
         return sorted(set(weight_map.values()))  # model-00001-of-… first: download order
     if SINGLE_NAME in names:
         return [SINGLE_NAME]

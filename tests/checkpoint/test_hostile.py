@@ -1,0 +1,127 @@
+"""Hostile checkpoints: index entries that escape the checkpoint, control characters in names, odd files."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from streamscan.checkpoint.index import build_index
+from streamscan.checkpoint.source import resolve
+from streamscan.errors import CheckpointError, SourceError
+from tests.conftest import write_tensors
+from tests.fixtures.synthetic_quant import write_bin_llama
+
+INDEXES = {"safetensors": "model.safetensors.index.json", "bin": "pytorch_model.bin.index.json"}
+
+
+@pytest.fixture(params=sorted(INDEXES))
+def indexed(request, sharded_llama, tmp_path):
+    if request.param == "safetensors":
+        return sharded_llama, INDEXES["safetensors"]
+    from tests.fixtures.synthetic import LlamaShape
+
+    return write_bin_llama(tmp_path / "bin-llama", LlamaShape(layers=2), shards=2), INDEXES["bin"]
+
+
+def _redirect(root, index_name, make_target):
+    index = root / index_name
+    data = json.loads(index.read_text())
+    name = sorted(data["weight_map"])[0]
+    shard = root / data["weight_map"][name]
+    data["weight_map"][name] = make_target(shard)
+    index.write_text(json.dumps(data))
+    return name
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "subdir"])
+def test_weight_map_entries_outside_the_checkpoint_are_refused(indexed, tmp_path, how):
+    root, index_name = indexed
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def target(shard):
+        copy = outside / shard.name
+        shutil.copy(shard, copy)
+        if how == "dotdot":
+            return f"../outside/{shard.name}"
+        if how == "absolute":
+            return str(copy)
+        (root / "sub").mkdir()
+        shutil.copy(shard, root / "sub" / shard.name)
+        return f"sub/{shard.name}"
+
+    name = _redirect(root, index_name, target)
+    with pytest.raises(SourceError) as err:
+        build_index(resolve(root))
+    msg = str(err.value)
+    assert "\n" not in msg and index_name in msg and name in msg and "not a file name in the checkpoint" in msg
+
+
+@pytest.mark.parametrize("value", [[], None, "x"])
+def test_weight_map_that_is_not_an_object_is_one_line(indexed, value):
+    root, index_name = indexed
+    index = root / index_name
+    index.write_text(json.dumps({"weight_map": value}))
+    with pytest.raises(SourceError, match="weight_map is .*, not an object"):
+        resolve(root)
+
+
+def test_hf_cache_style_symlinked_shards_still_work(sharded_llama, tmp_path):
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    for f in sharded_llama.iterdir():
+        blob = blobs / f"sha-{f.name}"
+        shutil.copy(f, blob)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / f.name)
+    expected = build_index(resolve(sharded_llama))
+    got = build_index(resolve(snapshot))
+    assert [(t.name, t.start, t.end) for t in got.tensors] == [(t.name, t.start, t.end) for t in expected.tensors]
+
+
+def test_fifo_shard_is_refused_not_hung(tmp_path):
+    (tmp_path / "m").mkdir()
+    os.mkfifo(tmp_path / "m" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        build_index(resolve(tmp_path / "m"))
+
+
+def test_symlink_loop_shard_is_one_line(tmp_path):
+    (tmp_path / "m").mkdir()
+    os.symlink("model.safetensors", tmp_path / "m" / "model.safetensors")
+    with pytest.raises((CheckpointError, SourceError)) as err:
+        build_index(resolve(tmp_path / "m" / "model.safetensors"))
+    assert "\n" not in str(err.value) and "model.safetensors" in str(err.value)
+
+
+EVIL = "x\n- .*\nlearning_rate: 100.0\n#"
+
+
+def test_control_characters_in_safetensors_names_are_refused(tmp_path):
+    path = write_tensors(tmp_path / "m" / "model.safetensors", {EVIL + ".weight": torch.randn(4, 4)})
+    with pytest.raises(CheckpointError) as err:
+        build_index(resolve(path.parent))
+    assert "\n" not in str(err.value) and "control" in str(err.value) and str(path) in str(err.value)
+
+
+def test_control_characters_in_torch_names_are_refused(tmp_path):
+    (tmp_path / "b").mkdir()
+    torch.save({EVIL + ".weight": torch.randn(4, 4)}, tmp_path / "b" / "pytorch_model.bin")
+    with pytest.raises(CheckpointError) as err:
+        build_index(resolve(tmp_path / "b"))
+    assert "\n" not in str(err.value) and "U+000A" in str(err.value) and "learning_rate" in str(err.value)
+
+
+def test_control_characters_in_gguf_names_are_refused(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "evil.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_tensor("blk.0.ffn_down.weight\u202e", torch.randn(8, 8).numpy())
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    with pytest.raises(CheckpointError) as err:
+        build_index(resolve(path))
+    assert "\n" not in str(err.value) and "U+202E" in str(err.value)
