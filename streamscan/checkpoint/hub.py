@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamscan.checkpoint.config import read_config
+from streamscan.checkpoint.config import read_config, read_weight_map
 from streamscan.checkpoint.formats.safetensors_header import MAX_HEADER_SIZE
 from streamscan.errors import SourceError
 
@@ -304,8 +304,6 @@ def _record_ref(cache: Path, repo_id: str, revision: str | None, commit: str) ->
 
 def _shard_names(repo_id: str, index: Path | None, names: set[str]) -> list[str]:
     if index is not None:
-        from streamscan.checkpoint.source import read_weight_map
-
         weight_map = read_weight_map(index)
         return sorted(set(weight_map.values()))  # model-00001-of-… first: download order
     if SINGLE_NAME in names:

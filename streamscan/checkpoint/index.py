@@ -8,9 +8,10 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamscan.checkpoint.config import read_weight_map
 from streamscan.checkpoint.formats import format_for
 from streamscan.checkpoint.formats.safetensors import parse_header
-from streamscan.checkpoint.source import ModelSource, read_weight_map
+from streamscan.checkpoint.source import ModelSource
 from streamscan.errors import CheckpointError
 from streamscan.records import ShardInfo, TensorInfo
 

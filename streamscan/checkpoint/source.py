@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamscan.checkpoint.config import read_config
+from streamscan.checkpoint.config import read_config, read_weight_map
 from streamscan.errors import SourceError, UsageError
 
 if TYPE_CHECKING:
@@ -116,40 +115,6 @@ def _other_format(path: Path) -> ModelSource | None:
     if ggufs:
         raise SourceError(f"{path}: holds {len(ggufs)} GGUF files ({ggufs[0].name}, ...); give the one to scan")
     return None
-
-
-def read_weight_map(index: Path) -> dict[str, str]:
-    """An index's weight map, checked: a JSON object of tensor name -> a plain file name in the checkpoint
-    directory (never absolute, never ``..``, never a subdirectory), so no index can point outside it."""
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise SourceError(f"{index}: not a valid index ({err}); re-download it") from None
-    except OSError as err:
-        raise SourceError(f"{index}: cannot read ({err.strerror or err}); check the file") from None
-    if not isinstance(weight_map, dict):
-        raise SourceError(
-            f"{index}: weight_map is {type(weight_map).__name__ if weight_map is not None else 'null'}, "
-            "not an object of tensor name -> shard file; re-download the index"
-        )
-    for name, file in weight_map.items():
-        if not isinstance(file, str) or not _plain_file_name(file):
-            raise SourceError(
-                f"{index}: weight_map sends {name!r} to {file!r}, not a file name in the checkpoint directory "
-                "(absolute paths, '..' and subdirectories are refused); fix or re-download the index"
-            )
-    return weight_map
-
-
-def _plain_file_name(file: str) -> bool:
-    return (
-        file not in ("", ".", "..")
-        and "/" not in file
-        and "\\" not in file
-        and "\0" not in file
-        and file.isprintable()
-        and not Path(file).is_absolute()
-    )
 
 
 def _shards_of(index: Path) -> list[Path]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 
 import click
 
@@ -25,6 +27,7 @@ from streamscan.cli.options import (
     TOP_PERCENT,
     fail,
     friendly,
+    on_sigterm,
     scan_dir,
 )
 from streamscan.records import DEFAULT_OUT
@@ -44,6 +47,9 @@ def main(debug: bool) -> None:
       streamscan select --out scan -p 50
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="streamscan: %(message)s")
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, on_sigterm)  # SIGTERM stops a scan as Ctrl-C does
+        click.get_current_context().call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 @main.command()
