@@ -104,8 +104,8 @@ def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:
     header, rows, good, rejected = _scan(path)
     if rejected:
         log.warning(
-            "%s: %d corrupt line(s) skipped (first at byte %d); their matrices are recomputed on the next run, "
-            "the lines kept in %s",
+            "%s: %d corrupt line(s) skipped (first at byte %d); the next run recomputes their matrices "
+            "and moves the lines to %s",
             path,
             len(rejected),
             rejected[0][0],
