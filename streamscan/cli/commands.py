@@ -3,6 +3,7 @@ stderr and exit code 2; the library itself is imported only when a command runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -27,7 +28,7 @@ from streamscan.cli.options import (
     TOP_PERCENT,
     fail,
     friendly,
-    on_sigterm,
+    on_signal,
     scan_dir,
 )
 from streamscan.records import DEFAULT_OUT
@@ -47,9 +48,11 @@ def main(debug: bool) -> None:
       streamscan select --out scan -p 50
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="streamscan: %(message)s")
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, on_sigterm)  # SIGTERM stops a scan as Ctrl-C does
-        click.get_current_context().call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C and SIGTERM: one line, exit 130/143
+        ctx = click.get_current_context()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(signum, on_signal)
+            ctx.call_on_close(functools.partial(signal.signal, signum, previous))
 
 
 @main.command()

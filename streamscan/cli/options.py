@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import signal
 import sys
 
 import click
@@ -21,11 +22,13 @@ def fail(message: str, code: int) -> None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread by ``on_sigterm`` so it stops the command as Ctrl-C does."""
+    """SIGTERM (kept for callers that raise it; the CLI's handler exits directly)."""
 
 
-def on_sigterm(signum, frame) -> None:
-    raise Terminated
+def on_signal(signum, frame) -> None:
+    """Ctrl-C and SIGTERM in the CLI: one line and exit now, from the handler itself. Raising
+    KeyboardInterrupt instead can be swallowed, or abort the process inside a C++ callback (torch import)."""
+    interrupted(143 if signum == signal.SIGTERM else 130)
 
 
 def kept(out) -> int:
