@@ -267,16 +267,34 @@ def resolve_hub(
     files = []
     for n in shards:
         sib = sizes.get(n)
-        if sib is None or sib.size is None:
+        if sib is None:
             raise SourceError(
                 f"{repo_id}@{commit[:12]}: {n} is listed by the index but not in the repo; "
                 "the repo is inconsistent, pick another --revision"
             )
+        if sib.size is None:  # mirrors and proxies may list files without sizes: ask for each (HEAD)
+            files.append(_remote_file_by_head(repo_id, commit, n, endpoint, token, revision))
+            continue
         files.append(RemoteFile(n, int(sib.size), sib.lfs.sha256 if sib.lfs else _etag(sib)))
     _record_ref(cache, repo_id, revision, commit)
     hub = HubSource(repo_id, revision or "main", commit, cache, tuple(files), frozenset(), False, endpoint, token)
     hub = _with_cached(hub)
     return hub, [hub.path(n) for n in shards], local.get(INDEX_NAME), _config(local.get(CONFIG_NAME))
+
+
+def _remote_file_by_head(
+    repo_id: str, commit: str, name: str, endpoint: str, token, revision: str | None
+) -> RemoteFile:
+    """A shard's size and etag from a HEAD request (get_hf_file_metadata), when model info lacks them."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint), token=token)
+    except Exception as err:  # noqa: BLE001 - mapped to one line
+        raise hub_error(err, repo_id, revision, endpoint) from None
+    if meta.size is None:
+        raise SourceError(f"{repo_id}@{commit[:12]}: the Hub gives no size for {name}; retry, or use another endpoint")
+    return RemoteFile(name, int(meta.size), meta.etag)
 
 
 def _etag(sibling) -> str | None:
