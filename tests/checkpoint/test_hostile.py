@@ -125,3 +125,42 @@ def test_control_characters_in_gguf_names_are_refused(tmp_path):
     with pytest.raises(CheckpointError) as err:
         build_index(resolve(path))
     assert "\n" not in str(err.value) and "U+202E" in str(err.value)
+
+
+def test_stride_0_view_in_a_bin_is_refused_not_expanded(tmp_path):
+    (tmp_path / "b").mkdir()
+    torch.save({"model.layers.0.mlp.up_proj.weight": torch.ones(1).expand(1_500_000, 1000)}, tmp_path / "b" / "x.bin")
+    with pytest.raises(CheckpointError, match="expanded to 6000000000"):
+        build_index(resolve(tmp_path / "b" / "x.bin"))
+
+
+def test_bin_record_cut_short_is_one_line_never_a_score(tmp_path):
+    import zipfile
+
+    src = tmp_path / "src.bin"
+    torch.save({"a.weight": torch.randn(64, 64), "b.weight": torch.randn(64, 64)}, src)
+    (tmp_path / "b").mkdir()
+    bad = tmp_path / "b" / "pytorch_model.bin"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            zout.writestr(info, data[:1000] if info.filename.endswith("/data/0") else data)
+    with pytest.raises(CheckpointError, match="cut short"):
+        build_index(resolve(tmp_path / "b"))
+
+
+def test_huge_weight_block_size_is_bounded_by_the_weight(tmp_path):
+    from streamscan.pipeline import scan
+
+    w = torch.randn(256, 64)
+    tensors = {
+        "model.layers.0.mlp.down_proj.weight": w.to(torch.float8_e4m3fn),
+        "model.layers.0.mlp.down_proj.weight_scale_inv": torch.ones(1, 1),
+    }
+    results = []
+    for block in ([256, 1_500_000_000], [256, 64]):
+        cfg = {"quantization_config": {"quant_method": "fp8", "weight_block_size": block}}
+        path = write_tensors(tmp_path / f"m{block[1]}" / "model.safetensors", tensors, cfg)
+        (r,) = scan(path.parent, tmp_path / f"o{block[1]}", devices="cpu", cpu_workers=1).results
+        results.append(r)
+    assert results[0].status == "ok" and results[0].snr == results[1].snr
