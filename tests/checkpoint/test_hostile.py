@@ -164,3 +164,37 @@ def test_huge_weight_block_size_is_bounded_by_the_weight(tmp_path):
         (r,) = scan(path.parent, tmp_path / f"o{block[1]}", devices="cpu", cpu_workers=1).results
         results.append(r)
     assert results[0].status == "ok" and results[0].snr == results[1].snr
+
+
+def test_gguf_metadata_arrays_are_not_materialised(tmp_path):
+    import tracemalloc
+
+    gguf = pytest.importorskip("gguf")
+    from streamscan.checkpoint.formats.gguf import gguf_config
+    from streamscan.checkpoint.formats.gguf_header import read_gguf_header
+
+    path = tmp_path / "tokens.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_token_list([""] * 300_000)
+    w.add_tensor("blk.0.ffn_down.weight", torch.randn(16, 16).numpy())
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    tracemalloc.start()
+    fields, tensors, _ = read_gguf_header(str(path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(fields["tokenizer.ggml.tokens"]) == 300_000 and [t.name for t in tensors] == ["blk.0.ffn_down.weight"]
+    assert peak < 1 << 20, peak  # GGUFReader: hundreds of MB for the same file
+    assert gguf_config(path)["vocab_size"] == 300_000
+
+
+def test_truncated_gguf_metadata_is_one_line(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "cut.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_token_list(["a"] * 1000)
+    w.add_tensor("blk.0.ffn_down.weight", torch.randn(16, 16).numpy())
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    path.write_bytes(path.read_bytes()[:600])
+    with pytest.raises(CheckpointError, match="past the end of the file"):
+        build_index(resolve(path))
