@@ -49,7 +49,10 @@ def resolve(model: str | Path, *, revision: str | None = None, offline: bool | N
         from streamscan.checkpoint.hub import looks_like_repo_id, resolve_hub
 
         if looks_like_repo_id(str(model)):
-            hub, files, index, config = resolve_hub(str(model), revision, offline)
+            try:
+                hub, files, index, config = resolve_hub(str(model), revision, offline)
+            except SourceError as err:
+                raise _not_a_path_either(model, path, err) from None
             return ModelSource(hub.repo_id, hub.snapshot, tuple(files), index, config, hub)
         raise SourceError(
             f"{model}: no such file or directory; give a checkpoint directory, a .safetensors file "
@@ -85,6 +88,20 @@ def resolve(model: str | Path, *, revision: str | None = None, offline: bool | N
         f"{path}: no {INDEX_NAME}, {SINGLE_NAME}, *.safetensors, *.gguf or pytorch_model*.bin here; "
         "point MODEL at the checkpoint directory"
     )
+
+
+def _not_a_path_either(model, path: Path, err: SourceError) -> SourceError:
+    """MODEL looked like a Hub id but the Hub refused it: a mistyped local path (``a/b`` where ``a`` is a
+    directory here) is named as one, not reported as a network or Hub error."""
+    reason = str(err).split(": ", 1)[-1]
+    if "no such model" not in reason and "cannot reach" not in reason:
+        return err  # the Hub knows the id (gated, revision, offline cache): it is one
+    if path.parent != Path(".") and path.parent.is_dir():
+        return SourceError(
+            f"{model}: no such file or directory ({path.parent} has no {path.name!r}), and not a Hub id "
+            f"that exists ({reason.split(';')[0]}); check the path"
+        )
+    return SourceError(f"{err}; if {model} is a local path: no such file or directory")
 
 
 TORCH_INDEX_NAME = "pytorch_model.bin.index.json"

@@ -393,3 +393,13 @@ def test_model_info_without_sizes_gets_them_by_head(hub, checkpoint, reference, 
     assert not shard_bodies(hub)  # sizes came from HEAD requests, not downloads
     res = scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1)
     assert res.snr == reference
+
+
+def test_mistyped_local_path_is_not_reported_as_a_hub_error(hub, tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError) as err:
+        scan("models/tiny-lama", tmp_path / "out", devices="cpu")
+    msg = str(err.value)
+    assert msg.startswith("models/tiny-lama: no such file or directory") and "not a Hub id that exists" in msg
+    assert "\n" not in msg and "cannot reach" not in msg
