@@ -103,6 +103,11 @@ def scan(
     if index.source.hub is None and hub_only:
         raise UsageError(f"--max-disk/--keep-shards: only for Hub ids, and {model} is a local path")
     if not full.jobs:
+        quant = [s for s in full.skipped if any(w in s.reason for w in ("FP8", "scale", "MXFP4", "dequantiz"))]
+        if quant:  # the real cause, e.g. FP8 scales that do not tile the weight
+            first = quant[0]
+            more = f" ({len(quant)} such)" if len(quant) > 1 else ""
+            raise UsageError(f"{model}: no weight matrix can be scored: {first.name}: {first.reason}{more}")
         raise UsageError(f"{model}: no 2-D weight matrices to score (check --include/--exclude)")
     source = index.source
     header = ScanHeader(

@@ -198,3 +198,27 @@ def test_truncated_gguf_metadata_is_one_line(tmp_path):
     path.write_bytes(path.read_bytes()[:600])
     with pytest.raises(CheckpointError, match="past the end of the file"):
         build_index(resolve(path))
+
+
+def test_truncated_zip_is_not_called_legacy(tmp_path):
+    (tmp_path / "b").mkdir()
+    path = tmp_path / "b" / "pytorch_model.bin"
+    torch.save({"a.weight": torch.randn(64, 64)}, path)
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt zip") as err:
+        build_index(resolve(tmp_path / "b"))
+    assert "legacy" not in str(err.value)
+
+
+def test_fp8_scales_that_do_not_tile_are_named_as_the_cause(tmp_path):
+    from streamscan.errors import UsageError
+    from streamscan.pipeline import scan
+
+    tensors = {
+        "model.layers.0.mlp.down_proj.weight": torch.randn(256, 256).to(torch.float8_e4m3fn),
+        "model.layers.0.mlp.down_proj.weight_scale_inv": torch.ones(3, 5),
+    }
+    path = write_tensors(tmp_path / "m" / "model.safetensors", tensors)
+    with pytest.raises(UsageError) as err:
+        scan(path.parent, tmp_path / "o", devices="cpu")
+    assert "does not tile" in str(err.value) and "--include" not in str(err.value)

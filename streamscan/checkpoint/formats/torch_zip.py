@@ -37,6 +37,9 @@ TORCH_DTYPES = {
 
 def _torch_load(path: Path) -> dict:
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(4) == b"PK\x03\x04":
+                raise CheckpointError(f"{path}: a truncated or corrupt zip (PyTorch) file; re-download it")
         raise CheckpointError(
             f"{path}: a legacy (non-zip) PyTorch file cannot be memory-mapped; "
             "re-save it with torch.save (zip format) or convert it to safetensors"
