@@ -117,8 +117,6 @@ def _fp8(
     blockwise = scale.name.endswith("_scale_inv") or (numel > 1 and scale.shape != (rows, 1))
     if len(scale.shape) == 2 and blockwise:
         br, bc = block or DEFAULT_BLOCK
-        br, bc = min(br, rows), min(bc, cols)  # a block larger than the weight covers it whole: same tiling,
-        # and the dequantization never expands a scale beyond the weight (a hostile [256, 1.5e9] block)
         if scale.shape != (math.ceil(rows / br), math.ceil(cols / bc)):
             skipped[t.name] = (
                 f"FP8 scale {list(scale.shape)} does not tile a {rows}x{cols} weight in {br}x{bc} "

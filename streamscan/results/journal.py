@@ -316,14 +316,28 @@ class Journal:
         """Append every rank journal's records (all of them: duplicates stay visible) and remove the files."""
         paths = rank_journals(self.dir)
         rows: list[Result] = []
+        rejected: list[tuple[int, bytes]] = []
         try:
             for path in paths:
-                head, found, _ = _read(path)
+                head, found, _, bad = _scan(path)
                 _check(path, head, self.header.fingerprint)
                 rows += found
+                rejected += bad
         except JournalError:
             self.close()
             raise
+        if rejected:  # corrupt lines of a rank journal are kept beside the journal they are folded into
+            fd = open_nofollow(rejected_path(self.path), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(b"".join(line for _, line in rejected))
+                fh.flush()
+                os.fsync(fh.fileno())
+            log.warning(
+                "%s: %d corrupt line(s) of rank journals moved to %s; only those matrices are recomputed",
+                self.dir,
+                len(rejected),
+                rejected_path(self.path).name,
+            )
         if rows:
             self._write_many(rows)
         for path in paths:

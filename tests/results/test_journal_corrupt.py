@@ -72,3 +72,19 @@ def test_corrupt_lines_are_set_aside_and_only_their_matrices_recomputed(sharded_
     redone = [json.loads(line)["name"] for line in new[total - 4 :]]
     assert set(redone) == victims  # only those were recomputed, appended after the kept records
     assert outputs(scanned) == reference
+
+
+def test_corrupt_rank_journal_lines_are_kept_aside_when_folded(tmp_path):
+    from streamscan.results.journal import Journal, rank_journal_name
+    from tests.results.test_journal import HEADER, res
+
+    with Journal(tmp_path, HEADER, rank=1) as j:
+        j.append(res("a"))
+        j.append(res("b"))
+    path = tmp_path / rank_journal_name(1)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b"[]\n" + lines[2])
+    with Journal(tmp_path, HEADER) as j:
+        assert list(j.results) == ["b"]
+    assert not path.exists()
+    assert (tmp_path / "streamscan.journal.rejected.jsonl").read_bytes() == b"[]\n"
