@@ -29,3 +29,7 @@ class DistributedError(StreamscanError):
 
 class SelectionError(StreamscanError):
     """A selection names modules the model does not have, or cannot be applied to it."""
+
+
+class OutputError(StreamscanError):
+    """The scan directory cannot be used: not a directory, not writable, full, or holds a planted symlink."""

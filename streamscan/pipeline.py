@@ -28,7 +28,9 @@ from streamscan.errors import DistributedError, JournalError, UsageError
 from streamscan.planning.experts import moe_rows
 from streamscan.planning.plan import Plan, make_plan
 from streamscan.records import DEFAULT_OUT, Fingerprint, RankInfo, Result, ScanHeader, ScanOptions, ScanSummary
+from streamscan.results.files import os_error, prepare_dir
 from streamscan.results.journal import Journal, read_journals
+from streamscan.results.outputs import check_names
 from streamscan.results.scan_outputs import in_order, placement_notes, summarize, write_scan_outputs
 
 log = logging.getLogger(__name__)
@@ -95,11 +97,17 @@ def scan(
     ranks = _rank(opts.shard, opts.distributed)
     started = time.perf_counter()
     disk_budget = parse_size(opts.max_disk, "--max-disk") if opts.max_disk is not None else None
+    out_dir = prepare_dir(out)  # a bad --out is refused before any work, in one line
     index, full = inspect_model(model, opts.include, opts.exclude, revision=opts.revision, offline=opts.offline)
     hub_only = opts.max_disk is not None or opts.keep_shards
     if index.source.hub is None and hub_only:
         raise UsageError(f"--max-disk/--keep-shards: only for Hub ids, and {model} is a local path")
     if not full.jobs:
+        quant = [s for s in full.skipped if any(w in s.reason for w in ("FP8", "scale", "MXFP4", "dequantiz"))]
+        if quant:  # the real cause, e.g. FP8 scales that do not tile the weight
+            first = quant[0]
+            more = f" ({len(quant)} such)" if len(quant) > 1 else ""
+            raise UsageError(f"{model}: no weight matrix can be scored: {first.name}: {first.reason}{more}")
         raise UsageError(f"{model}: no 2-D weight matrices to score (check --include/--exclude)")
     source = index.source
     header = ScanHeader(
@@ -112,7 +120,7 @@ def scan(
         experts=tuple(moe_rows(((j.name, j.tensor.name, j.shape, j.part) for j in full.jobs), source.config)),
         consumed=tuple((s.name, s.reason) for s in full.consumed),
     )
-    out_dir = Path(out)
+    check_names(out_dir, header.slug, percents)
     if ranks is not None:
         if source.hub is not None and hub_only:
             raise UsageError(
@@ -194,7 +202,10 @@ def _execute(
             feed.start() if feed is not None else jobs, method, workers, devices=pool, max_memory=budget, stats=stats
         )
         for done, result in enumerate(results, start=resumed + 1):
-            journal.append(rank.tag(result) if rank else result)
+            try:
+                journal.append(rank.tag(result) if rank else result)
+            except OSError as err:  # disk full: every record before this one is durable
+                raise os_error(journal.path, err) from None
             if feed is not None:
                 feed.finished(result.name)
             read_bytes += sizes[result.name]

@@ -101,3 +101,39 @@ def test_concurrent_scan_on_the_same_dir_is_refused(medium_llama, tmp_path):
         second = subprocess.run(cli(medium_llama, "--out", out), capture_output=True, text=True)
     assert second.returncode == 2
     assert f"another scan (pid {os.getpid()})" in second.stderr and second.stderr.count("\n") == 1
+
+
+def stop_after(args, out: Path, lines: int, sig: int, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while journal_lines(out) < lines and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(args, proc.returncode, "", err)
+
+
+def test_sigterm_and_ctrl_c_say_how_many_are_kept_then_resume_identically(medium_llama, tmp_path):
+    ref = tmp_path / "ref"
+    subprocess.run(cli(medium_llama, "--out", ref), check=True)
+    out = tmp_path / "stopped"
+    for sig, code, lines in ((signal.SIGTERM, 143, 6), (signal.SIGINT, 130, 20)):
+        done = stop_after(cli(medium_llama, "--out", out), out, lines, sig)
+        assert done.returncode == code, done.stderr
+        kept = journal_lines(out) - 1
+        assert done.stderr.strip().splitlines() == [
+            f"interrupted: {kept} results kept; rerun the same command to resume"
+        ], done.stderr
+    subprocess.run(cli(medium_llama, "--out", out), check=True)
+    assert outputs(out) == outputs(ref)
+
+
+@pytest.mark.parametrize("after", [0.4, 0.9])
+def test_ctrl_c_during_start_up_is_one_line(medium_llama, tmp_path, after):
+    proc = subprocess.Popen(cli(medium_llama, "--out", tmp_path / "o"), stderr=subprocess.PIPE, text=True)
+    time.sleep(after)  # importing streamscan or torch, reading headers
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("interrupted: ") and line.endswith(" results kept; rerun the same command to resume")

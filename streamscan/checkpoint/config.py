@@ -1,4 +1,5 @@
-"""config: a checkpoint's config.json, read as data (a dict; anything else counts as no config)."""
+"""config: a checkpoint's JSON side files read as data: config.json (a dict; anything else counts as no config)
+and the weight map of an index (checked: it may only name files in the checkpoint directory)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,37 @@ def read_config(root: Path | None) -> dict:
     except ValueError as err:
         raise SourceError(f"{cfg}: invalid JSON ({err}); fix or remove config.json") from None
     return data if isinstance(data, dict) else {}
+
+
+def read_weight_map(index: Path) -> dict[str, str]:
+    """An index's weight map, checked: a JSON object of tensor name -> a plain file name in the checkpoint
+    directory (never absolute, never ``..``, never a subdirectory), so no index can point outside it."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SourceError(f"{index}: not a valid index ({err}); re-download it") from None
+    except OSError as err:
+        raise SourceError(f"{index}: cannot read ({err.strerror or err}); check the file") from None
+    if not isinstance(weight_map, dict):
+        raise SourceError(
+            f"{index}: weight_map is {type(weight_map).__name__ if weight_map is not None else 'null'}, "
+            "not an object of tensor name -> shard file; re-download the index"
+        )
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or not _plain_file_name(file):
+            raise SourceError(
+                f"{index}: weight_map sends {name!r} to {file!r}, not a file name in the checkpoint directory "
+                "(absolute paths, '..' and subdirectories are refused); fix or re-download the index"
+            )
+    return weight_map
+
+
+def _plain_file_name(file: str) -> bool:
+    return (
+        file not in ("", ".", "..")
+        and "/" not in file
+        and "\\" not in file
+        and "\0" not in file
+        and file.isprintable()
+        and not Path(file).is_absolute()
+    )

@@ -33,7 +33,11 @@ def fp8_block(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] 
     if weight.ndim != 2:
         raise ValueError(f"block-scaled FP8 weight must be 2-D, got shape {tuple(weight.shape)}")
     m, n = weight.shape
-    br, bc = block
+    br, bc = (
+        min(block[0], max(weight.shape[0], 1)),
+        min(block[1], max(weight.shape[1], 1)),
+    )  # a block larger than the weight covers it whole: same tiling, and a scale is never expanded past the
+    # weight (a hostile weight_block_size [256, 1.5e9] would otherwise allocate gigabytes)
     expected = (math.ceil(m / br), math.ceil(n / bc))
     if tuple(scale.shape) != expected:
         raise ValueError(

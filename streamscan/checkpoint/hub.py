@@ -8,7 +8,6 @@ exceptions become one-line SourceErrors. Nothing here reads a tensor: shards are
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -16,7 +15,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamscan.checkpoint.config import read_config
+from streamscan.checkpoint.config import read_config, read_weight_map
+from streamscan.checkpoint.formats.safetensors_header import MAX_HEADER_SIZE
 from streamscan.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class HubSource:
             if len(data) < 8:
                 raise SourceError(f"{self.repo_id}/{name}: not a safetensors file ({len(data)} bytes)")
             (length,) = struct.unpack("<Q", data[:8])
-            if length > 100 * 1024 * 1024:
+            if length > MAX_HEADER_SIZE:
                 raise SourceError(f"{self.repo_id}/{name}: corrupt safetensors header (length {length})")
             if 8 + length > len(data):
                 response = get_session().get(url, headers={**headers, "Range": f"bytes=8-{length + 7}"})
@@ -267,16 +267,34 @@ def resolve_hub(
     files = []
     for n in shards:
         sib = sizes.get(n)
-        if sib is None or sib.size is None:
+        if sib is None:
             raise SourceError(
                 f"{repo_id}@{commit[:12]}: {n} is listed by the index but not in the repo; "
                 "the repo is inconsistent, pick another --revision"
             )
+        if sib.size is None:  # mirrors and proxies may list files without sizes: ask for each (HEAD)
+            files.append(_remote_file_by_head(repo_id, commit, n, endpoint, token, revision))
+            continue
         files.append(RemoteFile(n, int(sib.size), sib.lfs.sha256 if sib.lfs else _etag(sib)))
     _record_ref(cache, repo_id, revision, commit)
     hub = HubSource(repo_id, revision or "main", commit, cache, tuple(files), frozenset(), False, endpoint, token)
     hub = _with_cached(hub)
     return hub, [hub.path(n) for n in shards], local.get(INDEX_NAME), _config(local.get(CONFIG_NAME))
+
+
+def _remote_file_by_head(
+    repo_id: str, commit: str, name: str, endpoint: str, token, revision: str | None
+) -> RemoteFile:
+    """A shard's size and etag from a HEAD request (get_hf_file_metadata), when model info lacks them."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint), token=token)
+    except Exception as err:  # noqa: BLE001 - mapped to one line
+        raise hub_error(err, repo_id, revision, endpoint) from None
+    if meta.size is None:
+        raise SourceError(f"{repo_id}@{commit[:12]}: the Hub gives no size for {name}; retry, or use another endpoint")
+    return RemoteFile(name, int(meta.size), meta.etag)
 
 
 def _etag(sibling) -> str | None:
@@ -304,10 +322,7 @@ def _record_ref(cache: Path, repo_id: str, revision: str | None, commit: str) ->
 
 def _shard_names(repo_id: str, index: Path | None, names: set[str]) -> list[str]:
     if index is not None:
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise SourceError(f"{repo_id}: {INDEX_NAME} is not a valid safetensors index ({err})") from None
+        weight_map = read_weight_map(index)
         return sorted(set(weight_map.values()))  # model-00001-of-… first: download order
     if SINGLE_NAME in names:
         return [SINGLE_NAME]

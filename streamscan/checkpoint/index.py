@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import os
+import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamscan.checkpoint.config import read_weight_map
 from streamscan.checkpoint.formats import format_for
 from streamscan.checkpoint.formats.safetensors import parse_header
 from streamscan.checkpoint.source import ModelSource
@@ -33,8 +36,31 @@ def _shard_header(source: ModelSource, path: Path) -> tuple[list[TensorInfo], Sh
 
 
 def read_any_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
-    """A local shard's tensors whatever its format: safetensors, GGUF or PyTorch zip (formats/)."""
+    """A local shard's tensors whatever its format: safetensors, GGUF or PyTorch zip (formats/).
+    Only regular files (through symlinks, as in the HF cache): a FIFO or device would block or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot open the shard ({err.strerror or err}); fix or re-download it") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path}: not a regular file; a shard must be a file (or a symlink to one)")
     return format_for(path).read_header(path)
+
+
+_BAD_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def check_name(path: Path, name: str) -> None:
+    """Tensor names end up in YAML, reports and terminals: refuse control and format characters, whatever
+    the format (the safetensors validator already does this; GGUF and PyTorch names are checked here)."""
+    if name.isprintable():
+        return
+    for ch in name:
+        if unicodedata.category(ch) in _BAD_NAME_CATEGORIES:
+            raise CheckpointError(
+                f"{path}: tensor {ascii(name)} has the control character U+{ord(ch):04X} in its name; "
+                "tensor names must be printable, rename it"
+            )
 
 
 def build_index(source: ModelSource) -> CheckpointIndex:
@@ -46,6 +72,7 @@ def build_index(source: ModelSource) -> CheckpointIndex:
         found, shard = _shard_header(source, path)
         shards.append(shard)
         for t in found:
+            check_name(path, t.name)
             if t.name in seen:
                 raise CheckpointError(
                     f"{path}: tensor {t.name!r} also appears in {seen[t.name]}; remove the stray shard"
@@ -53,7 +80,7 @@ def build_index(source: ModelSource) -> CheckpointIndex:
             seen[t.name] = path
             tensors.append(t)
     if source.index_file is not None:
-        weight_map = json.loads(source.index_file.read_text())["weight_map"]
+        weight_map = read_weight_map(source.index_file)
         absent = [n for n, f in weight_map.items() if seen.get(n) != source.root / f]
         if absent:
             raise CheckpointError(

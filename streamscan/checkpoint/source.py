@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamscan.checkpoint.config import read_config
+from streamscan.checkpoint.config import read_config, read_weight_map
 from streamscan.errors import SourceError, UsageError
 
 if TYPE_CHECKING:
@@ -50,7 +49,10 @@ def resolve(model: str | Path, *, revision: str | None = None, offline: bool | N
         from streamscan.checkpoint.hub import looks_like_repo_id, resolve_hub
 
         if looks_like_repo_id(str(model)):
-            hub, files, index, config = resolve_hub(str(model), revision, offline)
+            try:
+                hub, files, index, config = resolve_hub(str(model), revision, offline)
+            except SourceError as err:
+                raise _not_a_path_either(model, path, err) from None
             return ModelSource(hub.repo_id, hub.snapshot, tuple(files), index, config, hub)
         raise SourceError(
             f"{model}: no such file or directory; give a checkpoint directory, a .safetensors file "
@@ -88,6 +90,20 @@ def resolve(model: str | Path, *, revision: str | None = None, offline: bool | N
     )
 
 
+def _not_a_path_either(model, path: Path, err: SourceError) -> SourceError:
+    """MODEL looked like a Hub id but the Hub refused it: a mistyped local path (``a/b`` where ``a`` is a
+    directory here) is named as one, not reported as a network or Hub error."""
+    reason = str(err).split(": ", 1)[-1]
+    if "no such model" not in reason and "cannot reach" not in reason:
+        return err  # the Hub knows the id (gated, revision, offline cache): it is one
+    if path.parent != Path(".") and path.parent.is_dir():
+        return SourceError(
+            f"{model}: no such file or directory ({path.parent} has no {path.name!r}), and not a Hub id "
+            f"that exists ({reason.split(';')[0]}); check the path"
+        )
+    return SourceError(f"{err}; if {model} is a local path: no such file or directory")
+
+
 TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
 
 
@@ -119,10 +135,7 @@ def _other_format(path: Path) -> ModelSource | None:
 
 
 def _shards_of(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise SourceError(f"{index}: not a valid safetensors index ({err}); re-download it") from None
+    weight_map = read_weight_map(index)
     shards, missing = [], []
     for name in dict.fromkeys(weight_map.values()):
         shard = index.parent / name

@@ -3,9 +3,12 @@ stderr and exit code 2; the library itself is imported only when a command runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import signal
 import sys
+import threading
 
 import click
 
@@ -25,6 +28,7 @@ from streamscan.cli.options import (
     TOP_PERCENT,
     fail,
     friendly,
+    on_signal,
     scan_dir,
 )
 from streamscan.records import DEFAULT_OUT
@@ -44,6 +48,11 @@ def main(debug: bool) -> None:
       streamscan select --out scan -p 50
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="streamscan: %(message)s")
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C and SIGTERM: one line, exit 130/143
+        ctx = click.get_current_context()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(signum, on_signal)
+            ctx.call_on_close(functools.partial(signal.signal, signum, previous))
 
 
 @main.command()

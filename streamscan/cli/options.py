@@ -5,8 +5,10 @@ Nothing heavy is imported here: ``streamscan --help`` must not wait for torch.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import signal
 import sys
 
 import click
@@ -19,8 +21,52 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kept for callers that raise it; the CLI's handler exits directly)."""
+
+
+def on_signal(signum, frame) -> None:
+    """Ctrl-C and SIGTERM in the CLI: one line and exit now, from the handler itself. Raising
+    KeyboardInterrupt instead can be swallowed, or abort the process inside a C++ callback (torch import)."""
+    interrupted(143 if signum == signal.SIGTERM else 130)
+
+
+def kept(out) -> int:
+    """How many finished results the journals in OUT hold (for the interrupt line); 0 if none can be read."""
+    if not out:
+        return 0
+    try:
+        from streamscan.results.journal import read_journals
+
+        _, results = read_journals(out)
+    except Exception:  # noqa: BLE001 - only a count for a message
+        return 0
+    return sum(1 for r in results.values() if r.status != "error")
+
+
+def interrupted(code: int) -> None:
+    """One line, then exit now: SVDs still running in worker threads are not waited for (the journal
+    already holds every finished record)."""
+    try:
+        ctx = click.get_current_context(silent=True)
+        out = ctx.params.get("out") if ctx is not None else None
+        click.echo(f"interrupted: {kept(out)} results kept; rerun the same command to resume", err=True)
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def os_failure(err: OSError) -> str:
+    """An environment error the library did not name (a full disk, a read-only directory) as one line."""
+    where = err.filename or "streamscan"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}: no space left on device; free some space and rerun the same command to resume"
+    return f"{where}: {err.strerror or err}; check the path and its permissions, then rerun"
+
+
 def friendly(func):
-    """Map library errors to one line (exit 2) and unexpected ones to one line (exit 1) unless --debug."""
+    """Map library errors to one line (exit 2) and unexpected ones to one line (exit 1) unless --debug.
+    Ctrl-C exits 130 and SIGTERM 143, each after one line saying how many results are kept."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -33,12 +79,14 @@ def friendly(func):
             if debug:
                 raise
             fail(str(err), 2)
+        except Terminated:
+            interrupted(143)
         except KeyboardInterrupt:
-            click.echo(
-                "\nstreamscan: interrupted; finished matrices are saved, rerun the same command to resume", err=True
-            )
-            sys.stderr.flush()
-            os._exit(130)  # do not wait for SVDs still running in worker threads
+            interrupted(130)
+        except OSError as err:
+            if debug:
+                raise
+            fail(os_failure(err), 2)
         except Exception as err:  # noqa: BLE001 - the CLI edge
             if debug:
                 raise

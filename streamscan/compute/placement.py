@@ -185,17 +185,18 @@ def _why_cpu(task: Task, gpus: list[DeviceState]) -> str | None:
     return "; ".join(why) + "; scored on CPU"
 
 
-def cpu_threads(cores: int, workers: int, running: int, waiting: int, other_busy: float = 0.0) -> int:
-    """Torch threads for a CPU job about to start (``running`` counts CPU jobs already running).
+THREADS_PER_JOB = 1
 
-    While jobs wait, one job per worker with ``cores // workers`` threads each (one by default): two jobs on
-    one thread each have 2x the throughput of one job on two threads here, and a single-threaded job does not
-    collapse when another process takes a core (a multi-threaded one slowed ~10x). At the tail (nothing
-    waiting), a job may use the cores nobody else is using: ``other_busy`` cores taken by other processes
-    and one core per running job of ours are not offered.
+
+def cpu_threads(shape: tuple[int, ...], configured: int | None = None) -> int:
+    """Torch threads for a CPU job: a fixed rule of the job alone (its shape), never of the worker count, of
+    what else runs or of the machine's load, so a matrix's float sums happen in the same order in every run
+    (``--cpu-workers``, ranks, shards, resumes and load give byte-identical outputs; docs/reproducibility.md).
+
+    One thread by default: two jobs on one thread each have 2x the throughput of one job on two threads here,
+    and a single-threaded job does not collapse when another process takes a core. CONFIGURED (the
+    ``STREAMSCAN_THREADS_PER_JOB`` variable) sets another fixed count, e.g. to match a reference run's
+    ``svdvals32`` bit for bit.
     """
-    base = max(1, cores // max(1, workers))
-    if waiting > 0:
-        return base
-    spare = int(cores - running - other_busy + 0.5)
-    return max(base, min(cores, spare))
+    del shape  # the rule may use the shape; today it is the same for every shape
+    return max(1, configured or THREADS_PER_JOB)

@@ -7,9 +7,9 @@ memory right now. A prefetch thread reads the next tensors while devices compute
 A CUDA out-of-memory error sends the job back to the queue, never to that device again; when no GPU can
 hold it, it runs on the CPU. Results are yielded as jobs finish, in any order.
 
-CPU workers run torch with ``cores // workers`` threads (one by default): one job per core beats one job
-on all cores, and a multi-threaded torch op slows down ~10x as soon as another process takes a core.
-At the tail, when nothing waits, a lone job may use the idle cores (placement.cpu_threads).
+CPU workers run torch with one thread per job (placement.cpu_threads: a fixed rule, never the worker count
+or the load, so outputs are byte-identical whatever --cpu-workers): one job per core beats one job on all
+cores, and a multi-threaded torch op slows down ~10x as soon as another process takes a core.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import logging
+import os
 import queue
 import threading
 import time
@@ -341,9 +342,7 @@ class _Pool:
         threads = 0
         if a.device == "cpu":
             self._hold(job.name, self._cpu_need(job))
-            threads = cpu_threads(
-                self.cores, self.cpu_workers, self.running["cpu"] - 1, len(self.pending), _other_busy_cores()
-            )
+            threads = cpu_threads(job.shape, _configured_threads())
         elif job.name not in self.ready and job.name not in self.reading:
             self._hold(job.name, job.nbytes)  # the host copy it will read
         worker.inbox.put((job, a.note, threads))
@@ -410,6 +409,12 @@ def _read(job: Job, pin: bool) -> tuple[torch.Tensor | None, float, BaseExceptio
 
 
 _THIS_PROCESS = psutil.Process()  # one object: cpu_percent(None) compares with this object's previous call
+
+
+def _configured_threads() -> int | None:
+    """STREAMSCAN_THREADS_PER_JOB: a fixed torch thread count for every CPU job (placement.cpu_threads)."""
+    value = os.environ.get("STREAMSCAN_THREADS_PER_JOB", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _other_busy_cores() -> float:

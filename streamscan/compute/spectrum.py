@@ -145,5 +145,10 @@ def score(W: torch.Tensor, method: str = DEFAULT_METHOD, device=None) -> SNR:
 
 
 def _all_finite(W: torch.Tensor) -> bool:
+    """Chunk by chunk; 8-bit floats (plain FP8 casts) are upcast per chunk, torch has no isfinite for them."""
     step = max(1, CHUNK_ELEMENTS // max(W.shape[1], 1))
-    return all(bool(torch.isfinite(W[r : r + step]).all()) for r in range(0, W.shape[0], step))
+    upcast = W.is_floating_point() and W.element_size() == 1
+    return all(
+        bool(torch.isfinite(W[r : r + step].float() if upcast else W[r : r + step]).all())
+        for r in range(0, W.shape[0], step)
+    )

@@ -18,6 +18,7 @@ import dataclasses
 import fcntl
 import json
 import logging
+import math
 import os
 import socket
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import IO
 
 from streamscan.errors import JournalError
 from streamscan.records import JOURNAL_FORMAT, Fingerprint, Result, ScanHeader
+from streamscan.results.files import open_nofollow, os_error, prepare_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +64,67 @@ def _keep(results: dict[str, Result], result: Result) -> None:
     results[result.name] = result
 
 
+REJECTED_SUFFIX = ".rejected.jsonl"
+
+
+def rejected_path(path: Path) -> Path:
+    """Where corrupt lines of journal PATH are set aside (``streamscan.journal.rejected.jsonl``)."""
+    return path.with_name(path.name[: -len(".jsonl")] + REJECTED_SUFFIX)
+
+
+def _finite(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+
+
 def _result_from(row: dict) -> Result:
+    """A journal line's record; ValueError if it is not one (wrong types, NaN scores, missing fields)."""
+    if not isinstance(row, dict):
+        raise ValueError("not a record")
     fields = {f.name for f in dataclasses.fields(Result)}
     row = {k: v for k, v in row.items() if k in fields}
-    row["shape"] = tuple(row.get("shape", ()))
-    return Result(**row)
+    shape = row.get("shape", ())
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise ValueError("bad shape")
+    row["shape"] = tuple(shape)
+    try:
+        result = Result(**row)
+    except TypeError as err:
+        raise ValueError(str(err)) from None
+    text = (result.name, result.type, result.dtype)
+    if not all(isinstance(v, str) for v in text) or result.status not in ("ok", "null", "error"):
+        raise ValueError("bad field types")
+    if not all(_finite(getattr(result, f)) for f in ("snr", "sigma_max", "threshold", "seconds", "read_seconds")):
+        raise ValueError("a number that is not finite")
+    return result
 
 
 def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:
-    """(header, every record in file order, byte length of the valid prefix). Raises JournalError if unreadable."""
-    data = path.read_bytes()
+    """(header, every record in file order, byte length of the valid prefix). Raises JournalError if unreadable.
+    Corrupt lines are skipped with a one-line warning (``Journal`` sets them aside in a file beside it)."""
+    header, rows, good, rejected = _scan(path)
+    if rejected:
+        log.warning(
+            "%s: %d corrupt line(s) skipped (first at byte %d); the next run recomputes their matrices "
+            "and moves the lines to %s",
+            path,
+            len(rejected),
+            rejected[0][0],
+            rejected_path(path).name,
+        )
+    return header, rows, good
+
+
+def _scan(path: Path) -> tuple[ScanHeader, list[Result], int, list[tuple[int, bytes]]]:
+    """(header, good records in file order, byte length of the valid prefix, [(offset, line)] rejected)."""
+    if path.is_symlink():
+        raise JournalError(f"{path}: is a symlink; streamscan never reads or writes a journal through one, remove it")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise os_error(path, err, "cannot read") from None
     header: ScanHeader | None = None
     rows: list[Result] = []
+    rejected: list[tuple[int, bytes]] = []
     good = 0
     pos = 0
     while pos < len(data):
@@ -87,7 +138,11 @@ def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:
             if end + 1 >= len(data):
                 log.warning("%s: dropping a torn last line", path)
                 break
-            raise JournalError(f"{path}: corrupt line at byte {pos}; rerun with --fresh to start over") from None
+            if header is None:
+                raise JournalError(f"{path}: not a streamscan journal; choose another --out") from None
+            rejected.append((pos, data[pos : end + 1]))
+            pos = good = end + 1
+            continue
         if header is None:
             try:
                 if not isinstance(row, dict) or row.get("streamscan_journal") != FORMAT:
@@ -95,14 +150,34 @@ def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:
                 header = ScanHeader.from_dict(row)
             except (KeyError, TypeError, ValueError):
                 raise JournalError(
-                    f"{path}: not a streamscan journal; choose another --out or rerun with --fresh"
+                    f"{path}: not a streamscan journal; choose another --out (or --fresh to replace it)"
                 ) from None
         else:
-            rows.append(_result_from(row))
+            try:
+                rows.append(_result_from(row))
+            except ValueError:
+                rejected.append((pos, data[pos : end + 1]))
         pos = good = end + 1
     if header is None:
-        raise JournalError(f"{path}: empty journal; rerun with --fresh")
-    return header, rows, good
+        raise JournalError(f"{path}: empty journal (no header line); remove it, or choose another --out")
+    return header, rows, good, rejected
+
+
+def _set_aside(path: Path, header: ScanHeader, rows: list[Result], rejected: list[tuple[int, bytes]]) -> int:
+    """Append the REJECTED lines of journal PATH to its rejected file, then rewrite PATH with the good ones
+    (atomically); returns the new valid length."""
+    aside = rejected_path(path)
+    fd = open_nofollow(aside, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(b"".join(line for _, line in rejected))
+        fh.flush()
+        os.fsync(fh.fileno())
+    text = "".join(
+        json.dumps(row, allow_nan=False, separators=(",", ":")) + "\n"
+        for row in [header.to_dict()] + [dataclasses.asdict(r) for r in rows]
+    )
+    write_atomic(path, text)
+    return len(text.encode())
 
 
 def read_journal(out_dir: Path, name: str = JOURNAL_NAME) -> tuple[ScanHeader, dict[str, Result], int]:
@@ -142,8 +217,9 @@ def _check(path: Path, old: ScanHeader, fingerprint: Fingerprint) -> None:
 
 
 def _flock(path: Path, mode: int) -> IO[str] | None:
-    """PATH opened and flocked with MODE (non-blocking), or None if another process holds it."""
-    fh = open(path, "a+")
+    """PATH opened (never through a symlink) and flocked with MODE (non-blocking), or None if another
+    process holds it."""
+    fh = os.fdopen(open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+")
     try:
         fcntl.flock(fh, mode | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -177,7 +253,7 @@ class Journal:
         self.dir = Path(out_dir)
         self.rank = rank
         self.path = self.dir / (JOURNAL_NAME if rank is None else rank_journal_name(rank))
-        self.dir.mkdir(parents=True, exist_ok=True)
+        prepare_dir(self.dir)
         self._locks: list[IO[str]] = []
         self._fh = None
         who = f"pid {os.getpid()}" if rank is None else f"rank {rank} pid {os.getpid()} on {socket.gethostname()}"
@@ -202,36 +278,66 @@ class Journal:
         if fresh and rank is None:
             for path in rank_journals(self.dir):
                 path.unlink()
-        if self.path.exists() and not fresh:
-            old, self.results, good = read_journal(self.dir, self.path.name)
+        if (self.path.exists() or self.path.is_symlink()) and not fresh:
+            old, self.results, good = self._open_existing()
             try:
                 _check(self.dir, old, header.fingerprint)
             except JournalError:
                 self.close()
                 raise
             self.header = old
-            self._fh = open(self.path, "r+b")
+            self._fh = os.fdopen(open_nofollow(self.path, os.O_RDWR), "r+b")
             self._fh.truncate(good)
             self._fh.seek(good)
         else:
             self.header = header
-            self._fh = open(self.path, "wb")
+            self._fh = os.fdopen(open_nofollow(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
             self._write(header.to_dict())
         if rank is None:
             self._fold()
+
+    def _open_existing(self) -> tuple[ScanHeader, dict[str, Result], int]:
+        """Read the journal; corrupt lines are moved to the rejected file beside it (one warning), the rest kept."""
+        header, rows, good, rejected = _scan(self.path)
+        if rejected:
+            good = _set_aside(self.path, header, rows, rejected)
+            log.warning(
+                "%s: %d corrupt line(s) moved to %s; every other record is kept and only those matrices are recomputed",
+                self.path,
+                len(rejected),
+                rejected_path(self.path).name,
+            )
+        results: dict[str, Result] = {}
+        for result in rows:
+            _keep(results, result)
+        return header, results, good
 
     def _fold(self) -> None:
         """Append every rank journal's records (all of them: duplicates stay visible) and remove the files."""
         paths = rank_journals(self.dir)
         rows: list[Result] = []
+        rejected: list[tuple[int, bytes]] = []
         try:
             for path in paths:
-                head, found, _ = _read(path)
+                head, found, _, bad = _scan(path)
                 _check(path, head, self.header.fingerprint)
                 rows += found
+                rejected += bad
         except JournalError:
             self.close()
             raise
+        if rejected:  # corrupt lines of a rank journal are kept beside the journal they are folded into
+            fd = open_nofollow(rejected_path(self.path), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(b"".join(line for _, line in rejected))
+                fh.flush()
+                os.fsync(fh.fileno())
+            log.warning(
+                "%s: %d corrupt line(s) of rank journals moved to %s; only those matrices are recomputed",
+                self.dir,
+                len(rejected),
+                rejected_path(self.path).name,
+            )
         if rows:
             self._write_many(rows)
         for path in paths:
@@ -287,14 +393,16 @@ class Journal:
 def is_locked(out_dir: str | Path) -> bool:
     """True while a scan holds OUT_DIR."""
     path = Path(out_dir) / LOCK_NAME
-    if not path.exists():
+    try:  # read-only: works on a read-only scan directory, never follows a symlink
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
         return False
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
     return False
 
 

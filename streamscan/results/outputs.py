@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from streamscan.errors import UsageError
 from streamscan.layout import natural_key
 from streamscan.records import Result
 from streamscan.results.files import write_atomic
@@ -51,6 +53,21 @@ def output_paths(out_dir: Path, slug: str, percents: Iterable[float] = ()) -> di
     for p in percents:
         paths[f"yaml{p:g}"] = base.with_name(f"{base.name}_unfrozenparameters_{percent_label(p)}percent.yaml")
     return paths
+
+
+def check_names(out_dir: Path, slug: str, percents: Iterable[float] = ()) -> None:
+    """Refuse, before any work, output names the file system cannot hold (a very long --name)."""
+    try:
+        limit = os.pathconf(out_dir, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for path in output_paths(out_dir, slug, percents).values():
+        size = len(f".{path.name}.XXXXXXXX.tmp".encode())  # the temporary file beside it (files.write_atomic)
+        if size > limit:
+            raise UsageError(
+                f"--name {slug[:40]}...: output names would be {size} bytes, over the {limit} this file system "
+                "allows; give a shorter --name"
+            )
 
 
 def write_yaml(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -64,6 +65,41 @@ def module_pattern(name: str, all_names: Iterable[str]) -> str:
     return name + "." if collides else name
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")  # a name YAML reads back as the same string, unquoted
+_PLAIN_ANCHORED = re.compile(r"\^[A-Za-z0-9_./-]+\$")
+# words YAML 1.1 resolves to booleans or null when unquoted (PyYAML's resolver, plus y/n of other readers)
+_YAML_WORDS = {"y", "n", "yes", "no", "true", "false", "on", "off", "null"}
+
+
+def yaml_quoted(text: str) -> str:
+    """TEXT as a YAML double-quoted scalar, all ASCII: every reader gets TEXT back, nothing can escape it."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
+
+
+def yaml_item(text: str) -> str:
+    """One list item's scalar: as today for an ordinary module name or ``^name$``, quoted otherwise."""
+    plain = _PLAIN_ANCHORED.fullmatch(text) or (_PLAIN_NAME.fullmatch(text) and text.lower() not in _YAML_WORDS)
+    return text if plain else yaml_quoted(text)
+
+
+def _comment(text: str) -> str:
+    """A name inside a comment: as is when printable, else quoted, so no line break can end the comment."""
+    return text if text.isprintable() else yaml_quoted(text)
+
+
 def yaml_text(
     selection: Selection, all_names: Iterable[str], header: str = "", fused: Mapping[str, str] | None = None
 ) -> str:
@@ -76,13 +112,13 @@ def yaml_text(
     whole: dict[str, list[str]] = {}
     all_names = list(all_names)
     lines = [f"# {line}" for line in header.splitlines()] + ["unfrozen_parameters:"]
-    lines += [f"- ^{name}$" for name in selection.always]
+    lines += [f"- {yaml_item(f'^{name}$')}" for name in selection.always]
     always_modules = {n[: -len(".weight")] for n in selection.always}
     for type_, names in selection.chosen.items():
         total = selection.counts[type_]
         if not names and type_ in always_modules:
             continue
-        lines.append(f"# {type_} layers")
+        lines.append(f"# {_comment(type_)} layers")
         if not names:
             lines.append(f"#   none selected: int({total} * {selection.percent:g} / 100) = 0 of {total} scored")
         if selection.unscored.get(type_):
@@ -90,13 +126,13 @@ def yaml_text(
         for n in names:
             if n in fused:
                 whole.setdefault(fused[n], []).append(n)
-                lines.append(f"#   {n} (slice of a fused tensor, see the end)")
+                lines.append(f"#   {_comment(n)} (slice of a fused tensor, see the end)")
             else:
-                lines.append(f"- {module_pattern(n, all_names)}")
+                lines.append(f"- {yaml_item(module_pattern(n, all_names))}")
     if whole:
         lines.append("# fused expert tensors: a selected expert slice cannot be unfrozen alone, only the whole tensor")
         lines.append("# (all of its experts). Uncomment a line to train that tensor whole:")
         for tensor, slices in whole.items():
-            lines.append(f"#   {tensor}: {len(slices)} selected slice(s)")
-            lines.append(f"# - ^{tensor}$")
+            lines.append(f"#   {_comment(tensor)}: {len(slices)} selected slice(s)")
+            lines.append(f"# - {yaml_item(f'^{tensor}$')}")
     return "\n".join(lines) + "\n"

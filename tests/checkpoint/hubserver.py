@@ -52,6 +52,9 @@ class FakeHub:
         self.drop: dict[str, list[int]] = {}  # filename -> byte offsets (in the file) at which to cut, one per drop
         self.rate: float | None = None
         self.fail: dict[str, int] = {}  # filename -> HTTP status for its downloads (HEAD, GET without Range)
+        # file sizes (and LFS info) in model info: "always"; "blobs": only with ?blobs=true, as the real Hub;
+        # "never": as some mirrors and proxies (clients must HEAD each file)
+        self.sizes = "always"
         self.token = "hf_streamscan_test_token"
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -110,7 +113,8 @@ def _handler(hub: FakeHub):
                 hub.requests.append((self.command, path, self.headers.get("Range")))
             m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
             if m:
-                return self._info(m.group(1), m.group(2) or "main")
+                blobs = "blobs=true" in (urlsplit(self.path).query or "")
+                return self._info(m.group(1), m.group(2) or "main", blobs)
             m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
             if m:
                 return self._resolve(m.group(1), m.group(2), m.group(3), body)
@@ -141,14 +145,18 @@ def _handler(hub: FakeHub):
                 return None
             return repo, sha
 
-        def _info(self, repo_id: str, rev: str) -> None:
+        def _info(self, repo_id: str, rev: str, blobs: bool = False) -> None:
             found = self._find(repo_id, rev)
             if found is None:
                 return
             repo, sha = found
             siblings = []
             for name, content in repo.commits[sha].items():
-                sib = {"rfilename": name, "size": len(content), "blobId": _etag(name, content)}
+                sib = {"rfilename": name}
+                if hub.sizes == "never" or (hub.sizes == "blobs" and not blobs):
+                    siblings.append(sib)
+                    continue
+                sib.update(size=len(content), blobId=_etag(name, content))
                 if _is_lfs(name):
                     sib["lfs"] = {"size": len(content), "sha256": _etag(name, content), "pointerSize": 134}
                 siblings.append(sib)

@@ -381,3 +381,25 @@ def test_kill_during_download_then_resume(hub, reference, tmp_path):
     assert len(names) == len(set(names)) == 30  # nothing lost, nothing counted twice
     assert [s for s, r in shard_bodies(hub)].count(SHARDS[0]) == 1  # the finished shard was not fetched again
     assert_cache_consistent(hub.cache)  # the killed download's partial file was cleaned up
+
+
+@pytest.mark.parametrize("sizes", ["blobs", "never"])
+def test_model_info_without_sizes_gets_them_by_head(hub, checkpoint, reference, tmp_path, sizes):
+    from streamscan.api import inspect_model
+
+    hub.sizes = sizes  # "blobs": as the real Hub; "never": a mirror or proxy that lists no sizes
+    index, _ = inspect_model(REPO)
+    assert index.total_bytes == sum(f.stat().st_size for f in checkpoint.glob("*.safetensors"))
+    assert not shard_bodies(hub)  # sizes came from HEAD requests, not downloads
+    res = scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1)
+    assert res.snr == reference
+
+
+def test_mistyped_local_path_is_not_reported_as_a_hub_error(hub, tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError) as err:
+        scan("models/tiny-lama", tmp_path / "out", devices="cpu")
+    msg = str(err.value)
+    assert msg.startswith("models/tiny-lama: no such file or directory") and "not a Hub id that exists" in msg
+    assert "\n" not in msg and "cannot reach" not in msg

@@ -73,7 +73,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, sharded_llama):
     one_line_error(invoke("run", tmp_path / "missing"), "no such file")
     bad = write_tensors(tmp_path / "bad" / "model.safetensors", {"a.weight": torch.randn(4, 4)})
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + b"\x00" * 32)
-    one_line_error(invoke("run", bad.parent, "--out", tmp_path / "o"), "corrupt safetensors header", str(bad))
+    one_line_error(invoke("run", bad.parent, "--out", tmp_path / "o"), "invalid JSON", str(bad))
     (sharded_llama / "model-00001-of-00002.safetensors").rename(tmp_path / "moved")
     one_line_error(invoke("run", sharded_llama), "model-00001-of-00002.safetensors", "missing")
     one_line_error(invoke("status", tmp_path / "nothing"), "no streamscan scan here")

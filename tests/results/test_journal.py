@@ -64,12 +64,16 @@ def test_second_writer_is_refused_by_the_lock(tmp_path):
     assert not is_locked(tmp_path)
 
 
-def test_corruption_in_the_middle_is_an_error(tmp_path):
+def test_corruption_in_the_middle_is_set_aside(tmp_path):
     with Journal(tmp_path, HEADER) as j:
         j.append(res("a"))
         j.append(res("b"))
     path = tmp_path / JOURNAL_NAME
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(lines[0] + b"{oops\n" + lines[2])
-    with pytest.raises(JournalError, match="corrupt line"):
-        read_journal(tmp_path)
+    assert list(read_journal(tmp_path)[1]) == ["b"]  # readers skip it and change nothing
+    assert path.read_bytes() == lines[0] + b"{oops\n" + lines[2]
+    with Journal(tmp_path, HEADER) as j:  # the writer moves it beside the journal
+        assert list(j.results) == ["b"]
+    assert path.read_bytes() == lines[0] + lines[2]
+    assert (tmp_path / "streamscan.journal.rejected.jsonl").read_bytes() == b"{oops\n"

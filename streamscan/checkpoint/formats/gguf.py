@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from streamscan.checkpoint.dequant import gguf_matrix, gguf_supported
+from streamscan.checkpoint.formats.gguf_header import ArrayLength, read_gguf_header
 from streamscan.errors import CheckpointError, SourceError
 from streamscan.records import Part, ShardInfo, TensorInfo
 
@@ -84,40 +86,40 @@ def _gguf():
 def _gguf_header(path: str, size: int, mtime: int) -> tuple[tuple[TensorInfo, ...], str, dict]:
     """(tensors, sha256 of the header bytes, metadata as config.json keys), cached per file version."""
     gguf = _gguf()
-    try:
-        reader = gguf.GGUFReader(path, "r")
-    except (ValueError, OSError, IndexError, KeyError) as err:
-        raise CheckpointError(f"{path}: not a readable GGUF file ({err}); re-download it") from None
+    fields, found, data_offset = read_gguf_header(path)
     tensors, seen = [], {}
-    for t in reader.tensors:
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+    for t in found:
+        try:
+            qtype = gguf.GGMLQuantizationType(t.ggml_type)
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise CheckpointError(
+                f"{path}: tensor {t.name!r} has unknown GGML type {t.ggml_type}; re-download it"
+            ) from None
+        shape = tuple(int(d) for d in reversed(t.dims))
         name = hf_name(t.name)
         if name in seen:  # an architecture whose llama.cpp names map onto one HF name: keep the file's name
             log.warning("%s: %s and %s both map to %s; keeping the llama.cpp name", path, t.name, seen[name], name)
             name = t.name
         seen[name] = t.name
-        end = int(t.data_offset) + int(t.n_bytes)
+        start = data_offset + t.offset
+        end = start + math.prod(t.dims) * type_size // block
         if end > size:
             raise CheckpointError(f"{path}: tensor {t.name!r} lies outside the file (truncated?); re-download it")
-        tensors.append(TensorInfo(name, Path(path), t.tensor_type.name, shape, int(t.data_offset), end, key=t.name))
+        tensors.append(TensorInfo(name, Path(path), qtype.name, shape, start, end, key=t.name))
+    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        digest = hashlib.sha256(fh.read(int(reader.data_offset))).hexdigest()
-    return tuple(tensors), digest, _gguf_config(reader)
+        left = data_offset
+        while left > 0 and (chunk := fh.read(min(left, 1 << 20))):
+            digest.update(chunk)
+            left -= len(chunk)
+    return tuple(tensors), digest.hexdigest(), _gguf_config(fields)
 
 
-def _field(reader, key: str):
-    field = reader.fields.get(key)
-    if field is None:
-        return None
-    try:
-        return field.contents()
-    except (ValueError, IndexError, TypeError):
-        return None
-
-
-def _gguf_config(reader) -> dict:
+def _gguf_config(fields: dict) -> dict:
     """The GGUF metadata a scan needs, under config.json's keys (model_type = the llama.cpp architecture)."""
-    arch = _field(reader, "general.architecture") or ""
+    arch = fields.get("general.architecture")
+    arch = arch if isinstance(arch, str) else ""
     keys = {
         "hidden_size": "embedding_length",
         "intermediate_size": "feed_forward_length",
@@ -130,13 +132,13 @@ def _gguf_config(reader) -> dict:
     }
     config: dict = {"model_type": arch}
     for hf_key, gguf_key in keys.items():
-        value = _field(reader, f"{arch}.{gguf_key}")
+        value = fields.get(f"{arch}.{gguf_key}")
         if isinstance(value, int):
             config[hf_key] = value
     if "vocab_size" not in config:
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        if tokens is not None:
-            config["vocab_size"] = len(tokens.data)
+        tokens = fields.get("tokenizer.ggml.tokens")
+        if isinstance(tokens, ArrayLength):  # its length, never its strings
+            config["vocab_size"] = len(tokens)
     return config
 
 

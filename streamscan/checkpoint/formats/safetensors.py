@@ -12,64 +12,58 @@ pages of that expert are touched, never the whole fused tensor.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
+import os
 import struct
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from streamscan.checkpoint.formats.safetensors_header import MAX_HEADER_SIZE, HeaderError
+from streamscan.checkpoint.formats.safetensors_header import parse_header as validate_header
 from streamscan.errors import CheckpointError
-from streamscan.records import DTYPE_BYTES, Part, ShardInfo, TensorInfo
+from streamscan.records import Part, ShardInfo, TensorInfo
 
 SUFFIX = ".safetensors"
 
-MAX_HEADER = 100 * 1024 * 1024
+MAX_HEADER = MAX_HEADER_SIZE  # safetensors' own limit: a decimal 100 MB
 
 
 def read_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
-    """Parse one shard's header. Raises CheckpointError naming the file on any inconsistency."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes); re-download it")
-        (length,) = struct.unpack("<Q", head)
-        if length > min(MAX_HEADER, size - 8):
-            raise CheckpointError(f"{path}: corrupt safetensors header (length {length}); re-download it")
-        raw = fh.read(length)
+    """Parse and validate one shard's header (safetensors_header.py: at least as strict as safetensors).
+    Raises CheckpointError naming the file, and the tensor where one is at fault, in one line."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes); re-download it")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(MAX_HEADER, size - 8):
+                raise CheckpointError(f"{path}: corrupt safetensors header (length {length}); re-download it")
+            raw = fh.read(length)
+    except OSError as err:
+        raise CheckpointError(
+            f"{path}: cannot read ({err.strerror or err}); check the file and its permissions"
+        ) from None
     return parse_header(path, raw, size)
 
 
 def parse_header(path: Path, raw: bytes, size: int) -> tuple[list[TensorInfo], ShardInfo]:
     """A shard's header JSON (the bytes after the 8-byte length) -> its tensors, with absolute byte ranges.
 
-    The same for a local file and for a header read remotely (hub.py), so both fingerprint alike.
+    The same for a local file and for a header read remotely (hub.py), so both fingerprint alike. Every
+    rule safetensors applies is checked here, plus a few stricter ones (duplicate names, control characters
+    in names, unknown fields): a shard that safetensors would refuse is refused up front, in one line.
     """
     try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: corrupt safetensors header ({err}); re-download it") from None
+        entries, _metadata = validate_header(raw, size, str(path))
+    except HeaderError as err:
+        raise CheckpointError(str(err)) from None
     base = 8 + len(raw)
-    tensors = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape = str(entry["dtype"]), tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt header entry for {name!r}; re-download it") from None
-        width = DTYPE_BYTES.get(dtype)
-        expected = math.prod(shape) * width if width else None
-        if not 0 <= begin <= end or base + end > size or (expected is not None and end - begin != expected):
-            raise CheckpointError(
-                f"{path}: tensor {name!r} lies outside the file or has the wrong size (truncated?); re-download it"
-            )
-        tensors.append(TensorInfo(name, path, dtype, shape, base + begin, base + end))
+    tensors = [
+        TensorInfo(name, path, dtype, shape, base + begin, base + end) for name, dtype, shape, begin, end in entries
+    ]
     digest = hashlib.sha256(raw).hexdigest()
     return tensors, ShardInfo(path, size, digest)
 
