@@ -102,6 +102,12 @@ def main(debug: bool) -> None:
     "[default: free space in the HF cache minus 5%].",
 )
 @click.option("--keep-shards", is_flag=True, help="Hub models: never delete downloaded shards.")
+@click.option(
+    "--spectra/--no-spectra",
+    default=True,
+    show_default=True,
+    help="Keep every matrix's singular values in --out/spectra (for `streamscan metrics` and reports).",
+)
 @friendly
 def run(model, out, quiet, **options):
     """Scan MODEL (a checkpoint directory, a .safetensors/.gguf/.bin file or a Hub id org/name) and write

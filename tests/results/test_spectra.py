@@ -1,0 +1,72 @@
+"""Kept spectra: every scored matrix's singular values beside the journal, crash-safe, across ranks."""
+
+import json
+
+import torch
+
+import streamscan
+from streamscan.results.spectra import SpectraWriter, load_spectra, missing, segments, stored_names
+
+
+def test_a_scan_keeps_every_scored_matrix_spectrum_exactly(single_llama, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "scan"
+    res = streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1)
+    kept = load_spectra(out)
+    scored = {r.name for r in res.results if r.status == "ok"}
+    assert scored and scored <= set(kept)
+    weights = load_file(str(single_llama / "model.safetensors"))
+    name = "model.layers.1.mlp.down_proj"
+    S = torch.linalg.svdvals(weights[name + ".weight"].double())
+    assert kept[name].dtype == torch.float64 and kept[name].shape == S.shape
+    assert torch.allclose(kept[name], S, rtol=1e-9, atol=1e-12)
+    assert bool((kept[name][:-1] >= kept[name][1:]).all())  # descending
+    # the journal stays as it was: no singular values in it
+    assert "singular" not in (out / "streamscan.journal.jsonl").read_text()
+
+
+def test_no_spectra_keeps_none(single_llama, tmp_path):
+    out = tmp_path / "scan"
+    streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1, spectra=False)
+    assert not (out / "spectra").exists() and load_spectra(out) == {}
+
+
+def test_a_resume_rescans_matrices_whose_spectrum_was_lost(single_llama, tmp_path):
+    out = tmp_path / "scan"
+    streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1)
+    journal = (out / "streamscan.journal.jsonl").read_text().splitlines()
+    for seg in segments(out):  # a kill before the buffered spectra were written
+        seg.unlink()
+    res = streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1)
+    scored = {r.name for r in res.results if r.status == "ok"}
+    assert scored <= stored_names(out)
+    again = (out / "streamscan.journal.jsonl").read_text().splitlines()
+    assert len(again) == len(journal) + len(scored)  # only the lost ones were rescanned
+    assert missing(out, scored, scored) == set()
+
+
+def test_segments_are_whole_files_numbered_per_rank(tmp_path):
+    a = SpectraWriter(tmp_path, rank=None, max_items=2)
+    for i in range(5):
+        a.add(f"m{i}", torch.tensor([3.0, 2.0, float(i)]))
+        a.maybe_flush()
+    a.close()
+    b = SpectraWriter(tmp_path, rank=3)
+    b.add("m0", torch.tensor([9.0, 1.0]))  # a later rank's record of the same name wins
+    b.close()
+    (tmp_path / "spectra" / ".segment-main-000009.tmp").write_bytes(b"torn")  # a kill mid-write: ignored
+    names = [p.name for p in segments(tmp_path)]
+    assert names == [
+        "segment-main-000001.safetensors",
+        "segment-main-000002.safetensors",
+        "segment-main-000003.safetensors",
+        "segment-00003-000001.safetensors",
+    ]
+    kept = load_spectra(tmp_path)
+    assert sorted(kept) == ["m0", "m1", "m2", "m3", "m4"] and kept["m0"].tolist() == [9.0, 1.0]
+    c = SpectraWriter(tmp_path)  # a resumed writer continues the numbering and removes torn temporaries
+    c.add("m5", torch.tensor([1.0]))
+    assert c.flush().name == "segment-main-000004.safetensors"
+    assert not list((tmp_path / "spectra").glob("*.tmp"))
+    assert json.loads(json.dumps(sorted(stored_names(tmp_path)))) == ["m0", "m1", "m2", "m3", "m4", "m5"]
