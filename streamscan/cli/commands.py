@@ -202,22 +202,52 @@ def status_cmd(out, as_json):
     click.echo(json.dumps(st, indent=2) if as_json else render.status_line(st))
 
 
+DEST = click.option(
+    "--dest",
+    default=None,
+    metavar="DIR",
+    help="Write the files here [default: the scan directory, or the results JSON's directory].",
+)
+
+
 @main.command("select")
 @scan_dir
 @click.option("--top-percent", "-p", type=float, multiple=True, required=True, help="Percent per type (repeatable).")
 @MOE_GROUPING
+@DEST
 @friendly
-def select_cmd(out, top_percent, moe_grouping):
-    """Write unfrozen-parameters YAMLs from the (finished or partial) scan in --out, without rescanning.
+def select_cmd(out, top_percent, moe_grouping, dest):
+    """Write unfrozen-parameters YAMLs from the (finished or partial) scan in --out, or from a published
+    Spectrum results JSON given in its place, without rescanning.
 
     \b
     Example:
       streamscan select --out scan -p 25 -p 50
+      streamscan select snr_results_mistralai-Mixtral-8x22B-v0.1.json -p 25 --dest sel
     """
     from streamscan.api import select
 
     for p in top_percent:
-        click.echo(select(out, p, moe_grouping=moe_grouping))
+        click.echo(select(out, p, moe_grouping=moe_grouping, dest=dest))
+
+
+@main.command("metrics")
+@scan_dir
+@DEST
+@click.option("--workers", type=int, default=None, help="Processes computing metrics [default: CPU count, at most 8].")
+@friendly
+def metrics_cmd(out, dest, workers):
+    """Write per-matrix metrics (WeightWatcher's alpha, alpha_weighted, stable rank, spectral norms, MP soft
+    rank, entropy, effective rank, SNR) and per-type summaries from the spectra the scan in --out kept.
+
+    \b
+    Example:
+      streamscan metrics --out scan
+    """
+    from streamscan.api import metrics
+
+    for path in metrics(out, dest=dest, workers=workers):
+        click.echo(path)
 
 
 @main.command("merge")

@@ -70,3 +70,35 @@ def test_segments_are_whole_files_numbered_per_rank(tmp_path):
     assert c.flush().name == "segment-main-000004.safetensors"
     assert not list((tmp_path / "spectra").glob("*.tmp"))
     assert json.loads(json.dumps(sorted(stored_names(tmp_path)))) == ["m0", "m1", "m2", "m3", "m4", "m5"]
+
+
+def test_metrics_from_kept_spectra_and_missing_ones_marked(single_llama, tmp_path):
+    import csv
+
+    from click.testing import CliRunner
+
+    from streamscan.cli import main
+
+    out = tmp_path / "scan"
+    res = streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1)
+    paths = streamscan.metrics(out, workers=1)
+    assert [p.name for p in paths] == ["metrics.csv", "metrics.json", "metrics_by_type.csv", "metrics_by_type.json"]
+    rows = json.loads((out / "metrics.json").read_text())
+    assert set(rows) == {r.name for r in res.results}
+    for r in res.results:
+        row = rows[r.name]
+        if r.status == "ok":
+            assert row["status"] == "ok" and row["alpha"] > 1 and abs(row["snr"] - r.snr) <= 1e-9 * r.snr
+    by_type = json.loads((out / "metrics_by_type.json").read_text())
+    assert by_type["mlp.down_proj"]["count"] == 2 and by_type["mlp.down_proj"]["alpha_median"] > 1
+    assert len(list(csv.DictReader((out / "metrics.csv").open()))) == len(res.results)
+    for seg in segments(out):
+        seg.unlink()
+    cli = CliRunner().invoke(main, ["metrics", "--out", str(out), "--dest", str(tmp_path / "m"), "--workers", "1"])
+    assert cli.exit_code == 0, cli.output
+    rows = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert {row["status"] for n, row in rows.items() if res.results and n in scored_names(res)} == {"missing spectrum"}
+
+
+def scored_names(res) -> set:
+    return {r.name for r in res.results if r.status == "ok"}
