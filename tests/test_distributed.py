@@ -31,7 +31,6 @@ from streamscan.distributed import (
 from streamscan.errors import JournalError, UsageError
 from streamscan.planning.plan import make_plan
 from streamscan.records import Fingerprint, RankInfo, Result, ScanHeader
-from streamscan.results.spectra import stored_names
 from streamscan.results.journal import (
     JOURNAL_NAME,
     Journal,
@@ -39,6 +38,7 @@ from streamscan.results.journal import (
     rank_journal_name,
     read_journals,
 )
+from streamscan.results.spectra import stored_names
 from tests.fixtures.synthetic import LlamaShape, write_llama
 
 HEADER = ScanHeader(
