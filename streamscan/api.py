@@ -7,6 +7,7 @@ journal in OUT (or a published Spectrum results JSON in its place, where no spec
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from streamscan.results.outputs import write_yaml
 from streamscan.results.published import is_results_json, load_published
 from streamscan.results.scan_outputs import all_names, count, in_order, yaml_options
 
-__all__ = ["DEFAULT_OUT", "inspect_model", "load_results", "metrics", "moe_report", "select", "status"]
+__all__ = ["DEFAULT_OUT", "inspect_model", "load_results", "metrics", "moe_report", "report", "select", "status"]
+REPORT_METRICS_LIMIT = 5000  # a report computes metrics itself up to this many matrices (else: run `metrics`)
 
 
 def no_scan(out_dir: Path) -> JournalError:
@@ -132,3 +134,45 @@ def status(out: str | Path) -> dict:
         "running": is_locked(out),
         "compute_seconds": sum(r.seconds for r in results),
     }
+
+
+def _metric_rows(out: Path, dest: Path, results: list[Result]) -> list[dict] | None:
+    """Rows of metrics.json in DEST or OUT, else computed from OUT's kept spectra when there are few."""
+    from streamscan.results.metrics_table import NAMES, metrics_rows
+    from streamscan.results.spectra import kept, load_spectra
+
+    for where in (dest, out):
+        path = Path(where) / NAMES["json"]
+        if not is_results_json(out) and path.is_file():
+            return list(json.loads(path.read_text()).values())
+    if is_results_json(out) or not kept(out) or len(results) > REPORT_METRICS_LIMIT:
+        return None
+    return metrics_rows(results, load_spectra(out, [r.name for r in results]))
+
+
+def report(out: str | Path, dest: str | Path | None = None, top_percent: float = 25.0) -> list[Path]:
+    """Write report.html (SNR by depth with the TOP_PERCENT selection, metric curves, eigenvalue histograms,
+    MoE heatmaps) and, for an MoE model, moe_experts.csv and moe_report.html, from the scan in OUT or a
+    published results JSON, into DEST (default: OUT, or the JSON's directory). No rescan."""
+    from streamscan.results.report import write_report
+    from streamscan.results.spectra import load_spectra
+
+    header, results = load_results(out)
+    where = destination(out, dest)
+    spectra = None if is_results_json(out) else load_spectra(out, [r.name for r in results])
+    source = f"Published Spectrum scan {Path(out).name} (no spectra)." if is_results_json(out) else ""
+    paths = [
+        write_report(
+            where,
+            header.model,
+            results,
+            check_percent(top_percent),
+            experts=header.experts,
+            metric_rows=_metric_rows(Path(out), where, results),
+            spectra=spectra,
+            source=source,
+        )
+    ]
+    if header.experts:
+        paths += write_moe_outputs(where, results, header.experts, header.model)
+    return paths

@@ -281,15 +281,20 @@ def merge_cmd(out, top_percent, moe_grouping):
 
 @main.command("report")
 @scan_dir
+@DEST
+@click.option("--top-percent", "-p", type=float, default=25.0, show_default=True, help="Selection to mark.")
 @friendly
-def report_cmd(out):
-    """Write the per-expert MoE report (moe_experts.csv, moe_report.html) from the scan in --out, without rescanning.
+def report_cmd(out, dest, top_percent):
+    """Write report.html (SNR by depth with the selection marked, metric curves, eigenvalue histograms, MoE
+    heatmaps) and for MoE models moe_experts.csv and moe_report.html, from the scan in --out or a published
+    results JSON, without rescanning.
 
     \b
     Example:
       streamscan report --out scan
+      streamscan report snr_results_deepseek-ai-DeepSeek-V2.json --dest dsv2
     """
-    from streamscan.api import moe_report
+    from streamscan.api import report
 
-    for path in moe_report(out):
+    for path in report(out, dest=dest, top_percent=top_percent):
         click.echo(path)
