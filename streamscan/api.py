@@ -23,7 +23,17 @@ from streamscan.results.outputs import write_yaml
 from streamscan.results.published import is_results_json, load_published
 from streamscan.results.scan_outputs import all_names, count, in_order, yaml_options
 
-__all__ = ["DEFAULT_OUT", "inspect_model", "load_results", "metrics", "moe_report", "report", "select", "status"]
+__all__ = [
+    "DEFAULT_OUT",
+    "inspect_model",
+    "load_results",
+    "compare",
+    "metrics",
+    "moe_report",
+    "report",
+    "select",
+    "status",
+]
 REPORT_METRICS_LIMIT = 5000  # a report computes metrics itself up to this many matrices (else: run `metrics`)
 
 
@@ -176,3 +186,24 @@ def report(out: str | Path, dest: str | Path | None = None, top_percent: float =
     if header.experts:
         paths += write_moe_outputs(where, results, header.experts, header.model)
     return paths
+
+
+def compare(
+    a: str | Path, b: str | Path, dest: str | Path = "streamscan_compare", top_percent: float = 25.0
+) -> list[Path]:
+    """Write compare.csv and compare.html for scans A and B (scan directories or published results JSONs):
+    SNR ratio, metric ratios (where both kept spectra), rank shifts within each type, the modules moved
+    most and the overlap of the two selections at TOP_PERCENT, into DEST. No rescan."""
+    from streamscan.results.compare import compare_rows, write_compare
+
+    percent = check_percent(top_percent)
+    sides = []
+    for out in (a, b):
+        header, results = load_results(out)
+        rows = _metric_rows(Path(out), Path(out), results)
+        sides.append((header, results, {r["name"]: r for r in rows} if rows else None))
+    (ha, ra, ma), (hb, rb, mb) = sides
+    rows = compare_rows(ra, rb, percent, ma, mb)
+    if not rows:
+        raise UsageError(f"{a} and {b}: no module name in common; compare scans of the same architecture")
+    return write_compare(Path(dest), rows, f"{ha.model} ({a})", f"{hb.model} ({b})", percent)

@@ -298,3 +298,23 @@ def report_cmd(out, dest, top_percent):
 
     for path in report(out, dest=dest, top_percent=top_percent):
         click.echo(path)
+
+
+@main.command("compare")
+@click.argument("a")
+@click.argument("b")
+@click.option("--dest", default="streamscan_compare", show_default=True, metavar="DIR", help="Write the files here.")
+@click.option("--top-percent", "-p", type=float, default=25.0, show_default=True, help="Selections to overlap.")
+@friendly
+def compare_cmd(a, b, dest, top_percent):
+    """Compare two scans A and B (scan directories, or a published snr_results_*.json): compare.csv and
+    compare.html with SNR and metric ratios, rank shifts, the modules moved most, and selection overlap.
+
+    \b
+    Example:
+      streamscan compare base-scan finetune-scan --dest diff -p 25
+    """
+    from streamscan.api import compare
+
+    for path in compare(a, b, dest=dest, top_percent=top_percent):
+        click.echo(path)
