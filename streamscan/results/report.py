@@ -26,7 +26,7 @@ from streamscan.layout import layer_index, natural_key
 from streamscan.planning.experts import pooled_type
 from streamscan.records import ExpertRow, Result
 from streamscan.results.files import write_atomic
-from streamscan.results.moe_report import _color, expert_table
+from streamscan.results.moe_report import expert_table, heatmap_svg
 from streamscan.results.selection import select_top
 
 REPORT_NAME = "report.html"
@@ -161,60 +161,6 @@ def curves_svg(metric: str, rows: list[dict], width: int) -> str | None:
     return ax.svg()
 
 
-def heatmap_svg(entries: list[dict], title: str, width: int = PAGE_WIDTH) -> str:
-    """Layers (rows) x experts (columns, 'shared' last) of one projection, scaled to WIDTH px: colour = log
-    SNR in this projection's range, grey = no SNR, outliers outlined; hover a cell for its detail."""
-    layers = sorted({e["layer"] for e in entries}, key=lambda x: -1 if x is None else x)
-    experts = sorted({e["expert"] for e in entries if isinstance(e["expert"], int)})
-    if any(e["expert"] == "shared" for e in entries):
-        experts.append("shared")
-    logs = [math.log(e["snr"]) for e in entries if e["snr"]]
-    lo, hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
-    left, top, right = 64, 40, 10
-    cw = max(1.0, min(28.0, (width - left - right) / max(len(experts), 1)))
-    ch = max(3.0, min(20.0, cw, 900 / max(len(layers), 1)))
-    gap = 1 if cw >= 4 else 0
-    grid_w, grid_h = cw * len(experts), ch * len(layers)
-    height = int(top + grid_h + 70)
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'font-family="sans-serif" font-size="11" class="heatmap">',
-        f'<text x="0" y="14" font-weight="bold">{_esc(title)}</text>',
-    ]
-    col = {x: i for i, x in enumerate(experts)}
-    row = {x: i for i, x in enumerate(layers)}
-    cstep = max(1, math.ceil(28 / cw))
-    for x, i in col.items():
-        if i % cstep == 0 or x == "shared":
-            label = "sh" if x == "shared" else str(x)
-            out.append(f'<text x="{left + i * cw + cw / 2:.1f}" y="{top - 5}" text-anchor="middle">{label}</text>')
-    rstep = max(1, math.ceil(13 / ch))
-    for x, i in row.items():
-        if i % rstep == 0:
-            out.append(f'<text x="{left - 4}" y="{top + i * ch + ch / 2 + 4:.1f}" text-anchor="end">layer {x}</text>')
-    out.append(f'<text x="{left + grid_w / 2:.0f}" y="{top - 18}" text-anchor="middle" fill="#555">expert</text>')
-    for e in entries:
-        x, y = left + col[e["expert"]] * cw, top + row[e["layer"]] * ch
-        fill = _color((math.log(e["snr"]) - lo) / (hi - lo) if hi > lo else 0.5) if e["snr"] else "#bbbbbb"
-        stroke = ' stroke="#e00000" stroke-width="1"' if e["flag"] else ""
-        snr = "no SNR" if e["snr"] is None else f"SNR {e['snr']:.4g}"
-        tip = f"layer {e['layer']}, expert {e['expert']}: {e['name']}: {snr}" + (f", {e['flag']}" if e["flag"] else "")
-        out.append(
-            f'<rect x="{x:.2f}" y="{y:.2f}" width="{max(cw - gap, 0.6):.2f}" height="{max(ch - gap, 0.6):.2f}" '
-            f'fill="{fill}"{stroke}><title>{_esc(tip)}</title></rect>'
-        )
-    ybar, bar_w = top + grid_h + 16, min(360.0, max(grid_w, 200.0))
-    for k in range(60):
-        out.append(f'<rect x="{left + k * bar_w / 60:.1f}" y="{ybar:.1f}" width="{bar_w / 60 + 0.3:.2f}" height="10" '
-                   f'fill="{_color(k / 59)}"/>')  # fmt: skip
-    out.append(f'<text x="{left}" y="{ybar + 24:.1f}">{math.exp(lo):.3g}</text>')
-    out.append(f'<text x="{left + bar_w:.1f}" y="{ybar + 24:.1f}" text-anchor="end">{math.exp(hi):.3g}</text>')
-    out.append(f'<text x="{left + bar_w + 12:.1f}" y="{ybar + 9:.1f}">SNR, log scale; grey: no SNR; red outline: '
-               "outlier in its layer</text>")  # fmt: skip
-    out.append("</svg>")
-    return "\n".join(out)
-
-
 def histograms(spectra: dict, results: list[Result]) -> dict[str, list]:
     """Per matrix: [log10 eigenvalue low, high, log10 MP threshold on s**2 (or null), bin counts...]."""
     import numpy as np
@@ -341,7 +287,7 @@ def html_text(
     if moe:
         out.append("<h2>MoE experts: SNR per layer and expert</h2>")
         for proj in sorted({e["projection"] for e in moe}):
-            out.append(heatmap_svg([e for e in moe if e["projection"] == proj], f"{proj} projection"))
+            out.append(heatmap_svg([e for e in moe if e["projection"] == proj], f"{proj} projection", PAGE_WIDTH))
     out.append(f"<script>{_SCRIPT}</script>" if hist else "")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
