@@ -32,6 +32,7 @@ from streamscan.results.selection import select_top
 REPORT_NAME = "report.html"
 PAGE_WIDTH = 1320  # content width in px (fits a 1400 px window)
 HIST_BINS = 40
+LEGEND = 170  # px right of a curve chart for its legend
 SELECTED, OTHER = "#d95f02", "#7570b3"
 CURVES = ("alpha", "alpha_weighted", "stable_rank", "log_spectral_norm", "entropy", "mp_softrank")
 PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666", "#1f78b4"]
@@ -58,9 +59,9 @@ def _fmt(v: float) -> str:
 class _Axes:
     """A plot area with a linear x axis and a linear or log y axis, drawn into an SVG string."""
 
-    def __init__(self, width, height, xlo, xhi, ylo, yhi, log_y, title, xlabel, ylabel):
+    def __init__(self, width, height, xlo, xhi, ylo, yhi, log_y, title, xlabel, ylabel, right=12):
         self.w, self.h, self.log = width, height, log_y
-        self.left, self.right, self.top, self.bottom = 62, 12, 26, 36
+        self.left, self.right, self.top, self.bottom = 62, right, 26, 36
         if xhi - xlo < 2:  # one layer: a little room either side
             xlo, xhi = xlo - 1, xhi + 1
         self.xlo, self.xhi = xlo, xhi
@@ -151,13 +152,14 @@ def curves_svg(metric: str, rows: list[dict], width: int) -> str | None:
     xs = [lay for pts in meds.values() for lay, _ in pts]
     lo, hi = _range([v for pts in meds.values() for _, v in pts], False)
     ax = _Axes(width, 260, min(xs) - 0.5, max(xs) + 0.5, lo, hi, False, f"{metric} by depth (median per layer)",
-               "layer", metric)  # fmt: skip
+               "layer", metric, right=LEGEND)  # fmt: skip
     for i, (t, pts) in enumerate(sorted(meds.items())):
         colour = PALETTE[i % len(PALETTE)]
         path = " ".join(f"{ax.x(lay):.1f},{ax.y(v):.1f}" for lay, v in pts)
         ax.parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.6">'
                         f"<title>{_esc(t)}</title></polyline>")  # fmt: skip
-        ax.parts.append(f'<text x="{width - 16}" y="{30 + 12 * i}" text-anchor="end" fill="{colour}">{_esc(t)}</text>')
+        label = t if len(t) <= 26 else "…" + t[-25:]
+        ax.parts.append(f'<text x="{width - LEGEND + 6}" y="{34 + 12 * i}" fill="{colour}">{_esc(label)}</text>')
     return ax.svg()
 
 
