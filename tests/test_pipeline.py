@@ -78,8 +78,7 @@ def test_kill_9_twice_then_resume_gives_identical_outputs(medium_llama, tmp_path
 
     assert outputs(out) == outputs(ref) and len(outputs(ref)) == 4
     names = [json.loads(line)["name"] for line in (out / JOURNAL).read_text().splitlines()[1:]]
-    # nothing lost; a name journaled twice is one whose spectrum the kill lost (buffered), rescanned
-    assert len(set(names)) == total
+    assert len(names) == len(set(names)) == total  # nothing lost, nothing counted twice
     from streamscan.results.spectra import load_spectra
 
     kept, ref_kept = load_spectra(out), load_spectra(ref)

@@ -1,15 +1,17 @@
 """spectra: every scored matrix's singular values (float64, descending), kept beside the journal.
 
-Stored as append-only segment files ``spectra/segment-<rank>-<n>.safetensors`` (``<rank>`` is ``main``
-for a single-process scan, the 5-digit rank or shard otherwise): each segment is a complete safetensors
-file written under a temporary name, fsync'd and renamed, so a kill leaves whole segments only. Keys are
-the journal's result names. Segments of every rank sit side by side, so a merge needs no copying; a name
-found in several segments keeps the last one read (segments sorted by rank, then number).
+Stored as safetensors files in ``spectra/``, keyed by the journal's result names, each a complete file
+written under a temporary name, fsync'd and renamed (a kill leaves whole files only):
+- ``pending-<rank>-<n>.safetensors``: one matrix, written by the worker that computed it, before its
+  Result reaches the journal; so every journaled matrix has its spectrum on disk;
+- ``segment-<rank>-<n>.safetensors``: every MAX_ITEMS pending spectra (or MAX_BYTES) are compacted into one
+  segment, then their pending files are removed (a kill in between leaves duplicates, which are equal).
+``<rank>`` is ``main`` for a single-process scan, the 5-digit rank or shard otherwise. Ranks write side by
+side in the shared directory, so a merge needs no copying.
 
-Consistency with the journal: a spectrum is buffered when it is computed and written in batches, so a
-kill can leave journaled results without a stored spectrum (never the reverse that matters: a spectrum
-without a record is ignored). A resumed scan with spectra on rescans those matrices (``missing``);
-``streamscan metrics`` marks any still missing as such.
+A scan that finds journaled scores without a spectrum (an older scan, or one run with --no-spectra before)
+rescans them when it keeps spectra and the directory already held spectra (``missing``); ``streamscan
+metrics`` marks any still missing as such.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import os
 import re
 import shutil
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from safetensors.torch import save_file
 
 SPECTRA_DIR = "spectra"
 FORMAT = "streamscan-spectra-1"
-_SEGMENT = re.compile(r"^segment-(main|\d{5})-(\d{6})\.safetensors$")
+_SEGMENT = re.compile(r"^(segment|pending)-(main|\d{5})-(\d{6})\.safetensors$")
 
 
 def spectra_dir(out_dir: str | Path) -> Path:
@@ -40,8 +41,8 @@ def segments(out_dir: str | Path) -> list[Path]:
     root = spectra_dir(out_dir)
     if not root.is_dir():
         return []
-    found = [(m.group(1), int(m.group(2)), p) for p in root.iterdir() if (m := _SEGMENT.match(p.name))]
-    return [p for _, _, p in sorted(found, key=lambda t: (t[0] != "main", t[0], t[1]))]
+    found = [(m.group(1), m.group(2), int(m.group(3)), p) for p in root.iterdir() if (m := _SEGMENT.match(p.name))]
+    return [p for *_, p in sorted(found, key=lambda t: (t[0] != "segment", t[1] != "main", t[1], t[2]))]
 
 
 def kept(out_dir: str | Path) -> bool:
@@ -93,65 +94,73 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _save(tensors: dict[str, torch.Tensor], final: Path) -> Path:
+    tmp = final.with_name("." + final.stem + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
 class SpectraWriter:
-    """Buffers spectra (``add`` is thread-safe) and writes a segment every MAX_ITEMS spectra, MAX_BYTES or
-    MAX_SECONDS (checked on ``add`` and ``maybe_flush``), and on ``close``."""
+    """Writes each spectrum durably as it arrives (``add``, thread-safe, from the workers), and compacts them
+    into a segment every MAX_ITEMS or MAX_BYTES (``maybe_flush``) and on ``close``."""
 
     def __init__(
-        self,
-        out_dir: str | Path,
-        rank: int | None = None,
-        *,
-        max_items: int = 256,
-        max_bytes: int = 64 << 20,
-        max_seconds: float = 30.0,
+        self, out_dir: str | Path, rank: int | None = None, *, max_items: int = 256, max_bytes: int = 64 << 20
     ):
         self.root = spectra_dir(out_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tag = "main" if rank is None else f"{rank:05d}"
-        self.max_items, self.max_bytes, self.max_seconds = max_items, max_bytes, max_seconds
+        self.max_items, self.max_bytes = max_items, max_bytes
         self._lock = threading.Lock()
-        self._buf: dict[str, torch.Tensor] = {}
+        self._buf: dict[str, tuple[torch.Tensor, Path]] = {}
         self._bytes = 0
-        self._since = time.monotonic()
-        numbers = [
-            int(m.group(2)) for p in self.root.iterdir() if (m := _SEGMENT.match(p.name)) and m.group(1) == self.tag
-        ]
-        self._next = max(numbers, default=0) + 1
-        for stale in self.root.glob(f".segment-{self.tag}-*.tmp"):  # a kill mid-write
+        numbers = {"segment": [0], "pending": [0]}
+        for p in self.root.iterdir():
+            if (m := _SEGMENT.match(p.name)) and m.group(2) == self.tag:
+                numbers[m.group(1)].append(int(m.group(3)))
+        self._next = {k: max(v) + 1 for k, v in numbers.items()}
+        for stale in self.root.glob(f".*-{self.tag}-*.tmp"):  # a kill mid-write
             stale.unlink(missing_ok=True)
         self.written = 0
 
+    def _number(self, kind: str) -> int:
+        with self._lock:
+            n = self._next[kind]
+            self._next[kind] += 1
+            return n
+
     def add(self, name: str, singular_values: torch.Tensor) -> None:
         S = singular_values.detach().to("cpu", torch.float64).contiguous()
+        path = _save({name: S}, self.root / f"pending-{self.tag}-{self._number('pending'):06d}.safetensors")
         with self._lock:
-            self._buf[name] = S
+            old = self._buf.pop(name, None)
+            if old is not None:
+                self._bytes -= old[0].numel() * 8
+            self._buf[name] = (S, path)
             self._bytes += S.numel() * 8
 
     def maybe_flush(self) -> None:
         with self._lock:
-            due = (
-                len(self._buf) >= self.max_items
-                or self._bytes >= self.max_bytes
-                or (self._buf and time.monotonic() - self._since >= self.max_seconds)
-            )
+            due = len(self._buf) >= self.max_items or self._bytes >= self.max_bytes
         if due:
             self.flush()
 
     def flush(self) -> Path | None:
+        """Compact the pending spectra into one segment and remove their files."""
         with self._lock:
             buf, self._buf, self._bytes = self._buf, {}, 0
-            self._since = time.monotonic()
-            number, self._next = self._next, self._next + 1 if buf else self._next
         if not buf:
             return None
-        final = self.root / f"segment-{self.tag}-{number:06d}.safetensors"
-        tmp = self.root / f".segment-{self.tag}-{number:06d}.tmp"
-        save_file(buf, str(tmp), metadata={"format": FORMAT})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.root)
+        final = _save(
+            {n: S for n, (S, _) in buf.items()},
+            self.root / f"segment-{self.tag}-{self._number('segment'):06d}.safetensors",
+        )
+        for _, path in buf.values():
+            path.unlink(missing_ok=True)
         self.written += len(buf)
         return final
 

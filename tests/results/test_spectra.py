@@ -32,11 +32,11 @@ def test_no_spectra_keeps_none(single_llama, tmp_path):
     assert not (out / "spectra").exists() and load_spectra(out) == {}
 
 
-def test_a_resume_rescans_matrices_whose_spectrum_was_lost(single_llama, tmp_path):
+def test_a_resume_rescans_scored_matrices_without_a_spectrum(single_llama, tmp_path):
     out = tmp_path / "scan"
     streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1)
     journal = (out / "streamscan.journal.jsonl").read_text().splitlines()
-    for seg in segments(out):  # a kill before the buffered spectra were written
+    for seg in segments(out):  # spectra lost (deleted by hand, say)
         seg.unlink()
     res = streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1)
     scored = {r.name for r in res.results if r.status == "ok"}
@@ -46,10 +46,11 @@ def test_a_resume_rescans_matrices_whose_spectrum_was_lost(single_llama, tmp_pat
     assert missing(out, scored, scored) == set()
 
 
-def test_segments_are_whole_files_numbered_per_rank(tmp_path):
+def test_spectra_are_on_disk_before_compaction_and_segments_are_whole_files(tmp_path):
     a = SpectraWriter(tmp_path, rank=None, max_items=2)
     for i in range(5):
         a.add(f"m{i}", torch.tensor([3.0, 2.0, float(i)]))
+        assert f"m{i}" in stored_names(tmp_path)  # durable as soon as add returns (before any journal record)
         a.maybe_flush()
     a.close()
     b = SpectraWriter(tmp_path, rank=3)
@@ -67,8 +68,9 @@ def test_segments_are_whole_files_numbered_per_rank(tmp_path):
     assert sorted(kept) == ["m0", "m1", "m2", "m3", "m4"] and kept["m0"].tolist() == [9.0, 1.0]
     c = SpectraWriter(tmp_path)  # a resumed writer continues the numbering and removes torn temporaries
     c.add("m5", torch.tensor([1.0]))
+    assert [p.name for p in segments(tmp_path)][-1] == "pending-main-000001.safetensors"  # until compacted
     assert c.flush().name == "segment-main-000004.safetensors"
-    assert not list((tmp_path / "spectra").glob("*.tmp"))
+    assert not list((tmp_path / "spectra").glob("*.tmp")) and not list((tmp_path / "spectra").glob("pending-*"))
     assert json.loads(json.dumps(sorted(stored_names(tmp_path)))) == ["m0", "m1", "m2", "m3", "m4", "m5"]
 
 
