@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from bench.common import update_section
-from streamscan.compute.metrics import matrix_metrics
+from streamscan.compute.metrics import matrix_metrics, spectrum_snr
 from streamscan.records import Fingerprint, Result, ScanHeader
 from streamscan.results.journal import JOURNAL_NAME
-from streamscan.results.spectra import SpectraWriter
+from streamscan.results.spectra import write_segment
 
 
 def names() -> list[tuple[str, str, tuple[int, int]]]:
@@ -49,18 +49,18 @@ def synthetic_scan(root: Path, k: int, seed: int) -> int:
                         tuple(n for n, _, _ in items))  # fmt: skip
     root.mkdir(parents=True)
     lines = [json.dumps(header.to_dict())]
-    with SpectraWriter(root, max_items=1024, max_bytes=1 << 40) as writer:
-        for name, type_, shape in items:
-            ev = np.sort(rng.chisquare(4, size=k) + rng.pareto(2.0, size=k) * 0.3)[::-1]
-            s = np.sqrt(ev) * (1 + rng.random())
-            from streamscan.compute.metrics import spectrum_snr
-
-            snr = spectrum_snr(s, shape)
-            r = Result(name=name, type=type_, shape=shape, dtype="F8_E4M3", snr=snr, status="ok" if snr else "null",
-                       reason=None if snr else "no noise", method="gram64")  # fmt: skip
-            lines.append(json.dumps(r.__dict__))
-            writer.add(name, torch.from_numpy(s.copy()))
-            writer.maybe_flush()
+    batch: dict = {}
+    for name, type_, shape in items:
+        ev = np.sort(rng.chisquare(4, size=k) + rng.pareto(2.0, size=k) * 0.3)[::-1]
+        s = np.sqrt(ev) * (1 + rng.random())
+        snr = spectrum_snr(s, shape)
+        r = Result(name=name, type=type_, shape=shape, dtype="F8_E4M3", snr=snr, status="ok" if snr else "null",
+                   reason=None if snr else "no noise", method="gram64")  # fmt: skip
+        lines.append(json.dumps(r.__dict__))
+        batch[name] = torch.from_numpy(s.copy())
+        if len(batch) == 1024 or name == items[-1][0]:
+            write_segment(root, batch)
+            batch = {}
     (root / JOURNAL_NAME).write_text("\n".join(lines) + "\n")
     return len(items)
 

@@ -104,6 +104,18 @@ def _save(tensors: dict[str, torch.Tensor], final: Path) -> Path:
     return final
 
 
+def write_segment(out_dir: str | Path, spectra: dict[str, torch.Tensor], rank: int | None = None) -> Path:
+    """Store many spectra at once as the next segment of RANK (imports, benchmarks)."""
+    root = spectra_dir(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tag = "main" if rank is None else f"{rank:05d}"
+    n = 1 + max((int(m.group(3)) for p in root.iterdir() if (m := _SEGMENT.match(p.name)) and m.group(1) == "segment"
+                 and m.group(2) == tag), default=0)  # fmt: skip
+    return _save(
+        {k: v.to(torch.float64).contiguous() for k, v in spectra.items()}, root / f"segment-{tag}-{n:06d}.safetensors"
+    )
+
+
 class SpectraWriter:
     """Writes each spectrum durably as it arrives (``add``, thread-safe, from the workers), and compacts them
     into a segment every MAX_ITEMS or MAX_BYTES (``maybe_flush``) and on ``close``."""
