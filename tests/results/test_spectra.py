@@ -104,3 +104,13 @@ def test_metrics_from_kept_spectra_and_missing_ones_marked(single_llama, tmp_pat
 
 def scored_names(res) -> set:
     return {r.name for r in res.results if r.status == "ok"}
+
+
+def test_write_segment_adds_the_next_segment(tmp_path):
+    from streamscan.results.spectra import write_segment
+
+    first = write_segment(tmp_path, {"a": torch.tensor([2.0, 1.0])}, rank=2)
+    second = write_segment(tmp_path, {"b": torch.tensor([1.0], dtype=torch.float32)}, rank=2)
+    assert (first.name, second.name) == ("segment-00002-000001.safetensors", "segment-00002-000002.safetensors")
+    kept = load_spectra(tmp_path)
+    assert kept["a"].tolist() == [2.0, 1.0] and kept["b"].dtype == torch.float64
