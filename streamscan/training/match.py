@@ -193,7 +193,15 @@ def selection_rules(selection, top_percent: float | None) -> list[Rule]:
         return [Rule(n, n, None) for n in (*selection.always, *selection.names())]  # names, never patterns
     if isinstance(selection, (str, Path)):
         path = Path(selection).expanduser()
-        if path.is_dir() or (path.is_file() and path.suffix == ".json"):  # a scan, or a published results JSON
+        if path.is_file() and path.suffix == ".json":  # a published results JSON, or some other JSON
+            try:
+                return selection_rules(select_top(load_results(path)[1], top_percent or DEFAULT_TOP_PERCENT), None)
+            except UsageError as err:
+                raise SelectionError(
+                    f"{selection}: neither a streamscan scan directory, a Spectrum results .json nor a .yaml "
+                    f"selection ({str(err).split(': ', 1)[-1].split(';')[0]})"
+                ) from None
+        if path.is_dir():
             header, results = load_results(path)
             if len(results) < len(header.targets):
                 log.warning(
