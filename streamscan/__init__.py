@@ -14,7 +14,16 @@ from streamscan._version import __version__
 
 _EXPORTS = {
     "streamscan.pipeline": ("scan", "merge", "ScanResult"),
-    "streamscan.api": ("select", "status", "load_results", "inspect_model", "moe_report"),
+    "streamscan.api": (
+        "select",
+        "status",
+        "load_results",
+        "inspect_model",
+        "moe_report",
+        "metrics",
+        "report",
+        "compare",
+    ),
     "streamscan.compute.spectrum": ("score", "snr_from_singular_values", "SNR", "METHODS"),
     "streamscan.training.apply": ("apply_selection", "trainable_summary", "TrainableSummary", "sync_optimizer"),
     "streamscan.training.rescan": ("score_model", "rescan", "Rescan"),
@@ -65,7 +74,16 @@ def __dir__() -> list[str]:
 _install_aliases()
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
-    from streamscan.api import inspect_model, load_results, moe_report, select, status  # noqa: F401
+    from streamscan.api import (  # noqa: F401
+        compare,
+        inspect_model,
+        load_results,
+        metrics,
+        moe_report,
+        report,
+        select,
+        status,
+    )
     from streamscan.compute.spectrum import METHODS, SNR, score, snr_from_singular_values  # noqa: F401
     from streamscan.errors import (
         CheckpointError,

@@ -1,11 +1,13 @@
 """api: what a finished (or partial) scan answers without rescanning, and what a scan would do.
 
-``load_results``, ``status``, ``select`` and ``moe_report`` read the journal in OUT; ``inspect_model`` reads
-only headers. ``streamscan.scan`` and ``streamscan.merge`` (pipeline.py) write the journal.
+``load_results``, ``status``, ``select``, ``moe_report``, ``metrics``, ``report`` and ``compare`` read the
+journal in OUT (or a published Spectrum results JSON in its place, where no spectra are needed);
+``inspect_model`` reads only headers. ``streamscan.scan`` and ``streamscan.merge`` (pipeline.py) write the journal.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,9 +20,21 @@ from streamscan.records import DEFAULT_OUT, Result, ScanHeader
 from streamscan.results.journal import is_locked, journal_files, read_journals
 from streamscan.results.moe_report import write_moe_outputs
 from streamscan.results.outputs import write_yaml
+from streamscan.results.published import is_results_json, load_published
 from streamscan.results.scan_outputs import all_names, count, in_order, yaml_options
 
-__all__ = ["DEFAULT_OUT", "inspect_model", "load_results", "moe_report", "select", "status"]
+__all__ = [
+    "DEFAULT_OUT",
+    "inspect_model",
+    "load_results",
+    "compare",
+    "metrics",
+    "moe_report",
+    "report",
+    "select",
+    "status",
+]
+REPORT_METRICS_LIMIT = 5000  # a report computes metrics itself up to this many matrices (else: run `metrics`)
 
 
 def no_scan(out_dir: Path) -> JournalError:
@@ -52,8 +66,11 @@ def inspect_model(
 
 
 def load_results(out: str | Path) -> tuple[ScanHeader, list[Result]]:
-    """The journal header and the results recorded so far (a finished or partial scan)."""
+    """The journal header and the results recorded so far (a finished or partial scan), or those of a
+    published Spectrum results JSON (``snr_results_*.json``) given in place of the scan directory."""
     out_dir = Path(out)
+    if is_results_json(out_dir):
+        return load_published(out_dir)
     if not journal_files(out_dir):
         raise no_scan(out_dir)
     header, by_name = read_journals(out_dir)
@@ -61,12 +78,23 @@ def load_results(out: str | Path) -> tuple[ScanHeader, list[Result]]:
     return header, in_order(header, by_name)
 
 
-def select(out: str | Path, top_percent: float, moe_grouping: str = "reference") -> Path:
-    """Write the YAML for TOP_PERCENT from a finished or partial scan in OUT, without rescanning."""
+def destination(out: str | Path, dest: str | Path | None) -> Path:
+    """Where outputs from OUT go: DEST, else the scan directory (a results JSON's own directory)."""
+    if dest is not None:
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        return Path(dest)
+    return Path(out).parent if is_results_json(out) else Path(out)
+
+
+def select(
+    out: str | Path, top_percent: float, moe_grouping: str = "reference", dest: str | Path | None = None
+) -> Path:
+    """Write the YAML for TOP_PERCENT from a finished or partial scan in OUT (or a published results JSON),
+    without rescanning, into DEST (default: OUT, or the JSON's directory)."""
     check_grouping(moe_grouping)
     header, results = load_results(out)
     return write_yaml(
-        Path(out),
+        destination(out, dest),
         header.slug,
         results,
         check_percent(top_percent),
@@ -76,14 +104,27 @@ def select(out: str | Path, top_percent: float, moe_grouping: str = "reference")
     )
 
 
-def moe_report(out: str | Path) -> list[Path]:
-    """Write moe_experts.csv and moe_report.html from the finished or partial scan in OUT, without rescanning."""
+def moe_report(out: str | Path, dest: str | Path | None = None) -> list[Path]:
+    """Write moe_experts.csv and moe_report.html from the finished or partial scan in OUT (or a published
+    results JSON), without rescanning, into DEST (default: OUT, or the JSON's directory)."""
     header, results = load_results(out)
     if not header.experts:
         raise UsageError(
             f"{out}: this scan has no MoE experts; the per-expert report is for Mixture-of-Experts checkpoints"
         )
-    return write_moe_outputs(Path(out), results, header.experts, header.model)
+    return write_moe_outputs(destination(out, dest), results, header.experts, header.model)
+
+
+def metrics(out: str | Path, dest: str | Path | None = None, workers: int | None = None) -> list[Path]:
+    """Write metrics.csv/.json (per matrix) and metrics_by_type.csv/.json from the spectra the scan in OUT
+    kept (no rescan) into DEST (default: OUT). Matrices without a stored spectrum are marked missing."""
+    from streamscan.results.metrics_table import write_metrics
+
+    if is_results_json(out):
+        raise UsageError(f"{out}: a published results JSON holds SNRs only, no spectra; metrics need a scan directory")
+    _, results = load_results(out)
+    paths, _ = write_metrics(Path(out), results, destination(out, dest), workers)
+    return paths
 
 
 def status(out: str | Path) -> dict:
@@ -103,3 +144,66 @@ def status(out: str | Path) -> dict:
         "running": is_locked(out),
         "compute_seconds": sum(r.seconds for r in results),
     }
+
+
+def _metric_rows(out: Path, dest: Path, results: list[Result]) -> list[dict] | None:
+    """Rows of metrics.json in DEST or OUT, else computed from OUT's kept spectra when there are few."""
+    from streamscan.results.metrics_table import NAMES, metrics_rows
+    from streamscan.results.spectra import kept, load_spectra
+
+    for where in (dest, out):
+        path = Path(where) / NAMES["json"]
+        if not is_results_json(out) and path.is_file():
+            return list(json.loads(path.read_text()).values())
+    if is_results_json(out) or not kept(out) or len(results) > REPORT_METRICS_LIMIT:
+        return None
+    return metrics_rows(results, load_spectra(out, [r.name for r in results]))
+
+
+def report(out: str | Path, dest: str | Path | None = None, top_percent: float = 25.0) -> list[Path]:
+    """Write report.html (SNR by depth with the TOP_PERCENT selection, metric curves, eigenvalue histograms,
+    MoE heatmaps) and, for an MoE model, moe_experts.csv and moe_report.html, from the scan in OUT or a
+    published results JSON, into DEST (default: OUT, or the JSON's directory). No rescan."""
+    from streamscan.results.report import write_report
+    from streamscan.results.spectra import load_spectra
+
+    header, results = load_results(out)
+    where = destination(out, dest)
+    spectra = None if is_results_json(out) else load_spectra(out, [r.name for r in results])
+    source = f"Published Spectrum scan {Path(out).name} (no spectra)." if is_results_json(out) else ""
+    paths = [
+        write_report(
+            where,
+            header.model,
+            results,
+            check_percent(top_percent),
+            experts=header.experts,
+            metric_rows=_metric_rows(Path(out), where, results),
+            spectra=spectra,
+            source=source,
+        )
+    ]
+    if header.experts:
+        paths += write_moe_outputs(where, results, header.experts, header.model)
+    return paths
+
+
+def compare(
+    a: str | Path, b: str | Path, dest: str | Path = "streamscan_compare", top_percent: float = 25.0
+) -> list[Path]:
+    """Write compare.csv and compare.html for scans A and B (scan directories or published results JSONs):
+    SNR ratio, metric ratios (where both kept spectra), rank shifts within each type, the modules moved
+    most and the overlap of the two selections at TOP_PERCENT, into DEST. No rescan."""
+    from streamscan.results.compare import compare_rows, write_compare
+
+    percent = check_percent(top_percent)
+    sides = []
+    for out in (a, b):
+        header, results = load_results(out)
+        rows = _metric_rows(Path(out), Path(out), results)
+        sides.append((header, results, {r["name"]: r for r in rows} if rows else None))
+    (ha, ra, ma), (hb, rb, mb) = sides
+    rows = compare_rows(ra, rb, percent, ma, mb)
+    if not rows:
+        raise UsageError(f"{a} and {b}: no module name in common; compare scans of the same architecture")
+    return write_compare(Path(dest), rows, f"{ha.model} ({a})", f"{hb.model} ({b})", percent)

@@ -32,6 +32,7 @@ from streamscan.results.files import os_error, prepare_dir
 from streamscan.results.journal import Journal, read_journals
 from streamscan.results.outputs import check_names
 from streamscan.results.scan_outputs import in_order, placement_notes, summarize, write_scan_outputs
+from streamscan.results.spectra import SpectraWriter, clear, missing
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ def scan(
         consumed=tuple((s.name, s.reason) for s in full.consumed),
     )
     check_names(out_dir, header.slug, percents)
+    if opts.fresh and not opts.shard and (ranks is None or ranks.rank == 0):
+        clear(out_dir)  # before any rank writes (a shard refuses --fresh below)
     if ranks is not None:
         if source.hub is not None and hub_only:
             raise UsageError(
@@ -135,6 +138,7 @@ def scan(
             pool=local_devices(opts.devices, pool, ranks),
             budget=budget,
             feed=(lambda jobs: ShardFeed(source.hub, jobs, None, True)) if source.hub is not None else None,
+            spectra=opts.spectra,
         )
         if not ranks.coordinated:
             return _scan_shard(full, header, out_dir, ranks, opts.fresh, **run)
@@ -144,7 +148,7 @@ def scan(
     workers = opts.cpu_workers or default_workers()
     stats = PoolStats()
     with Journal(out_dir, header, fresh=opts.fresh) as journal:
-        plan = make_plan(index, opts.include, opts.exclude, journal.done())
+        plan = make_plan(index, opts.include, opts.exclude, _redo_missing(out_dir, journal.results, opts.spectra))
         resumed = len(plan.done)
         feed = (
             ShardFeed(source.hub, plan.jobs, disk_budget, opts.keep_shards, out_dir / DOWNLOADS_NAME)
@@ -163,6 +167,7 @@ def scan(
             budget=budget,
             stats=stats,
             feed=feed,
+            spectra=SpectraWriter(out_dir) if opts.spectra else None,
         )
         results = in_order(header, journal.results)
     if feed is not None:
@@ -189,8 +194,12 @@ def _execute(
     budget: int | None,
     stats: PoolStats,
     feed: ShardFeed | None = None,
+    spectra: SpectraWriter | None = None,
 ) -> None:
     """Run JOBS and journal each result as it finishes (tagged with the rank in a split scan).
+
+    With SPECTRA, each scored matrix's singular values are buffered and written in segments beside the
+    journal (after the results they belong to are journaled, or on the way out).
 
     With a FEED (a Hub model), jobs come shard by shard as their shards are downloaded, and each journaled
     result lets the feed delete a scanned shard when the disk budget needs room.
@@ -199,13 +208,21 @@ def _execute(
     sizes = {j.name: j.nbytes for j in jobs}
     try:
         results = run_jobs(
-            feed.start() if feed is not None else jobs, method, workers, devices=pool, max_memory=budget, stats=stats
+            feed.start() if feed is not None else jobs,
+            method,
+            workers,
+            devices=pool,
+            max_memory=budget,
+            stats=stats,
+            keep=spectra.add if spectra is not None else None,
         )
         for done, result in enumerate(results, start=resumed + 1):
             try:
                 journal.append(rank.tag(result) if rank else result)
             except OSError as err:  # disk full: every record before this one is durable
                 raise os_error(journal.path, err) from None
+            if spectra is not None:
+                spectra.maybe_flush()
             if feed is not None:
                 feed.finished(result.name)
             read_bytes += sizes[result.name]
@@ -214,6 +231,19 @@ def _execute(
     finally:
         if feed is not None:
             feed.close()
+        if spectra is not None:
+            spectra.close()
+
+
+def _redo_missing(out_dir: Path, results: dict[str, Result], keep_spectra: bool) -> frozenset[str]:
+    """The names done, less those scored whose kept spectrum a kill lost (rescanned when spectra are kept)."""
+    done = _done(results)
+    if not keep_spectra:
+        return done
+    lost = missing(out_dir, done, (n for n, r in results.items() if r.status == "ok"))
+    if lost:
+        log.info("%s: %d scored matrices have no stored spectrum (killed run); rescanning them", out_dir, len(lost))
+    return done - lost
 
 
 def _percents(top_percent: Iterable[float]) -> list[float]:
@@ -261,6 +291,7 @@ def _run_share(
     pool: list[str],
     budget: int | None,
     feed: Callable[[list], ShardFeed] | None = None,
+    spectra: bool = True,
 ) -> ScanResult:
     """Scan this rank's JOBS into its own journal; the result holds the rank's own records."""
     stats = PoolStats()
@@ -268,7 +299,19 @@ def _run_share(
     with Journal(out_dir, _rank_header(header, rank), rank=rank.rank) as journal:
         show = progress if not (rank.coordinated and rank.rank) else None  # one bar per terminal
         _execute(
-            journal, jobs, method, workers, show, 0, len(jobs), rank, pool=pool, budget=budget, stats=stats, feed=shards
+            journal,
+            jobs,
+            method,
+            workers,
+            show,
+            0,
+            len(jobs),
+            rank,
+            pool=pool,
+            budget=budget,
+            stats=stats,
+            feed=shards,
+            spectra=SpectraWriter(out_dir, rank=rank.rank) if spectra else None,
         )
         own = [journal.results[j.name] for j in jobs if j.name in journal.results]
     if shards is not None:
@@ -289,7 +332,7 @@ def _scan_shard(full: Plan, header: ScanHeader, out_dir: Path, rank: Rank, fresh
     if fresh:
         raise UsageError("--fresh with --shard: shards share --out; empty it once before starting them instead")
     _, found = read_journals(out_dir, header.fingerprint)
-    done = _done(found)
+    done = _redo_missing(out_dir, found, run.get("spectra", True))
     missing = [j for j in full.jobs if j.name not in done]
     return _run_share(header, out_dir, rank, done, share(rank, missing, full.jobs), **run)
 
@@ -309,7 +352,7 @@ def _scan_ranks(
 
     def lead() -> list[str]:  # rank 0, before anyone writes: fold what earlier runs left, refuse a busy dir
         with Journal(out_dir, header, fresh=fresh) as journal:
-            return sorted(journal.done())
+            return sorted(_redo_missing(out_dir, journal.results, run.get("spectra", True)))
 
     with Group(rank, timeout) as group:
         done = frozenset(group.start(digest(header.fingerprint.to_dict()), lead))

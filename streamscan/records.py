@@ -393,6 +393,7 @@ class ScanOptions:
     max_disk: int | str | None = None
     keep_shards: bool = False
     moe_grouping: str = "reference"
+    spectra: bool = True  # keep every matrix's singular values in OUT/spectra (results/spectra.py)
 
     def __post_init__(self) -> None:
         for name in ("top_percent", "include", "exclude"):  # lists and generators from callers become tuples

@@ -37,6 +37,7 @@ from streamscan.results.journal import (
     rank_journal_name,
     read_journals,
 )
+from streamscan.results.spectra import stored_names
 from tests.fixtures.synthetic import LlamaShape, write_llama
 
 HEADER = ScanHeader(
@@ -281,11 +282,13 @@ def test_a_rank_killed_mid_scan_loses_only_its_unfinished_jobs(medium, tmp_path)
     _, done = read_journals(out)
     total = len(json.loads((ref / "snr_results_medium.json").read_text()))
     assert 5 <= len(done) < total
+    assert {n for n, r in done.items() if r.status == "ok"} <= stored_names(out)  # spectra go to disk first
     run = subprocess.run(torchrun(3, ck, out), capture_output=True, text=True, timeout=300)  # another world size
     assert run.returncode == 0, run.stderr
     assert outputs(out) == outputs(ref)
     names = journal_names(out / JOURNAL_NAME)
     assert len(names) == len(set(names)) == total  # nothing lost, nothing computed twice
+    assert {n for n, r in read_journals(out)[1].items() if r.status == "ok"} <= stored_names(out)
     summary = json.loads((out / "streamscan_summary.json").read_text())
     assert summary["resumed_from_journal"] == len(done) and summary["ranks"] == 3  # rank0..2 computed results
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.fixtures.synthetic import LlamaShape, write_llama
 
@@ -78,6 +79,12 @@ def test_kill_9_twice_then_resume_gives_identical_outputs(medium_llama, tmp_path
     assert outputs(out) == outputs(ref) and len(outputs(ref)) == 4
     names = [json.loads(line)["name"] for line in (out / JOURNAL).read_text().splitlines()[1:]]
     assert len(names) == len(set(names)) == total  # nothing lost, nothing counted twice
+    from streamscan.results.spectra import load_spectra
+
+    kept, ref_kept = load_spectra(out), load_spectra(ref)
+    scored = {n for n, v in json.loads(next(out.glob("snr_results_*[!d].json")).read_text()).items() if v["snr"]}
+    assert set(kept) == set(ref_kept) >= scored  # every scored matrix has its spectrum after the resume
+    assert all(torch.equal(kept[n], ref_kept[n]) for n in kept)
 
 
 def test_torn_write_at_the_moment_of_the_kill_is_tolerated(medium_llama, tmp_path):

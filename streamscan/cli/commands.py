@@ -111,6 +111,12 @@ def main(debug: bool) -> None:
     "[default: free space in the HF cache minus 5%].",
 )
 @click.option("--keep-shards", is_flag=True, help="Hub models: never delete downloaded shards.")
+@click.option(
+    "--spectra/--no-spectra",
+    default=True,
+    show_default=True,
+    help="Keep every matrix's singular values in --out/spectra (for `streamscan metrics` and reports).",
+)
 @friendly
 def run(model, out, quiet, **options):
     """Scan MODEL (a checkpoint directory, a .safetensors/.gguf/.bin file or a Hub id org/name) and write
@@ -205,22 +211,52 @@ def status_cmd(out, as_json):
     click.echo(json.dumps(st, indent=2) if as_json else render.status_line(st))
 
 
+DEST = click.option(
+    "--dest",
+    default=None,
+    metavar="DIR",
+    help="Write the files here [default: the scan directory, or the results JSON's directory].",
+)
+
+
 @main.command("select")
 @scan_dir
 @click.option("--top-percent", "-p", type=float, multiple=True, required=True, help="Percent per type (repeatable).")
 @MOE_GROUPING
+@DEST
 @friendly
-def select_cmd(out, top_percent, moe_grouping):
-    """Write unfrozen-parameters YAMLs from the (finished or partial) scan in --out, without rescanning.
+def select_cmd(out, top_percent, moe_grouping, dest):
+    """Write unfrozen-parameters YAMLs from the (finished or partial) scan in --out, or from a published
+    Spectrum results JSON given in its place, without rescanning.
 
     \b
     Example:
       streamscan select --out scan -p 25 -p 50
+      streamscan select snr_results_mistralai-Mixtral-8x22B-v0.1.json -p 25 --dest sel
     """
     from streamscan.api import select
 
     for p in top_percent:
-        click.echo(select(out, p, moe_grouping=moe_grouping))
+        click.echo(select(out, p, moe_grouping=moe_grouping, dest=dest))
+
+
+@main.command("metrics")
+@scan_dir
+@DEST
+@click.option("--workers", type=int, default=None, help="Processes computing metrics [default: CPU count, at most 8].")
+@friendly
+def metrics_cmd(out, dest, workers):
+    """Write per-matrix metrics (WeightWatcher's alpha, alpha_weighted, stable rank, spectral norms, MP soft
+    rank, entropy, effective rank, SNR) and per-type summaries from the spectra the scan in --out kept.
+
+    \b
+    Example:
+      streamscan metrics --out scan
+    """
+    from streamscan.api import metrics
+
+    for path in metrics(out, dest=dest, workers=workers):
+        click.echo(path)
 
 
 @main.command("merge")
@@ -254,15 +290,40 @@ def merge_cmd(out, top_percent, moe_grouping):
 
 @main.command("report")
 @scan_dir
+@DEST
+@click.option("--top-percent", "-p", type=float, default=25.0, show_default=True, help="Selection to mark.")
 @friendly
-def report_cmd(out):
-    """Write the per-expert MoE report (moe_experts.csv, moe_report.html) from the scan in --out, without rescanning.
+def report_cmd(out, dest, top_percent):
+    """Write report.html (SNR by depth with the selection marked, metric curves, eigenvalue histograms, MoE
+    heatmaps) and for MoE models moe_experts.csv and moe_report.html, from the scan in --out or a published
+    results JSON, without rescanning.
 
     \b
     Example:
       streamscan report --out scan
+      streamscan report snr_results_deepseek-ai-DeepSeek-V2.json --dest dsv2
     """
-    from streamscan.api import moe_report
+    from streamscan.api import report
 
-    for path in moe_report(out):
+    for path in report(out, dest=dest, top_percent=top_percent):
+        click.echo(path)
+
+
+@main.command("compare")
+@click.argument("a")
+@click.argument("b")
+@click.option("--dest", default="streamscan_compare", show_default=True, metavar="DIR", help="Write the files here.")
+@click.option("--top-percent", "-p", type=float, default=25.0, show_default=True, help="Selections to overlap.")
+@friendly
+def compare_cmd(a, b, dest, top_percent):
+    """Compare two scans A and B (scan directories, or a published snr_results_*.json): compare.csv and
+    compare.html with SNR and metric ratios, rank shifts, the modules moved most, and selection overlap.
+
+    \b
+    Example:
+      streamscan compare base-scan finetune-scan --dest diff -p 25
+    """
+    from streamscan.api import compare
+
+    for path in compare(a, b, dest=dest, top_percent=top_percent):
         click.echo(path)

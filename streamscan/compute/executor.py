@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -40,10 +41,20 @@ def error_result(job: Job, method: str, worker: str, err: BaseException, seconds
 
 
 def score_job(
-    job: Job, tensor: torch.Tensor, method: str, worker: str, device: str, read: float = 0.0, compute=None
+    job: Job,
+    tensor: torch.Tensor,
+    method: str,
+    worker: str,
+    device: str,
+    read: float = 0.0,
+    compute=None,
+    keep: Callable[[str, torch.Tensor], None] | None = None,
 ) -> Result:
     """Score JOB's matrix TENSOR on DEVICE (moved there if it is elsewhere). CUDA out-of-memory propagates
-    (the caller retries or records it); any other failure becomes the job's error Result."""
+    (the caller retries or records it); any other failure becomes the job's error Result.
+
+    ``keep(name, singular_values)`` receives the matrix's singular values (float64, descending, CPU) when it
+    had a spectrum, before the Result is returned (the kept spectra, results/spectra.py)."""
     start = time.perf_counter()
     if tensor.is_meta:
         return Result(snr=None, reason=META_REASON, status="null", read_seconds=read, **_base(job, method, worker))
@@ -61,6 +72,8 @@ def score_job(
         raise
     except Exception as err:  # recorded with its reason; the scan goes on and a resume retries it
         return error_result(job, method, worker, err, time.perf_counter() - start, read)
+    if keep is not None and getattr(out, "singular_values", None) is not None:
+        keep(job.name, out.singular_values.detach().to("cpu", torch.float64))
     return Result(
         snr=out.snr,
         reason=out.reason,

@@ -120,7 +120,9 @@ class _Worker(threading.Thread):
         if err is not None:
             return error_result(job, self.pool.method, self.worker, err, 0.0, read)
         try:
-            return score_job(job, tensor, self.pool.method, self.worker, self.device, read, self.pool.compute)
+            return score_job(
+                job, tensor, self.pool.method, self.worker, self.device, read, self.pool.compute, self.pool.keep
+            )
         except oom_types() as oom:
             return oom
         finally:
@@ -142,6 +144,7 @@ class _Pool:
         stats: PoolStats,
     ):
         self.method, self.cond, self.stats, self.compute = method, threading.Condition(), stats, compute
+        self.keep = None  # score_job's keep: where singular values go (run_jobs' keep)
         self.cores = default_workers()
         self.cpu_workers = cpu_workers
         self.memory_probe = memory_probe or gpu_memory
@@ -438,6 +441,7 @@ def run_jobs(
     stats: PoolStats | None = None,
     memory_probe=None,
     compute=None,
+    keep=None,
 ) -> Iterator[Result]:
     """Yield a Result per job as each finishes (any order). Closing the iterator cancels queued jobs.
 
@@ -446,6 +450,7 @@ def run_jobs(
     ``prefetch``: tensors read ahead (default: one per device slot). ``memory_probe(device) -> (free,
     total)`` and ``compute(tensor, method, device) -> SNR`` replace the CUDA query and the CUDA computation
     (tests simulate GPUs with them; ``compute`` may raise torch.OutOfMemoryError).
+    ``keep(name, singular_values)`` is called from the worker threads with each scored matrix's spectrum.
     """
     workers = workers or default_workers()
     devices = list(devices) or ["cpu"]
@@ -465,6 +470,7 @@ def run_jobs(
         compute,
         stats,
     )
+    pool.keep = keep
     threads = []
     if isinstance(jobs, Sequence):
         for job in jobs:

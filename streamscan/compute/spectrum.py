@@ -12,7 +12,7 @@ Methods
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -31,6 +31,8 @@ class SNR:
     sigma_max: float | None = None
     threshold: float | None = None
     n_signal: int | None = None
+    # the matrix's singular values (descending, CPU) when it had a spectrum; kept beside the journal, never in it
+    singular_values: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 def mp_factor(m: int, n: int) -> float:
@@ -141,7 +143,7 @@ def score(W: torch.Tensor, method: str = DEFAULT_METHOD, device=None) -> SNR:
     if not _all_finite(W):
         return SNR(None, "weights contain NaN or Inf")
     S, rtol = singular_values(W, method, device)
-    return snr_from_singular_values(S, (m, n), rtol)
+    return replace(snr_from_singular_values(S, (m, n), rtol), singular_values=S)
 
 
 def _all_finite(W: torch.Tensor) -> bool:

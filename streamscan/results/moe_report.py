@@ -135,58 +135,56 @@ def _color(t: float) -> str:
     return "#" + "".join(f"{c:02x}" for c in rgb)
 
 
-def heatmap_svg(entries: list[dict], title: str) -> str:
-    """Layers (rows) x experts (columns, 'shared' last) of one projection; colour = log SNR, scaled to
-    this projection's range; outliers outlined in red; hover a cell for its name, SNR, rank and flag."""
+def heatmap_svg(entries: list[dict], title: str, width: int = 1140) -> str:
+    """Layers (rows) x experts (columns, 'shared' last) of one projection, scaled to WIDTH px: colour = log
+    SNR in this projection's range, grey = no SNR, outliers outlined; hover a cell for its detail."""
     layers = sorted({e["layer"] for e in entries}, key=lambda x: -1 if x is None else x)
     experts = sorted({e["expert"] for e in entries if isinstance(e["expert"], int)})
     if any(e["expert"] == "shared" for e in entries):
         experts.append("shared")
     logs = [math.log(e["snr"]) for e in entries if e["snr"]]
     lo, hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
-    cell = max(6, min(28, 900 // max(len(experts), 1)))
-    left, top = 70, 34
-    width, height = left + cell * len(experts) + 10, top + cell * len(layers) + 46
+    left, top, right = 64, 40, 10
+    cw = max(1.0, min(28.0, (width - left - right) / max(len(experts), 1)))
+    ch = max(3.0, min(20.0, cw, 900 / max(len(layers), 1)))
+    gap = 1 if cw >= 4 else 0
+    grid_w, grid_h = cw * len(experts), ch * len(layers)
+    height = int(top + grid_h + 70)
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="11" class="heatmap">',
         f'<text x="0" y="14" font-weight="bold">{html.escape(title)}</text>',
     ]
     col = {x: i for i, x in enumerate(experts)}
     row = {x: i for i, x in enumerate(layers)}
-    step = max(1, len(experts) // 16)
+    cstep = max(1, math.ceil(28 / cw))
     for x, i in col.items():
-        if i % step == 0 or x == "shared":
+        if i % cstep == 0 or x == "shared":
             label = "sh" if x == "shared" else str(x)
-            out.append(f'<text x="{left + i * cell + cell / 2:.1f}" y="{top - 4}" text-anchor="middle">{label}</text>')
-    rstep = max(1, len(layers) // 40)
+            out.append(f'<text x="{left + i * cw + cw / 2:.1f}" y="{top - 5}" text-anchor="middle">{label}</text>')
+    rstep = max(1, math.ceil(13 / ch))
     for x, i in row.items():
         if i % rstep == 0:
-            out.append(f'<text x="{left - 4}" y="{top + i * cell + cell * 0.7:.1f}" text-anchor="end">layer {x}</text>')
+            out.append(f'<text x="{left - 4}" y="{top + i * ch + ch / 2 + 4:.1f}" text-anchor="end">layer {x}</text>')
+    out.append(f'<text x="{left + grid_w / 2:.0f}" y="{top - 18}" text-anchor="middle" fill="#555">expert</text>')
     for e in entries:
-        x, y = left + col[e["expert"]] * cell, top + row[e["layer"]] * cell
-        if e["snr"]:
-            fill = _color((math.log(e["snr"]) - lo) / (hi - lo) if hi > lo else 0.5)
-        else:
-            fill = "#bbbbbb"
-        stroke = ' stroke="#e00000" stroke-width="2"' if e["flag"] else ""
+        x, y = left + col[e["expert"]] * cw, top + row[e["layer"]] * ch
+        fill = _color((math.log(e["snr"]) - lo) / (hi - lo) if hi > lo else 0.5) if e["snr"] else "#bbbbbb"
+        stroke = ' stroke="#e00000" stroke-width="1"' if e["flag"] else ""
         snr = "no SNR" if e["snr"] is None else f"SNR {e['snr']:.4g}"
-        tip = (
-            f"{e['name']}: {snr}"
-            + (f", rank {e['rank_in_layer']}" if e["rank_in_layer"] else "")
-            + (f", {e['flag']}" if e["flag"] else "")
-            + (f" ({e['reason']})" if e["reason"] else "")
-        )
+        tip = f"layer {e['layer']}, expert {e['expert']}: {e['name']}: {snr}" + (f", {e['flag']}" if e["flag"] else "")
         out.append(
-            f'<rect x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{fill}"{stroke}>'
-            f"<title>{html.escape(tip)}</title></rect>"
+            f'<rect x="{x:.2f}" y="{y:.2f}" width="{max(cw - gap, 0.6):.2f}" height="{max(ch - gap, 0.6):.2f}" '
+            f'fill="{fill}"{stroke}><title>{html.escape(tip)}</title></rect>'
         )
-    ybar = top + cell * len(layers) + 14
-    for k in range(50):
-        out.append(f'<rect x="{left + k * 4}" y="{ybar}" width="4" height="10" fill="{_color(k / 49)}"/>')
-    out.append(f'<text x="{left}" y="{ybar + 24}">{math.exp(lo):.3g}</text>')
-    out.append(
-        f'<text x="{left + 200}" y="{ybar + 24}" text-anchor="end">{math.exp(hi):.3g} (SNR, log scale; grey: none)</text>'
-    )
+    ybar, bar_w = top + grid_h + 16, min(360.0, max(grid_w, 200.0))
+    for k in range(60):
+        out.append(f'<rect x="{left + k * bar_w / 60:.1f}" y="{ybar:.1f}" width="{bar_w / 60 + 0.3:.2f}" height="10" '
+                   f'fill="{_color(k / 59)}"/>')  # fmt: skip
+    out.append(f'<text x="{left}" y="{ybar + 24:.1f}">{math.exp(lo):.3g}</text>')
+    out.append(f'<text x="{left + bar_w:.1f}" y="{ybar + 24:.1f}" text-anchor="end">{math.exp(hi):.3g}</text>')
+    out.append(f'<text x="{left + bar_w + 12:.1f}" y="{ybar + 9:.1f}">SNR, log scale; grey: no SNR; red outline: '
+               "outlier in its layer</text>")  # fmt: skip
     out.append("</svg>")
     return "\n".join(out)
 

@@ -193,6 +193,14 @@ def selection_rules(selection, top_percent: float | None) -> list[Rule]:
         return [Rule(n, n, None) for n in (*selection.always, *selection.names())]  # names, never patterns
     if isinstance(selection, (str, Path)):
         path = Path(selection).expanduser()
+        if path.is_file() and path.suffix == ".json":  # a published results JSON, or some other JSON
+            try:
+                return selection_rules(select_top(load_results(path)[1], top_percent or DEFAULT_TOP_PERCENT), None)
+            except UsageError as err:
+                raise SelectionError(
+                    f"{selection}: neither a streamscan scan directory, a Spectrum results .json nor a .yaml "
+                    f"selection ({str(err).split(': ', 1)[-1].split(';')[0]})"
+                ) from None
         if path.is_dir():
             header, results = load_results(path)
             if len(results) < len(header.targets):
@@ -211,8 +219,8 @@ def selection_rules(selection, top_percent: float | None) -> list[Rule]:
                 )
             return [make_rule(x) for x in _yaml_lines(path)]
         raise SelectionError(
-            f"{selection}: neither a streamscan scan directory nor a .yaml selection; "
-            "give the --out directory of `streamscan run` or an unfrozen-parameters YAML"
+            f"{selection}: neither a streamscan scan directory, a Spectrum results .json nor a .yaml selection; "
+            "give the --out directory of `streamscan run`, a snr_results_*.json or an unfrozen-parameters YAML"
         )
     lines = list(selection)
     if not all(isinstance(x, str) for x in lines):

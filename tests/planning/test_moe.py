@@ -248,8 +248,10 @@ def test_dense_models_are_unchanged_by_the_moe_options(tmp_path):
         assert pa.read_bytes() == (tmp_path / "b" / pa.name).read_bytes()
     assert not (tmp_path / "a" / "moe_experts.csv").exists()
     assert "experts" not in json.loads((tmp_path / "a" / "streamscan.journal.jsonl").read_text().splitlines()[0])
-    result = CliRunner().invoke(main, ["report", str(tmp_path / "a")])
-    assert result.exit_code == 2 and "no MoE experts" in result.output
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "a")])  # every model gets report.html, no MoE files
+    assert result.exit_code == 0 and result.output.strip().endswith("report.html") and "moe_" not in result.output
+    with pytest.raises(streamscan.UsageError, match="no MoE experts"):
+        streamscan.moe_report(tmp_path / "a")
     bad = CliRunner().invoke(main, ["select", str(tmp_path / "a"), "-p", "50", "--moe-grouping", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
 

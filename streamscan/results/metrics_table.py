@@ -1,0 +1,147 @@
+"""metrics_table: every matrix's metrics from its kept spectrum (no rescan), and summaries per type.
+
+- ``metrics.csv`` / ``metrics.json``: one row per journaled matrix: name, type, layer, shape, ``status``
+  (``ok``; ``missing spectrum`` when the scan kept none for it, e.g. run with --no-spectra; or the
+  journal's reason it has no spectrum), then the fields of compute.metrics.MatrixMetrics.
+- ``metrics_by_type.csv`` / ``metrics_by_type.json``: per type, the count, how many have metrics, and the
+  median and mean of each metric.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from streamscan.compute.metrics import FIELDS, matrix_metrics
+from streamscan.layout import layer_index
+from streamscan.records import Result
+from streamscan.results.files import write_atomic
+from streamscan.results.spectra import load_spectra
+
+MISSING = "missing spectrum"
+SUMMARY_METRICS = (
+    "alpha",
+    "alpha_weighted",
+    "stable_rank",
+    "log_spectral_norm",
+    "mp_softrank",
+    "entropy",
+    "effective_rank",
+    "snr",
+)
+COLUMNS = ("name", "type", "layer", "m", "n", "status", *FIELDS)
+NAMES = {
+    "csv": "metrics.csv",
+    "json": "metrics.json",
+    "type_csv": "metrics_by_type.csv",
+    "type_json": "metrics_by_type.json",
+}
+
+
+def _chunk_metrics(items: list[tuple[str, object, tuple[int, int]]]) -> list[tuple[str, dict]]:
+    return [(name, matrix_metrics(S, shape).to_dict()) for name, S, shape in items]
+
+
+def compute_all(items: list[tuple[str, object, tuple[int, int]]], workers: int | None = None) -> dict[str, dict]:
+    """Metrics of every (name, singular values as numpy, shape), in WORKERS processes (1: this one)."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(items) < 64:
+        return dict(_chunk_metrics(items))
+    size = max(16, len(items) // (workers * 8))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    import multiprocessing
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return {name: row for part in pool.map(_chunk_metrics, chunks) for name, row in part}
+
+
+def metrics_rows(results: Iterable[Result], spectra: dict, workers: int | None = None) -> list[dict]:
+    """One row per result (in the given order), with its metrics when its spectrum is stored."""
+    results = list(results)
+    items = [
+        (r.name, spectra[r.name].numpy(), (int(r.shape[0]), int(r.shape[1])))
+        for r in results
+        if r.name in spectra and len(r.shape) == 2
+    ]
+    computed = compute_all(items, workers)
+    rows = []
+    for r in results:
+        row: dict = {
+            "name": r.name,
+            "type": r.type,
+            "layer": layer_index(r.name),
+            "m": r.shape[0] if r.shape else None,
+            "n": r.shape[1] if len(r.shape) > 1 else None,
+        }
+        found = computed.get(r.name)
+        if found is not None:
+            row["status"] = "ok"
+            row.update(found)
+        else:
+            row["status"] = MISSING if r.status == "ok" else (r.reason or r.status)
+            row.update(dict.fromkeys(FIELDS))
+            row["snr"] = r.snr
+        rows.append(row)
+    return rows
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def type_summaries(rows: Iterable[dict]) -> list[dict]:
+    by_type: dict[str, list[dict]] = {}
+    for row in rows:
+        by_type.setdefault(row["type"], []).append(row)
+    out = []
+    for t, members in by_type.items():
+        entry: dict = {"type": t, "count": len(members), "with_metrics": sum(r["status"] == "ok" for r in members)}
+        for key in SUMMARY_METRICS:
+            values = [r[key] for r in members if _finite(r[key])]
+            entry[f"{key}_median"] = statistics.median(values) if values else None
+            entry[f"{key}_mean"] = statistics.fmean(values) if values else None
+        out.append(entry)
+    return out
+
+
+def _clean(v):
+    return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+def _csv(rows: list[dict], columns) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if row.get(k) is None else _clean(row.get(k))) for k in columns})
+    return buf.getvalue()
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=1, allow_nan=False) + "\n"
+
+
+def write_metrics(
+    out_dir: Path, results: list[Result], dest: Path | None = None, workers: int | None = None
+) -> tuple[list[Path], list[dict]]:
+    """Compute the metrics of the scan in OUT_DIR from its kept spectra; write the four files to DEST (OUT_DIR)."""
+    dest = Path(dest) if dest is not None else Path(out_dir)
+    rows = metrics_rows(results, load_spectra(out_dir, [r.name for r in results]), workers)
+    rows = [{k: _clean(v) for k, v in row.items()} for row in rows]
+    summary = type_summaries(rows)
+    summary_columns = list(summary[0]) if summary else ["type", "count", "with_metrics"]
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = [
+        write_atomic(dest / NAMES["csv"], _csv(rows, COLUMNS)),
+        write_atomic(dest / NAMES["json"], _json({row["name"]: row for row in rows})),
+        write_atomic(dest / NAMES["type_csv"], _csv(summary, summary_columns)),
+        write_atomic(dest / NAMES["type_json"], _json({s["type"]: s for s in summary})),
+    ]
+    return paths, rows

@@ -1,0 +1,186 @@
+"""spectra: every scored matrix's singular values (float64, descending), kept beside the journal.
+
+Stored as safetensors files in ``spectra/``, keyed by the journal's result names, each a complete file
+written under a temporary name, fsync'd and renamed (a kill leaves whole files only):
+- ``pending-<rank>-<n>.safetensors``: one matrix, written by the worker that computed it, before its
+  Result reaches the journal; so every journaled matrix has its spectrum on disk;
+- ``segment-<rank>-<n>.safetensors``: every MAX_ITEMS pending spectra (or MAX_BYTES) are compacted into one
+  segment, then their pending files are removed (a kill in between leaves duplicates, which are equal).
+``<rank>`` is ``main`` for a single-process scan, the 5-digit rank or shard otherwise. Ranks write side by
+side in the shared directory, so a merge needs no copying.
+
+A scan that finds journaled scores without a spectrum (an older scan, or one run with --no-spectra before)
+rescans them when it keeps spectra and the directory already held spectra (``missing``); ``streamscan
+metrics`` marks any still missing as such.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+SPECTRA_DIR = "spectra"
+FORMAT = "streamscan-spectra-1"
+_SEGMENT = re.compile(r"^(segment|pending)-(main|\d{5})-(\d{6})\.safetensors$")
+
+
+def spectra_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / SPECTRA_DIR
+
+
+def segments(out_dir: str | Path) -> list[Path]:
+    """The complete segment files in OUT_DIR, in reading order (rank, then number)."""
+    root = spectra_dir(out_dir)
+    if not root.is_dir():
+        return []
+    found = [(m.group(1), m.group(2), int(m.group(3)), p) for p in root.iterdir() if (m := _SEGMENT.match(p.name))]
+    return [p for *_, p in sorted(found, key=lambda t: (t[0] != "segment", t[1] != "main", t[1], t[2]))]
+
+
+def kept(out_dir: str | Path) -> bool:
+    """True if a scan in OUT_DIR keeps spectra (the directory is made when such a scan starts)."""
+    return spectra_dir(out_dir).is_dir()
+
+
+def stored_names(out_dir: str | Path) -> set[str]:
+    """Names with a stored spectrum (headers only)."""
+    names: set[str] = set()
+    for path in segments(out_dir):
+        with safe_open(path, framework="pt") as f:
+            names.update(f.keys())
+    return names
+
+
+def load_spectra(out_dir: str | Path, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Stored singular values by name (all, or only NAMES)."""
+    wanted = set(names) if names is not None else None
+    out: dict[str, torch.Tensor] = {}
+    for path in segments(out_dir):
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                if wanted is None or key in wanted:
+                    out[key] = f.get_tensor(key)
+    return out
+
+
+def missing(out_dir: str | Path, done: Iterable[str], scored: Iterable[str]) -> set[str]:
+    """Of the SCORED names (a spectrum expected), those DONE without a stored spectrum; empty when the scan in
+    OUT_DIR does not keep spectra."""
+    if not kept(out_dir):
+        return set()
+    have = stored_names(out_dir)
+    done = set(done)
+    return {n for n in scored if n in done and n not in have}
+
+
+def clear(out_dir: str | Path) -> None:
+    """Remove the stored spectra (a --fresh scan)."""
+    shutil.rmtree(spectra_dir(out_dir), ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save(tensors: dict[str, torch.Tensor], final: Path) -> Path:
+    tmp = final.with_name("." + final.stem + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
+def write_segment(out_dir: str | Path, spectra: dict[str, torch.Tensor], rank: int | None = None) -> Path:
+    """Store many spectra at once as the next segment of RANK (imports, benchmarks)."""
+    root = spectra_dir(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tag = "main" if rank is None else f"{rank:05d}"
+    n = 1 + max((int(m.group(3)) for p in root.iterdir() if (m := _SEGMENT.match(p.name)) and m.group(1) == "segment"
+                 and m.group(2) == tag), default=0)  # fmt: skip
+    return _save(
+        {k: v.to(torch.float64).contiguous() for k, v in spectra.items()}, root / f"segment-{tag}-{n:06d}.safetensors"
+    )
+
+
+class SpectraWriter:
+    """Writes each spectrum durably as it arrives (``add``, thread-safe, from the workers), and compacts them
+    into a segment every MAX_ITEMS or MAX_BYTES (``maybe_flush``) and on ``close``."""
+
+    def __init__(
+        self, out_dir: str | Path, rank: int | None = None, *, max_items: int = 256, max_bytes: int = 64 << 20
+    ):
+        self.root = spectra_dir(out_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tag = "main" if rank is None else f"{rank:05d}"
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._lock = threading.Lock()
+        self._buf: dict[str, tuple[torch.Tensor, Path]] = {}
+        self._bytes = 0
+        numbers = {"segment": [0], "pending": [0]}
+        for p in self.root.iterdir():
+            if (m := _SEGMENT.match(p.name)) and m.group(2) == self.tag:
+                numbers[m.group(1)].append(int(m.group(3)))
+        self._next = {k: max(v) + 1 for k, v in numbers.items()}
+        for stale in self.root.glob(f".*-{self.tag}-*.tmp"):  # a kill mid-write
+            stale.unlink(missing_ok=True)
+        self.written = 0
+
+    def _number(self, kind: str) -> int:
+        with self._lock:
+            n = self._next[kind]
+            self._next[kind] += 1
+            return n
+
+    def add(self, name: str, singular_values: torch.Tensor) -> None:
+        S = singular_values.detach().to("cpu", torch.float64).contiguous()
+        path = _save({name: S}, self.root / f"pending-{self.tag}-{self._number('pending'):06d}.safetensors")
+        with self._lock:
+            old = self._buf.pop(name, None)
+            if old is not None:
+                self._bytes -= old[0].numel() * 8
+            self._buf[name] = (S, path)
+            self._bytes += S.numel() * 8
+
+    def maybe_flush(self) -> None:
+        with self._lock:
+            due = len(self._buf) >= self.max_items or self._bytes >= self.max_bytes
+        if due:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        """Compact the pending spectra into one segment and remove their files."""
+        with self._lock:
+            buf, self._buf, self._bytes = self._buf, {}, 0
+        if not buf:
+            return None
+        final = _save(
+            {n: S for n, (S, _) in buf.items()},
+            self.root / f"segment-{self.tag}-{self._number('segment'):06d}.safetensors",
+        )
+        for _, path in buf.values():
+            path.unlink(missing_ok=True)
+        self.written += len(buf)
+        return final
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> SpectraWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,116 @@
+"""Kept spectra: every scored matrix's singular values beside the journal, crash-safe, across ranks."""
+
+import json
+
+import torch
+
+import streamscan
+from streamscan.results.spectra import SpectraWriter, load_spectra, missing, segments, stored_names
+
+
+def test_a_scan_keeps_every_scored_matrix_spectrum_exactly(single_llama, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "scan"
+    res = streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1)
+    kept = load_spectra(out)
+    scored = {r.name for r in res.results if r.status == "ok"}
+    assert scored and scored <= set(kept)
+    weights = load_file(str(single_llama / "model.safetensors"))
+    name = "model.layers.1.mlp.down_proj"
+    S = torch.linalg.svdvals(weights[name + ".weight"].double())
+    assert kept[name].dtype == torch.float64 and kept[name].shape == S.shape
+    assert torch.allclose(kept[name], S, rtol=1e-9, atol=1e-12)
+    assert bool((kept[name][:-1] >= kept[name][1:]).all())  # descending
+    # the journal stays as it was: no singular values in it
+    assert "singular" not in (out / "streamscan.journal.jsonl").read_text()
+
+
+def test_no_spectra_keeps_none(single_llama, tmp_path):
+    out = tmp_path / "scan"
+    streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1, spectra=False)
+    assert not (out / "spectra").exists() and load_spectra(out) == {}
+
+
+def test_a_resume_rescans_scored_matrices_without_a_spectrum(single_llama, tmp_path):
+    out = tmp_path / "scan"
+    streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1)
+    journal = (out / "streamscan.journal.jsonl").read_text().splitlines()
+    for seg in segments(out):  # spectra lost (deleted by hand, say)
+        seg.unlink()
+    res = streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1)
+    scored = {r.name for r in res.results if r.status == "ok"}
+    assert scored <= stored_names(out)
+    again = (out / "streamscan.journal.jsonl").read_text().splitlines()
+    assert len(again) == len(journal) + len(scored)  # only the lost ones were rescanned
+    assert missing(out, scored, scored) == set()
+
+
+def test_spectra_are_on_disk_before_compaction_and_segments_are_whole_files(tmp_path):
+    a = SpectraWriter(tmp_path, rank=None, max_items=2)
+    for i in range(5):
+        a.add(f"m{i}", torch.tensor([3.0, 2.0, float(i)]))
+        assert f"m{i}" in stored_names(tmp_path)  # durable as soon as add returns (before any journal record)
+        a.maybe_flush()
+    a.close()
+    b = SpectraWriter(tmp_path, rank=3)
+    b.add("m0", torch.tensor([9.0, 1.0]))  # a later rank's record of the same name wins
+    b.close()
+    (tmp_path / "spectra" / ".segment-main-000009.tmp").write_bytes(b"torn")  # a kill mid-write: ignored
+    names = [p.name for p in segments(tmp_path)]
+    assert names == [
+        "segment-main-000001.safetensors",
+        "segment-main-000002.safetensors",
+        "segment-main-000003.safetensors",
+        "segment-00003-000001.safetensors",
+    ]
+    kept = load_spectra(tmp_path)
+    assert sorted(kept) == ["m0", "m1", "m2", "m3", "m4"] and kept["m0"].tolist() == [9.0, 1.0]
+    c = SpectraWriter(tmp_path)  # a resumed writer continues the numbering and removes torn temporaries
+    c.add("m5", torch.tensor([1.0]))
+    assert [p.name for p in segments(tmp_path)][-1] == "pending-main-000001.safetensors"  # until compacted
+    assert c.flush().name == "segment-main-000004.safetensors"
+    assert not list((tmp_path / "spectra").glob("*.tmp")) and not list((tmp_path / "spectra").glob("pending-*"))
+    assert json.loads(json.dumps(sorted(stored_names(tmp_path)))) == ["m0", "m1", "m2", "m3", "m4", "m5"]
+
+
+def test_metrics_from_kept_spectra_and_missing_ones_marked(single_llama, tmp_path):
+    import csv
+
+    from click.testing import CliRunner
+
+    from streamscan.cli import main
+
+    out = tmp_path / "scan"
+    res = streamscan.scan(single_llama, out, devices="cpu", cpu_workers=1)
+    paths = streamscan.metrics(out, workers=1)
+    assert [p.name for p in paths] == ["metrics.csv", "metrics.json", "metrics_by_type.csv", "metrics_by_type.json"]
+    rows = json.loads((out / "metrics.json").read_text())
+    assert set(rows) == {r.name for r in res.results}
+    for r in res.results:
+        row = rows[r.name]
+        if r.status == "ok":
+            assert row["status"] == "ok" and row["alpha"] > 1 and abs(row["snr"] - r.snr) <= 1e-9 * r.snr
+    by_type = json.loads((out / "metrics_by_type.json").read_text())
+    assert by_type["mlp.down_proj"]["count"] == 2 and by_type["mlp.down_proj"]["alpha_median"] > 1
+    assert len(list(csv.DictReader((out / "metrics.csv").open()))) == len(res.results)
+    for seg in segments(out):
+        seg.unlink()
+    cli = CliRunner().invoke(main, ["metrics", "--out", str(out), "--dest", str(tmp_path / "m"), "--workers", "1"])
+    assert cli.exit_code == 0, cli.output
+    rows = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert {row["status"] for n, row in rows.items() if res.results and n in scored_names(res)} == {"missing spectrum"}
+
+
+def scored_names(res) -> set:
+    return {r.name for r in res.results if r.status == "ok"}
+
+
+def test_write_segment_adds_the_next_segment(tmp_path):
+    from streamscan.results.spectra import write_segment
+
+    first = write_segment(tmp_path, {"a": torch.tensor([2.0, 1.0])}, rank=2)
+    second = write_segment(tmp_path, {"b": torch.tensor([1.0], dtype=torch.float32)}, rank=2)
+    assert (first.name, second.name) == ("segment-00002-000001.safetensors", "segment-00002-000002.safetensors")
+    kept = load_spectra(tmp_path)
+    assert kept["a"].tolist() == [2.0, 1.0] and kept["b"].dtype == torch.float64
