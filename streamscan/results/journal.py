@@ -1,4 +1,12 @@
-"""journal: the durable record of finished jobs, one JSON line each, fsync'd before it counts.
+"""journal: the durable record of finished jobs, one JSON line each, committed in fsync'd batches.
+
+Group commit: ``append`` queues a record; the queue is written and fsync'd as one batch once it holds
+``COMMIT_RECORDS`` records or its oldest record has waited ``COMMIT_SECONDS`` (a background thread commits
+on time even while no job finishes), and on close, normally or through an exception. The guarantee: a
+crash (kill -9, power loss) loses at most the records of the last, uncommitted batch (at most
+COMMIT_RECORDS records or COMMIT_SECONDS of work); the journal on disk is always whole committed batches
+(plus at most a torn last line, cut off on open), and a resume recomputes the lost records. One fsync
+per batch instead of one per record: 3.5 ms per fsync on a local disk, 5-50 ms on NFS or Lustre.
 
 Line 1 is a header with the scan's fingerprint (model files, method, options) and its plan totals.
 Every later line is one Result. A torn last line (a kill mid-write) is cut off on open; a name seen
@@ -20,6 +28,8 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import IO
 
@@ -32,6 +42,8 @@ JOURNAL_NAME = "streamscan.journal.jsonl"
 LOCK_NAME = ".streamscan.lock"
 RANK_GLOB = "streamscan.journal.rank-*.jsonl"
 FORMAT = JOURNAL_FORMAT
+COMMIT_SECONDS = 0.5  # a batch is committed once its oldest record waited this long ...
+COMMIT_RECORDS = 256  # ... or once it holds this many records
 
 
 def rank_journal_name(rank: int) -> str:
@@ -58,7 +70,6 @@ def _keep(results: dict[str, Result], result: Result) -> None:
     old = results.get(result.name)
     if old is not None and result.status == "error" and old.status != "error":
         return
-    results.pop(result.name, None)
     results[result.name] = result
 
 
@@ -173,8 +184,25 @@ class Journal:
     journals found in the directory are folded into it on open, so ``results`` is everything done.
     """
 
-    def __init__(self, out_dir: str | Path, header: ScanHeader, fresh: bool = False, *, rank: int | None = None):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        header: ScanHeader,
+        fresh: bool = False,
+        *,
+        rank: int | None = None,
+        commit_seconds: float = COMMIT_SECONDS,
+        commit_records: int = COMMIT_RECORDS,
+    ):
         self.dir = Path(out_dir)
+        self.commit_seconds = commit_seconds
+        self.commit_records = max(1, commit_records)
+        self._pending: list[bytes] = []
+        self._oldest = 0.0  # monotonic time of the oldest pending record
+        self._mutex = threading.Lock()
+        self._wake = threading.Condition(self._mutex)
+        self._flusher: threading.Thread | None = None
+        self.commits = 0  # fsync'd batches of records
         self.rank = rank
         self.path = self.dir / (JOURNAL_NAME if rank is None else rank_journal_name(rank))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -242,36 +270,85 @@ class Journal:
             log.info("%s: folded %d rank journal(s) into %s", self.dir, len(paths), self.path.name)
 
     def _write(self, row: dict) -> None:
-        self._fh.write(json.dumps(row, allow_nan=False, separators=(",", ":")).encode() + b"\n")
+        self._fh.write(_line(row))
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
     def _write_many(self, results: list[Result]) -> None:
         """Append many records with one fsync (folding rank journals)."""
-        self._fh.write(
-            b"".join(
-                json.dumps(dataclasses.asdict(r), allow_nan=False, separators=(",", ":")).encode() + b"\n"
-                for r in results
-            )
-        )
+        self._fh.write(b"".join(_line(dataclasses.asdict(r)) for r in results))
         self._fh.flush()
         os.fsync(self._fh.fileno())
         for result in results:
             _keep(self.results, result)
 
     def append(self, result: Result) -> None:
-        """Record a finished job durably; only then does it count as done."""
-        self._write(dataclasses.asdict(result))
+        """Queue a finished job's record; it is durable once its batch is committed (see the module doc).
+        It counts as done in ``results`` at once: a crash before the commit makes the resume redo it."""
+        line = _line(dataclasses.asdict(result))
+        with self._mutex:
+            if not self._pending:
+                self._oldest = time.monotonic()
+            self._pending.append(line)
+            full = len(self._pending) >= self.commit_records or time.monotonic() - self._oldest >= self.commit_seconds
+            if full:
+                self._commit()
+            elif self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_on_time, name="journal-commit", daemon=True)
+                self._flusher.start()
+            else:
+                self._wake.notify()
         _keep(self.results, result)
+
+    def commit(self) -> None:
+        """Write and fsync the pending records now."""
+        with self._mutex:
+            self._commit()
+
+    def _commit(self) -> None:  # with the mutex held
+        if not self._pending or self._fh is None:
+            return
+        self._fh.write(b"".join(self._pending))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._pending.clear()
+        self.commits += 1
+
+    def _flush_on_time(self) -> None:
+        """Commit a batch whose oldest record waited commit_seconds, even while no job finishes."""
+        with self._mutex:
+            while self._fh is not None:
+                if not self._pending:
+                    self._wake.wait()
+                    continue
+                left = self._oldest + self.commit_seconds - time.monotonic()
+                if left > 0:
+                    self._wake.wait(left)
+                    continue
+                try:
+                    self._commit()
+                except OSError as err:  # the disk is full or gone: close() raises it in the scan's thread
+                    log.error("%s: cannot commit journal records (%s)", self.path, err)
+                    return
 
     def done(self) -> frozenset[str]:
         """Names that need no more work (errors are retried)."""
         return frozenset(n for n, r in self.results.items() if r.status != "error")
 
     def close(self) -> None:
+        """Commit what is pending (also when leaving through an exception), then release the locks."""
         if getattr(self, "_fh", None) is not None:
-            self._fh.close()
-            self._fh = None
+            try:
+                with self._mutex:
+                    self._commit()
+            finally:
+                with self._mutex:
+                    self._fh.close()
+                    self._fh = None
+                    self._wake.notify_all()
+                if self._flusher is not None:
+                    self._flusher.join()
+                    self._flusher = None
         while self._locks:
             lock = self._locks.pop()
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -282,6 +359,10 @@ class Journal:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _line(row: dict) -> bytes:
+    return json.dumps(row, allow_nan=False, separators=(",", ":")).encode() + b"\n"
 
 
 def is_locked(out_dir: str | Path) -> bool:

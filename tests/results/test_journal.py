@@ -73,3 +73,43 @@ def test_corruption_in_the_middle_is_an_error(tmp_path):
     path.write_bytes(lines[0] + b"{oops\n" + lines[2])
     with pytest.raises(JournalError, match="corrupt line"):
         read_journal(tmp_path)
+
+
+def lines_on_disk(path):
+    return path.read_bytes().count(b"\n") - 1  # minus the header
+
+
+def test_group_commit_fsyncs_in_batches_bounded_by_count(tmp_path, monkeypatch):
+    import os
+
+    fsyncs = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real(fd)))
+    with Journal(tmp_path, HEADER, commit_records=4, commit_seconds=60) as j:
+        fsyncs.clear()
+        for i in range(10):
+            j.append(res(f"m{i}"))
+        assert lines_on_disk(tmp_path / JOURNAL_NAME) == 8 and len(fsyncs) == 2 and j.commits == 2
+        assert len(j.results) == 10  # counted as done at once
+    assert lines_on_disk(tmp_path / JOURNAL_NAME) == 10 and len(fsyncs) == 3  # close commits the rest
+
+
+def test_group_commit_is_bounded_by_time_even_while_nothing_is_appended(tmp_path):
+    import time
+
+    with Journal(tmp_path, HEADER, commit_records=1000, commit_seconds=0.1) as j:
+        j.append(res("a"))
+        assert lines_on_disk(tmp_path / JOURNAL_NAME) == 0
+        deadline = time.monotonic() + 5
+        while lines_on_disk(tmp_path / JOURNAL_NAME) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lines_on_disk(tmp_path / JOURNAL_NAME) == 1 and j.commits == 1
+
+
+def test_an_exception_inside_the_journal_still_commits_the_batch(tmp_path):
+    with pytest.raises(RuntimeError), Journal(tmp_path, HEADER, commit_records=1000, commit_seconds=60) as j:
+        j.append(res("a"))
+        j.append(res("b"))
+        raise RuntimeError("a job failed the scan")
+    _, results, _ = read_journal(tmp_path)
+    assert sorted(results) == ["a", "b"]
