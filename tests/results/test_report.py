@@ -2,6 +2,8 @@ import json
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamscan.records import Result
 from streamscan.results.outputs import results_json, sorted_json, write_outputs
@@ -84,3 +86,14 @@ def test_results_json_is_valid_strict_json_with_reasons(tmp_path):
 def test_percent_out_of_range():
     with pytest.raises(ValueError):
         select_top(RESULTS, 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab._-/0", min_size=1, max_size=5), min_size=1, max_size=8),
+    st.text(alphabet="ab._-/0", min_size=1, max_size=3),
+)
+def test_module_pattern_by_bisection_equals_the_rule_over_every_name(names, other):
+    for name in [*names, other]:
+        collides = any(o.startswith(name) and not o.startswith(name + ".") and o != name for o in names)
+        assert module_pattern(name, names) == (name + "." if collides else name)
