@@ -28,7 +28,7 @@ from streamscan.errors import DistributedError, JournalError, UsageError
 from streamscan.planning.experts import moe_rows
 from streamscan.planning.plan import Plan, make_plan
 from streamscan.records import DEFAULT_OUT, Fingerprint, RankInfo, Result, ScanHeader, ScanOptions, ScanSummary
-from streamscan.results.journal import Journal, read_journals
+from streamscan.results.journal import Journal, journal_header, read_journals
 from streamscan.results.scan_outputs import in_order, placement_notes, summarize, write_scan_outputs
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,21 @@ def fingerprint(index: CheckpointIndex, method: str, include: Iterable[str], exc
         include=tuple(sorted(include)),
         exclude=tuple(sorted(exclude)),
         revision=index.source.hub.commit if index.source.hub is not None else None,
+    )
+
+
+def scan_header(index: CheckpointIndex, full: Plan, opts: ScanOptions) -> ScanHeader:
+    """The journal header of a scan of INDEX with OPTS (FULL: its plan with nothing done)."""
+    source = index.source
+    return ScanHeader(
+        version=__version__,
+        fingerprint=fingerprint(index, opts.method, opts.include, opts.exclude),
+        model=opts.name or source.model_id,
+        slug=slugify(opts.name) if opts.name else source.slug,
+        targets=tuple(sorted(j.name for j in full.jobs)),
+        skipped=tuple((s.name, s.reason) for s in full.skipped),
+        experts=tuple(moe_rows(((j.name, j.tensor.name, j.shape, j.part) for j in full.jobs), source.config)),
+        consumed=tuple((s.name, s.reason) for s in full.consumed),
     )
 
 
@@ -102,16 +117,7 @@ def scan(
     if not full.jobs:
         raise UsageError(f"{model}: no 2-D weight matrices to score (check --include/--exclude)")
     source = index.source
-    header = ScanHeader(
-        version=__version__,
-        fingerprint=fingerprint(index, opts.method, opts.include, opts.exclude),
-        model=opts.name or source.model_id,
-        slug=slugify(opts.name) if opts.name else source.slug,
-        targets=tuple(sorted(j.name for j in full.jobs)),
-        skipped=tuple((s.name, s.reason) for s in full.skipped),
-        experts=tuple(moe_rows(((j.name, j.tensor.name, j.shape, j.part) for j in full.jobs), source.config)),
-        consumed=tuple((s.name, s.reason) for s in full.consumed),
-    )
+    header = scan_header(index, full, opts)
     out_dir = Path(out)
     if ranks is not None:
         if source.hub is not None and hub_only:
@@ -364,13 +370,17 @@ def merge(
     started = time.perf_counter() if started is None else started
     percents = _percents(top_percent)
     out_dir = Path(out)
-    header, found = read_journals(out_dir)
-    if header is None:
-        raise no_scan(out_dir)
-    header = header.without_rank()
-    if fold:
-        with Journal(out_dir, header) as journal:
+    if fold:  # the journal reads (and checks) every record once as it folds the ranks in
+        header = journal_header(out_dir)
+        if header is None:
+            raise no_scan(out_dir)
+        with Journal(out_dir, header.without_rank()) as journal:
             header, found = journal.header, journal.results
+    else:
+        header, found = read_journals(out_dir)
+        if header is None:
+            raise no_scan(out_dir)
+    header = header.without_rank()
     results = in_order(header, found)
     labels = {r.worker for r in results}
     ranks = {w.split("/")[0] for w in labels if "/" in w}  # the ranks or shards that computed results

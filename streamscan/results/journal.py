@@ -73,16 +73,50 @@ def _keep(results: dict[str, Result], result: Result) -> None:
     results[result.name] = result
 
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Result))
+
+
 def _result_from(row: dict) -> Result:
-    fields = {f.name for f in dataclasses.fields(Result)}
-    row = {k: v for k, v in row.items() if k in fields}
+    row = {k: v for k, v in row.items() if k in _FIELDS}
     row["shape"] = tuple(row.get("shape", ()))
     return Result(**row)
+
+
+def _header_from(path: Path, row) -> ScanHeader:
+    try:
+        if not isinstance(row, dict) or row.get("streamscan_journal") != FORMAT:
+            raise ValueError(row)
+        return ScanHeader.from_dict(row)
+    except (KeyError, TypeError, ValueError):
+        raise JournalError(f"{path}: not a streamscan journal; choose another --out or rerun with --fresh") from None
+
+
+def _read_fast(path: Path, data: bytes) -> tuple[ScanHeader, list[Result], int] | None:
+    """``_read`` for a journal whose whole lines all parse: every record in one JSON parse (a parse per
+    line costs 3x as much at 70k records). None where a line does not parse (``_read`` then finds it)."""
+    first, last = data.find(b"\n") + 1, data.rfind(b"\n") + 1
+    if not 0 < first < last:
+        return None
+    try:
+        head = json.loads(data[:first])
+        body = data[first : last - 1]
+        rows = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+    except ValueError:
+        return None
+    if len(rows) != body.count(b"\n") + 1 or not all(isinstance(r, dict) for r in rows):
+        return None
+    header = _header_from(path, head)
+    if last < len(data):
+        log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - last)
+    return header, [_result_from(r) for r in rows], last
 
 
 def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:
     """(header, every record in file order, byte length of the valid prefix). Raises JournalError if unreadable."""
     data = path.read_bytes()
+    fast = _read_fast(path, data)
+    if fast is not None:
+        return fast
     header: ScanHeader | None = None
     rows: list[Result] = []
     good = 0
@@ -100,14 +134,7 @@ def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:
                 break
             raise JournalError(f"{path}: corrupt line at byte {pos}; rerun with --fresh to start over") from None
         if header is None:
-            try:
-                if not isinstance(row, dict) or row.get("streamscan_journal") != FORMAT:
-                    raise ValueError(row)
-                header = ScanHeader.from_dict(row)
-            except (KeyError, TypeError, ValueError):
-                raise JournalError(
-                    f"{path}: not a streamscan journal; choose another --out or rerun with --fresh"
-                ) from None
+            header = _header_from(path, row)
         else:
             rows.append(_result_from(row))
         pos = good = end + 1
@@ -123,6 +150,20 @@ def read_journal(out_dir: Path, name: str = JOURNAL_NAME) -> tuple[ScanHeader, d
     for result in rows:
         _keep(results, result)
     return header, results, good
+
+
+def journal_header(out_dir: str | Path) -> ScanHeader | None:
+    """The header of the first journal in OUT_DIR (its first line only), or None if there is none."""
+    files = journal_files(out_dir)
+    if not files:
+        return None
+    with open(files[0], "rb") as fh:
+        line = fh.readline()
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    return _header_from(files[0], row)
 
 
 def read_journals(

@@ -97,3 +97,21 @@ def test_module_pattern_by_bisection_equals_the_rule_over_every_name(names, othe
     for name in [*names, other]:
         collides = any(o.startswith(name) and not o.startswith(name + ".") and o != name for o in names)
         assert module_pattern(name, names) == (name + "." if collides else name)
+
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(), st.dictionaries(st.text(), _SCALARS) | _SCALARS))
+def test_output_json_layout_is_byte_identical_to_json_dumps_indent_4(obj):
+    from streamscan.results.outputs import _dumps
+
+    assert _dumps(obj) == json.dumps(obj, indent=4, allow_nan=False) + "\n"
+
+
+def test_output_json_refuses_nan_like_json_does():
+    from streamscan.results.outputs import _dumps
+
+    with pytest.raises(ValueError):
+        _dumps({"m": {"snr": float("nan")}})
