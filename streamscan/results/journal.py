@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -108,7 +109,13 @@ def _read_fast(path: Path, data: bytes) -> tuple[ScanHeader, list[Result], int] 
     header = _header_from(path, head)
     if last < len(data):
         log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - last)
-    return header, [_result_from(r) for r in rows], last
+    paused = gc.isenabled()
+    gc.disable()  # 70k new records, no garbage: the collector's passes over them cost a third of the read
+    try:
+        return header, [_result_from(r) for r in rows], last
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:
