@@ -20,39 +20,47 @@ import math
 import os
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from streamscan.errors import CheckpointError
 from streamscan.records import DTYPE_BYTES, Part, ShardInfo, TensorInfo
 
+if TYPE_CHECKING:
+    import torch
+
 SUFFIX = ".safetensors"
 
 MAX_HEADER = 100 * 1024 * 1024
 
-TORCH_DTYPES = {
-    name: getattr(torch, attr)
-    for name, attr in {
-        "F64": "float64",
-        "F32": "float32",
-        "F16": "float16",
-        "BF16": "bfloat16",
-        "I64": "int64",
-        "I32": "int32",
-        "I16": "int16",
-        "I8": "int8",
-        "U8": "uint8",
-        "U16": "uint16",
-        "U32": "uint32",
-        "U64": "uint64",
-        "BOOL": "bool",
-        "F8_E4M3": "float8_e4m3fn",
-        "F8_E5M2": "float8_e5m2",
-        "F8_E8M0": "float8_e8m0fnu",
-    }.items()
-    if hasattr(torch, attr)
+_TORCH_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E8M0": "float8_e8m0fnu",
 }
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a safetensors dtype name, or None (torch is imported on first use: commands that
+    only read headers and journals, such as status and select, start without it)."""
+    import torch
+
+    attr = _TORCH_DTYPES.get(name)
+    return getattr(torch, attr, None) if attr else None
 
 
 def read_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
@@ -120,7 +128,7 @@ def byte_range(info: TensorInfo, key=()) -> tuple[int, tuple[int, ...]] | None:
     contiguous when every dimension before the first one taking more than one index takes one, and every
     later dimension is whole."""
     width = DTYPE_BYTES.get(info.dtype)
-    if info.dtype not in TORCH_DTYPES or not width:
+    if not width or torch_dtype(info.dtype) is None:
         return None
     key = key if isinstance(key, tuple) else (key,)
     shape = info.shape
@@ -158,6 +166,8 @@ def read_range(info: TensorInfo, offset: int, shape: tuple[int, ...]) -> torch.T
     nbytes = math.prod(shape) * DTYPE_BYTES[info.dtype]
     if offset < info.start or offset + nbytes > info.end:
         raise CheckpointError(f"{info.shard}: {info.stored_name!r}: byte range outside the tensor")
+    import torch
+
     buf = torch.empty(nbytes, dtype=torch.uint8)
     view = memoryview(buf.numpy())
     try:
@@ -178,7 +188,7 @@ def read_range(info: TensorInfo, offset: int, shape: tuple[int, ...]) -> torch.T
         raise CheckpointError(
             f"{info.shard}: cannot read {info.stored_name!r} ({err}); re-download the shard"
         ) from None
-    return buf.view(TORCH_DTYPES[info.dtype]).reshape(shape)
+    return buf.view(torch_dtype(info.dtype)).reshape(shape)
 
 
 def read_slice(info: TensorInfo, key) -> torch.Tensor:
@@ -196,6 +206,8 @@ def read_slice(info: TensorInfo, key) -> torch.Tensor:
                     f"{info.shard}: {info.stored_name!r} has shape {tuple(stored.get_shape())}, "
                     f"header says {info.shape}"
                 )
+            import torch
+
             return stored[key].clone(memory_format=torch.contiguous_format)
     except (OSError, SafetensorError) as err:
         raise CheckpointError(
