@@ -1,7 +1,7 @@
 """Every whole-scan operation is O(n log n) in the number of matrices: doubling n roughly doubles its time.
 
 Synthetic MoE scans (journal header + results, no checkpoint) of n and 2n matrices, timed side by side
-(best of 3 each, alternating, so a busy machine slows both alike). A quadratic step gives a ratio near 4.
+(best of 5 each, alternating, so a busy machine slows both alike). A quadratic step gives a ratio near 4.
 """
 
 from __future__ import annotations
@@ -77,10 +77,10 @@ def scan_dir(root: Path, n: int) -> Path:
 
 
 def ratio(run, small, large) -> float:
-    """t(large) / t(small), best of 3, the garbage collector paused while timing (its full collections
+    """t(large) / t(small), best of 5, the garbage collector paused while timing (its full collections
     land in one run or the other: noise of up to 1.5x, not the algorithm's cost)."""
     best = {small: float("inf"), large: float("inf")}
-    for _ in range(3):
+    for _ in range(5):
         for arg in (small, large):
             gc.collect()
             gc.disable()
