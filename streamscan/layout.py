@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 _DIGITS = re.compile(r"(\d+)")
@@ -32,8 +33,9 @@ def layer_index(name: str) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def natural_key(name: str) -> tuple:
-    """Sort `layers.2` before `layers.10`."""
+    """Sort `layers.2` before `layers.10`. Cached: the outputs of a scan sort the same names many times."""
     return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(name))
 
 

@@ -29,7 +29,7 @@ from streamscan.planning.experts import moe_rows
 from streamscan.planning.plan import Plan, make_plan
 from streamscan.records import DEFAULT_OUT, Fingerprint, RankInfo, Result, ScanHeader, ScanOptions, ScanSummary
 from streamscan.results.files import os_error, prepare_dir
-from streamscan.results.journal import Journal, read_journals
+from streamscan.results.journal import Journal, journal_header, read_journals
 from streamscan.results.outputs import check_names
 from streamscan.results.scan_outputs import in_order, placement_notes, summarize, write_scan_outputs
 from streamscan.results.spectra import SpectraWriter, clear, missing
@@ -61,6 +61,21 @@ def fingerprint(index: CheckpointIndex, method: str, include: Iterable[str], exc
         include=tuple(sorted(include)),
         exclude=tuple(sorted(exclude)),
         revision=index.source.hub.commit if index.source.hub is not None else None,
+    )
+
+
+def scan_header(index: CheckpointIndex, full: Plan, opts: ScanOptions) -> ScanHeader:
+    """The journal header of a scan of INDEX with OPTS (FULL: its plan with nothing done)."""
+    source = index.source
+    return ScanHeader(
+        version=__version__,
+        fingerprint=fingerprint(index, opts.method, opts.include, opts.exclude),
+        model=opts.name or source.model_id,
+        slug=slugify(opts.name) if opts.name else source.slug,
+        targets=tuple(sorted(j.name for j in full.jobs)),
+        skipped=tuple((s.name, s.reason) for s in full.skipped),
+        experts=tuple(moe_rows(((j.name, j.tensor.name, j.shape, j.part) for j in full.jobs), source.config)),
+        consumed=tuple((s.name, s.reason) for s in full.consumed),
     )
 
 
@@ -111,16 +126,7 @@ def scan(
             raise UsageError(f"{model}: no weight matrix can be scored: {first.name}: {first.reason}{more}")
         raise UsageError(f"{model}: no 2-D weight matrices to score (check --include/--exclude)")
     source = index.source
-    header = ScanHeader(
-        version=__version__,
-        fingerprint=fingerprint(index, opts.method, opts.include, opts.exclude),
-        model=opts.name or source.model_id,
-        slug=slugify(opts.name) if opts.name else source.slug,
-        targets=tuple(sorted(j.name for j in full.jobs)),
-        skipped=tuple((s.name, s.reason) for s in full.skipped),
-        experts=tuple(moe_rows(((j.name, j.tensor.name, j.shape, j.part) for j in full.jobs), source.config)),
-        consumed=tuple((s.name, s.reason) for s in full.consumed),
-    )
+    header = scan_header(index, full, opts)
     check_names(out_dir, header.slug, percents)
     if opts.fresh and not opts.shard and (ranks is None or ranks.rank == 0):
         clear(out_dir)  # before any rank writes (a shard refuses --fresh below)
@@ -198,14 +204,16 @@ def _execute(
 ) -> None:
     """Run JOBS and journal each result as it finishes (tagged with the rank in a split scan).
 
-    With SPECTRA, each scored matrix's singular values are buffered and written in segments beside the
-    journal (after the results they belong to are journaled, or on the way out).
+    With SPECTRA, each scored matrix's singular values are buffered and written as a segment beside the
+    journal just before each journal commit (so a committed record always has its spectrum).
 
     With a FEED (a Hub model), jobs come shard by shard as their shards are downloaded, and each journaled
     result lets the feed delete a scanned shard when the disk budget needs room.
     """
     read_bytes = 0
     sizes = {j.name: j.nbytes for j in jobs}
+    if spectra is not None:
+        journal.before_commit = spectra.flush  # a committed record's spectrum is on disk before it
     try:
         results = run_jobs(
             feed.start() if feed is not None else jobs,
@@ -221,8 +229,6 @@ def _execute(
                 journal.append(rank.tag(result) if rank else result)
             except OSError as err:  # disk full: every record before this one is durable
                 raise os_error(journal.path, err) from None
-            if spectra is not None:
-                spectra.maybe_flush()
             if feed is not None:
                 feed.finished(result.name)
             read_bytes += sizes[result.name]
@@ -418,13 +424,17 @@ def merge(
     started = time.perf_counter() if started is None else started
     percents = _percents(top_percent)
     out_dir = Path(out)
-    header, found = read_journals(out_dir)
-    if header is None:
-        raise no_scan(out_dir)
-    header = header.without_rank()
-    if fold:
-        with Journal(out_dir, header) as journal:
+    if fold:  # the journal reads (and checks) every record once as it folds the ranks in
+        header = journal_header(out_dir)
+        if header is None:
+            raise no_scan(out_dir)
+        with Journal(out_dir, header.without_rank()) as journal:
             header, found = journal.header, journal.results
+    else:
+        header, found = read_journals(out_dir)
+        if header is None:
+            raise no_scan(out_dir)
+    header = header.without_rank()
     results = in_order(header, found)
     labels = {r.worker for r in results}
     ranks = {w.split("/")[0] for w in labels if "/" in w}  # the ranks or shards that computed results

@@ -126,6 +126,10 @@ def test_rank_journals_coexist_union_and_fold_into_the_single_process_journal(tm
             Journal(tmp_path, HEADER)  # no single-process scan or merge while ranks write
         with pytest.raises(JournalError, match="another scan"):
             Journal(tmp_path, HEADER, rank=1)  # nor the same rank twice
+        # group commit: the ranks' records reach the disk with their batch; only the earlier error is there yet
+        assert {n: r.status for n, r in read_journals(tmp_path)[1].items()} == {"a": "error"}
+        r0.commit()
+        r1.commit()
         _, union = read_journals(tmp_path)
         assert {n: r.snr for n, r in union.items()} == {"a": 3.0, "b": 2.0}
     r1 = Journal(tmp_path, replace(HEADER, rank=RankInfo(1, 3, False, "host", 1)), rank=1)

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 import click
 
@@ -138,18 +139,31 @@ def run(model, out, quiet, **options):
     busy: dict[str, float] = {}
     slots = {d: (opts.cpu_workers or default_workers()) if d == "cpu" else 1 for d in parse_devices(opts.devices)}
 
+    shown = [0.0]  # when the postfix was last rebuilt
+
     def progress(result, done, total, read_bytes):
+        # at 70k matrices a result comes every ~0.1 ms: the bar redraws and its postfix is rebuilt at most
+        # twice a second, and the rate (matrices/s) is smoothed over many results so the ETA stays steady
         nonlocal bar
         if bar is None:
             bar = tqdm(
-                total=total, initial=done - 1, unit="matrix", disable=True if quiet else None, dynamic_ncols=True
+                total=total,
+                initial=done - 1,
+                unit="matrix",
+                disable=True if quiet else None,
+                dynamic_ncols=True,
+                mininterval=0.5,
+                smoothing=0.05,
             )
-        bar.update(1)
-        elapsed = max(bar.format_dict["elapsed"], 1e-9)
         device = "cpu" if result.worker.startswith("cpu") else result.worker
         busy[device] = busy.get(device, 0.0) + result.seconds
-        use = " ".join(f"{d} {100 * b / elapsed / slots.get(d, 1):.0f}%" for d, b in busy.items())
-        bar.set_postfix_str(f"{read_bytes / elapsed / 1e6:.1f} MB/s, busy: {use}", refresh=False)
+        now = time.monotonic()
+        if now - shown[0] >= 0.5 or done == total:
+            shown[0] = now
+            elapsed = max(bar.format_dict["elapsed"], 1e-9)
+            use = " ".join(f"{d} {100 * b / elapsed / slots.get(d, 1):.0f}%" for d, b in busy.items())
+            bar.set_postfix_str(f"{read_bytes / elapsed / 1e9:.2f} GB/s, busy: {use}", refresh=False)
+        bar.update(1)
         if result.status == "error":
             bar.write(f"streamscan: {result.name}: {result.reason}", file=sys.stderr)
 

@@ -63,11 +63,13 @@ def merge_line(s, n_results: int, out_dir: Path) -> str:
 
 
 def inspect_lines(index, plan, ov: dict) -> list[str]:
-    """`inspect`: every matrix scored, every tensor skipped, each type, totals and the time estimate."""
+    """`inspect`: every matrix scored, every tensor skipped, scale tensors and matrices per type (experts
+    folded), totals and the time estimate."""
     jobs = sorted(plan.jobs, key=lambda j: j.name)
     lines = [f"score  {j.name:60s} {'x'.join(map(str, j.shape)):>14s} {j.tensor.dtype}" for j in jobs]
     lines += [f"skip   {s.name:60s} {s.reason}" for s in plan.skipped]
-    lines += [f"scale  {s.name:60s} {s.reason}" for s in plan.consumed]
+    # scale tensors folded per type (45k of them in DeepSeek-V3); `inspect --json` lists each
+    lines += [f"scale  {key:60s} {n:5d} scale tensors, read with their weights" for key, n in ov["scales"].items()]
     for key, t in ov["types"].items():
         experts = f", {t['experts']} experts" if t["experts"] else ""
         lines.append(

@@ -158,6 +158,7 @@ class _Pool:
         self.reading: set[str] = set()
         self.held = 0  # bytes of RAM held: read tensors and CPU work
         self.holds: dict[str, int] = {}
+        self.need_cache: dict[str, tuple[int, int]] = {}
         self.outbox: list[tuple[_Worker, Job, str | None, object]] = []
         self.feeding = True
         self.stopped = False
@@ -221,7 +222,7 @@ class _Pool:
         self.cond.notify_all()
 
     def _cpu_need(self, job: Job) -> int:
-        need = memory_bytes(job.shape, _element_size(job), self.method, "cpu")
+        need = self._needs(job)[1]
         return need - job.nbytes if job.name in self.ready or job.name in self.reading else need
 
     # prefetch --------------------------------------------------------------------------------------
@@ -302,20 +303,41 @@ class _Pool:
         return out
 
     def dispatch(self) -> int:
-        """Start what the policy assigns now; the number of jobs started."""
+        """Start what the policy assigns now; the number of jobs started.
+
+        The policy first sees a few jobs from each end of the queue (4 per idle slot): at 45k small
+        jobs, showing it WINDOW from each end per finished job cost more than the jobs. Only when that
+        leaves slots idle (nothing shown fits now) does it see the whole WINDOW."""
+        idle = sum(len(v) for v in self.idle.values())
+        if not self.pending or not idle:
+            return 0
+        small = max(8, 4 * idle)
+        started = self._dispatch(small)
+        if started < idle and len(self.pending) > 2 * small:
+            started += self._dispatch(WINDOW)
+        return started
+
+    def _needs(self, job: Job) -> tuple[int, int]:
+        """(GPU bytes, CPU bytes) the job needs, computed once per job."""
+        got = self.need_cache.get(job.name)
+        if got is None:
+            size = _element_size(job)
+            got = self.need_cache[job.name] = (
+                memory_bytes(job.shape, size, self.method, "cuda"),
+                memory_bytes(job.shape, size, self.method, "cpu"),
+            )
+        return got
+
+    def _dispatch(self, width: int) -> int:
         if not self.pending or not any(self.idle.values()):
             return 0
-        window = self.pending[:WINDOW] + (self.pending[-WINDOW:] if len(self.pending) > WINDOW else [])
-        window = list(dict.fromkeys(window))
-        tasks = [
-            Task(
-                j.name,
-                j.cost,
-                {"cuda": memory_bytes(j.shape, _element_size(j), self.method, "cuda"), "cpu": self._cpu_need(j)},
-                frozenset(self.excluded.get(j.name, ())),
-            )
-            for j in window
-        ]
+        window = self.pending[:width] + self.pending[max(width, len(self.pending) - width) :]
+        tasks = []
+        for j in window:
+            cuda, cpu = self._needs(j)
+            if j.name in self.ready or j.name in self.reading:
+                cpu -= j.nbytes
+            tasks.append(Task(j.name, j.cost, {"cuda": cuda, "cpu": cpu}, frozenset(self.excluded.get(j.name, ()))))
         by_name = {j.name: j for j in window}
         states = self.states()
         now = time.perf_counter()
@@ -366,6 +388,7 @@ class _Pool:
             self.ready.pop(job.name, None)
             stats = self.stats.devices[dev]
             if isinstance(outcome, Result):
+                self.need_cache.pop(job.name, None)
                 stats.jobs += 1
                 stats.busy += outcome.seconds
                 if outcome.status != "error" and outcome.seconds > 0:

@@ -1,4 +1,12 @@
-"""journal: the durable record of finished jobs, one JSON line each, fsync'd before it counts.
+"""journal: the durable record of finished jobs, one JSON line each, committed in fsync'd batches.
+
+Group commit: ``append`` queues a record; the queue is written and fsync'd as one batch once it holds
+``COMMIT_RECORDS`` records or its oldest record has waited ``COMMIT_SECONDS`` (a background thread commits
+on time even while no job finishes), and on close, normally or through an exception. The guarantee: a
+crash (kill -9, power loss) loses at most the records of the last, uncommitted batch (at most
+COMMIT_RECORDS records or COMMIT_SECONDS of work); the journal on disk is always whole committed batches
+(plus at most a torn last line, cut off on open), and a resume recomputes the lost records. One fsync
+per batch instead of one per record: 3.5 ms per fsync on a local disk, 5-50 ms on NFS or Lustre.
 
 Line 1 is a header with the scan's fingerprint (model files, method, options) and its plan totals.
 Every later line is one Result. A torn last line (a kill mid-write) is cut off on open; a name seen
@@ -16,15 +24,19 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gc
 import json
 import logging
 import math
 import os
 import socket
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from streamscan.errors import JournalError
+from streamscan.errors import JournalError, StreamscanError
 from streamscan.records import JOURNAL_FORMAT, Fingerprint, Result, ScanHeader
 from streamscan.results.files import open_nofollow, os_error, prepare_dir, write_atomic
 
@@ -34,6 +46,8 @@ JOURNAL_NAME = "streamscan.journal.jsonl"
 LOCK_NAME = ".streamscan.lock"
 RANK_GLOB = "streamscan.journal.rank-*.jsonl"
 FORMAT = JOURNAL_FORMAT
+COMMIT_SECONDS = 0.5  # a batch is committed once its oldest record waited this long ...
+COMMIT_RECORDS = 256  # ... or once it holds this many records
 
 
 def rank_journal_name(rank: int) -> str:
@@ -60,7 +74,6 @@ def _keep(results: dict[str, Result], result: Result) -> None:
     old = results.get(result.name)
     if old is not None and result.status == "error" and old.status != "error":
         return
-    results.pop(result.name, None)
     results[result.name] = result
 
 
@@ -72,6 +85,9 @@ def rejected_path(path: Path) -> Path:
     return path.with_name(path.name[: -len(".jsonl")] + REJECTED_SUFFIX)
 
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Result))
+
+
 def _finite(value) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
 
@@ -80,8 +96,7 @@ def _result_from(row: dict) -> Result:
     """A journal line's record; ValueError if it is not one (wrong types, NaN scores, missing fields)."""
     if not isinstance(row, dict):
         raise ValueError("not a record")
-    fields = {f.name for f in dataclasses.fields(Result)}
-    row = {k: v for k, v in row.items() if k in fields}
+    row = {k: v for k, v in row.items() if k in _FIELDS}
     shape = row.get("shape", ())
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise ValueError("bad shape")
@@ -96,6 +111,43 @@ def _result_from(row: dict) -> Result:
     if not all(_finite(getattr(result, f)) for f in ("snr", "sigma_max", "threshold", "seconds", "read_seconds")):
         raise ValueError("a number that is not finite")
     return result
+
+
+def _header_from(path: Path, row) -> ScanHeader:
+    try:
+        if not isinstance(row, dict) or row.get("streamscan_journal") != FORMAT:
+            raise ValueError(row)
+        return ScanHeader.from_dict(row)
+    except (KeyError, TypeError, ValueError):
+        raise JournalError(f"{path}: not a streamscan journal; choose another --out or rerun with --fresh") from None
+
+
+def _read_fast(path: Path, data: bytes) -> tuple[ScanHeader, list[Result], int] | None:
+    """``_read`` for a journal whose whole lines all parse: every record in one JSON parse (a parse per
+    line costs 3x as much at 70k records). None where a line does not parse (``_read`` then finds it)."""
+    first, last = data.find(b"\n") + 1, data.rfind(b"\n") + 1
+    if not 0 < first < last:
+        return None
+    try:
+        head = json.loads(data[:first])
+        body = data[first : last - 1]
+        rows = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+    except ValueError:
+        return None
+    if len(rows) != body.count(b"\n") + 1 or not all(isinstance(r, dict) for r in rows):
+        return None
+    header = _header_from(path, head)
+    if last < len(data):
+        log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - last)
+    paused = gc.isenabled()
+    gc.disable()  # 70k new records, no garbage: the collector's passes over them cost a third of the read
+    try:
+        return header, [_result_from(r) for r in rows], last
+    except ValueError:  # a line that parses but is no record: the line-by-line read sets it aside
+        return None
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:
@@ -122,6 +174,9 @@ def _scan(path: Path) -> tuple[ScanHeader, list[Result], int, list[tuple[int, by
         data = path.read_bytes()
     except OSError as err:
         raise os_error(path, err, "cannot read") from None
+    fast = _read_fast(path, data)
+    if fast is not None:
+        return (*fast, [])
     header: ScanHeader | None = None
     rows: list[Result] = []
     rejected: list[tuple[int, bytes]] = []
@@ -189,6 +244,20 @@ def read_journal(out_dir: Path, name: str = JOURNAL_NAME) -> tuple[ScanHeader, d
     return header, results, good
 
 
+def journal_header(out_dir: str | Path) -> ScanHeader | None:
+    """The header of the first journal in OUT_DIR (its first line only), or None if there is none."""
+    files = journal_files(out_dir)
+    if not files:
+        return None
+    with open(files[0], "rb") as fh:
+        line = fh.readline()
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    return _header_from(files[0], row)
+
+
 def read_journals(
     out_dir: str | Path, fingerprint: Fingerprint | None = None
 ) -> tuple[ScanHeader | None, dict[str, Result]]:
@@ -249,8 +318,26 @@ class Journal:
     journals found in the directory are folded into it on open, so ``results`` is everything done.
     """
 
-    def __init__(self, out_dir: str | Path, header: ScanHeader, fresh: bool = False, *, rank: int | None = None):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        header: ScanHeader,
+        fresh: bool = False,
+        *,
+        rank: int | None = None,
+        commit_seconds: float = COMMIT_SECONDS,
+        commit_records: int = COMMIT_RECORDS,
+    ):
         self.dir = Path(out_dir)
+        self.commit_seconds = commit_seconds
+        self.commit_records = max(1, commit_records)
+        self._pending: list[bytes] = []
+        self._oldest = 0.0  # monotonic time of the oldest pending record
+        self._mutex = threading.Lock()
+        self._wake = threading.Condition(self._mutex)
+        self._flusher: threading.Thread | None = None
+        self.commits = 0  # fsync'd batches of records
+        self.before_commit: Callable[[], object] | None = None  # made durable first (kept spectra)
         self.rank = rank
         self.path = self.dir / (JOURNAL_NAME if rank is None else rank_journal_name(rank))
         prepare_dir(self.dir)
@@ -348,46 +435,113 @@ class Journal:
             log.info("%s: folded %d rank journal(s) into %s", self.dir, len(paths), self.path.name)
 
     def _write(self, row: dict) -> None:
-        self._fh.write(json.dumps(row, allow_nan=False, separators=(",", ":")).encode() + b"\n")
+        self._fh.write(_line(row))
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
     def _write_many(self, results: list[Result]) -> None:
         """Append many records with one fsync (folding rank journals)."""
-        self._fh.write(
-            b"".join(
-                json.dumps(dataclasses.asdict(r), allow_nan=False, separators=(",", ":")).encode() + b"\n"
-                for r in results
-            )
-        )
+        self._fh.write(b"".join(_line(dataclasses.asdict(r)) for r in results))
         self._fh.flush()
         os.fsync(self._fh.fileno())
         for result in results:
             _keep(self.results, result)
 
     def append(self, result: Result) -> None:
-        """Record a finished job durably; only then does it count as done."""
-        self._write(dataclasses.asdict(result))
+        """Queue a finished job's record; it is durable once its batch is committed (see the module doc).
+        It counts as done in ``results`` at once: a crash before the commit makes the resume redo it."""
+        line = _line(dataclasses.asdict(result))
+        with self._mutex:
+            if not self._pending:
+                self._oldest = time.monotonic()
+            self._pending.append(line)
+            full = len(self._pending) >= self.commit_records or time.monotonic() - self._oldest >= self.commit_seconds
+            if full:
+                self._commit()
+            elif self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_on_time, name="journal-commit", daemon=True)
+                self._flusher.start()
+            else:
+                self._wake.notify()
         _keep(self.results, result)
+
+    def commit(self) -> None:
+        """Write and fsync the pending records now."""
+        with self._mutex:
+            self._commit()
+
+    def _commit(self) -> None:  # with the mutex held
+        if not self._pending or self._fh is None:
+            return
+        try:
+            if self.before_commit is not None:
+                self.before_commit()
+            self._fh.write(b"".join(self._pending))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as err:  # a full disk: the records committed before this batch are durable
+            raise os_error(self.path, err) from None
+        self._pending.clear()
+        self.commits += 1
+
+    def _flush_on_time(self) -> None:
+        """Commit a batch whose oldest record waited commit_seconds, even while no job finishes."""
+        with self._mutex:
+            while self._fh is not None:
+                if not self._pending:
+                    self._wake.wait()
+                    continue
+                left = self._oldest + self.commit_seconds - time.monotonic()
+                if left > 0:
+                    self._wake.wait(left)
+                    continue
+                try:
+                    self._commit()
+                except (
+                    OSError,
+                    StreamscanError,
+                ) as err:  # the disk is full or gone: close() raises it in the scan's thread
+                    log.error("%s: cannot commit journal records (%s)", self.path, err)
+                    return
 
     def done(self) -> frozenset[str]:
         """Names that need no more work (errors are retried)."""
         return frozenset(n for n, r in self.results.items() if r.status != "error")
 
     def close(self) -> None:
-        if getattr(self, "_fh", None) is not None:
-            self._fh.close()
-            self._fh = None
-        while self._locks:
-            lock = self._locks.pop()
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
+        """Commit what is pending (also when leaving through an exception), then release the locks (even when
+        that commit fails: a full disk must not leave the directory locked)."""
+        try:
+            if getattr(self, "_fh", None) is not None:
+                try:
+                    with self._mutex:
+                        self._commit()
+                finally:
+                    with self._mutex:
+                        try:
+                            self._fh.close()
+                        except OSError:  # the data it could not flush is in no committed batch
+                            pass
+                        self._fh = None
+                        self._wake.notify_all()
+                    if self._flusher is not None:
+                        self._flusher.join()
+                        self._flusher = None
+        finally:
+            while self._locks:
+                lock = self._locks.pop()
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                lock.close()
 
     def __enter__(self) -> Journal:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _line(row: dict) -> bytes:
+    return json.dumps(row, allow_nan=False, separators=(",", ":")).encode() + b"\n"
 
 
 def is_locked(out_dir: str | Path) -> bool:

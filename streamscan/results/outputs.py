@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii as _enc
 from pathlib import Path
 
 from streamscan.errors import UsageError
@@ -21,7 +22,55 @@ from streamscan.results.selection import Group, rank_by_type, select_top, yaml_t
 
 
 def _dumps(obj) -> str:
+    """``json.dumps(obj, indent=4, allow_nan=False)`` + newline. A dict of flat dicts (the results and
+    sorted JSON) is laid out here with the C string encoder: with ``indent`` json falls back to its pure
+    Python encoder, 1 s per 70k-matrix file. Byte-identical either way (tested)."""
+    if isinstance(obj, dict) and obj and all(isinstance(v, dict) and all(map(_flat, v.values())) for v in obj.values()):
+        try:
+            return _dumps_nested(obj)
+        except TypeError:  # a key json would coerce (not a str): leave it to json
+            pass
     return json.dumps(obj, indent=4, allow_nan=False) + "\n"
+
+
+def _flat(v) -> bool:
+    return v is None or isinstance(v, str | int | float)
+
+
+def _scalar(v) -> str:
+    if isinstance(v, str):
+        return _enc(v)
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"Out of range float values are not JSON compliant: {v!r}")
+        return float.__repr__(v)
+    return int.__repr__(v)
+
+
+def _key(k) -> str:
+    if not isinstance(k, str):
+        raise TypeError(k)
+    return _enc(k)
+
+
+def _dumps_nested(obj: dict) -> str:
+    parts = ["{"]
+    outer = []
+    for k, inner in obj.items():
+        if not inner:
+            outer.append(f"\n    {_key(k)}: {{}}")
+            continue
+        body = ",".join(f"\n        {_key(ik)}: {_scalar(iv)}" for ik, iv in inner.items())
+        outer.append(f"\n    {_key(k)}: {{{body}\n    }}")
+    parts.append(",".join(outer))
+    parts.append("\n}\n")
+    return "".join(parts)
 
 
 def results_json(results: Iterable[Result]) -> dict:

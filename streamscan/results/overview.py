@@ -1,4 +1,5 @@
-"""What a scan will do, from headers only: matrices per type (experts folded), bytes to read and fetch, ETA."""
+"""What a scan will do, from headers only: matrices per type (experts folded), scale tensors per type (folded
+alike), bytes to read and fetch, ETA."""
 
 from __future__ import annotations
 
@@ -12,18 +13,32 @@ from streamscan.planning.plan import Plan
 _EXPERT = re.compile(r"(experts?)\.(\d+)\.")
 
 
+def folded(type_: str) -> tuple[str, int | None]:
+    """(the type with its expert index as ``*``, that index or None): ``mlp.experts.17.down_proj`` ->
+    ``mlp.experts.*.down_proj``."""
+    m = _EXPERT.search(type_)
+    return (_EXPERT.sub(r"\1.*.", type_), int(m.group(2))) if m else (type_, None)
+
+
+def scale_types(plan: Plan) -> dict[str, int]:
+    """Scale tensors (read with their weights, not scored) per folded type, with counts."""
+    counts: dict[str, int] = defaultdict(int)
+    for s in plan.consumed:
+        counts[folded(s.type)[0]] += 1
+    return dict(sorted(counts.items()))
+
+
 def overview(index: CheckpointIndex, plan: Plan, cpu_workers: int) -> dict:
     """Plan totals for ``streamscan inspect``; times are rough priors (scheduler.PRIOR_SPEED), not measurements."""
     groups: dict[str, dict] = defaultdict(lambda: {"matrices": 0, "shapes": set(), "dtypes": set(), "experts": set()})
     for job in plan.jobs:
-        m = _EXPERT.search(job.type)
-        key = _EXPERT.sub(r"\1.*.", job.type) if m else job.type
+        key, expert = folded(job.type)
         g = groups[key]
         g["matrices"] += 1
         g["shapes"].add("x".join(map(str, job.shape)))
         g["dtypes"].add(job.tensor.dtype)
-        if m:
-            g["experts"].add(int(m.group(2)))
+        if expert is not None:
+            g["experts"].add(expert)
     flops = sum(j.cost for j in plan.jobs)
     hub = index.source.hub
     shards_with_jobs = {j.tensor.shard.name for j in plan.jobs}
@@ -46,6 +61,8 @@ def overview(index: CheckpointIndex, plan: Plan, cpu_workers: int) -> dict:
             }
             for k, g in sorted(groups.items())
         },
+        "scales": scale_types(plan),
+        "scale_tensors": {s.name: s.reason for s in plan.consumed},
         "flops": flops,
         "eta_seconds": {
             f"cpu x{cpu_workers}": flops / (PRIOR_SPEED["cpu"] * cpu_workers),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -58,11 +59,33 @@ def select_top(results: Iterable[Result], percent: float, group: Group | None = 
     return Selection(percent, always, chosen, {t: len(m) for t, m in ranked.items()}, unscored)
 
 
-def module_pattern(name: str, all_names: Iterable[str]) -> str:
-    """The reference writes a module name, which Axolotl applies as a prefix `re.match` (dots literal).
-    Where that prefix would also catch another module (`mlp.gate` vs `mlp.gate_proj`), end it with '.'."""
-    collides = any(o.startswith(name) and not o.startswith(name + ".") and o != name for o in all_names)
-    return name + "." if collides else name
+class Prefixes:
+    """Every module name, sorted once: whether a name is a prefix of another costs two bisections, so a
+    YAML of k lines over n names costs O((n + k) log n) (a scan over every name per line was quadratic)."""
+
+    def __init__(self, all_names: Iterable[str]):
+        self.names = sorted(set(all_names))
+
+    def collides(self, name: str) -> bool:
+        """True if another name starts with NAME other than as ``NAME.…`` (``mlp.gate`` vs ``mlp.gate_proj``)."""
+        names = self.names
+        # names starting with NAME are contiguous; those starting with NAME + "." lie between NAME + "." and NAME + "/"
+        i = bisect_right(names, name)
+        if i < len(names) and names[i].startswith(name) and names[i][len(name)] != ".":
+            return True
+        j = bisect_left(names, name + "/", i)
+        return j < len(names) and names[j].startswith(name)
+
+    def pattern(self, name: str) -> str:
+        """The reference writes a module name, which Axolotl applies as a prefix `re.match` (dots literal).
+        Where that prefix would also catch another module (`mlp.gate` vs `mlp.gate_proj`), end it with '.'."""
+        return name + "." if self.collides(name) else name
+
+
+def module_pattern(name: str, all_names: Iterable[str] | Prefixes) -> str:
+    """``Prefixes(all_names).pattern(name)``; pass a Prefixes when asking for many names."""
+    prefixes = all_names if isinstance(all_names, Prefixes) else Prefixes(all_names)
+    return prefixes.pattern(name)
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")  # a name YAML reads back as the same string, unquoted
@@ -101,7 +124,7 @@ def _comment(text: str) -> str:
 
 
 def yaml_text(
-    selection: Selection, all_names: Iterable[str], header: str = "", fused: Mapping[str, str] | None = None
+    selection: Selection, all_names: Iterable[str] | Prefixes, header: str = "", fused: Mapping[str, str] | None = None
 ) -> str:
     """An Axolotl config fragment in the reference's layout, with a comment for types that selected nothing.
 
@@ -110,7 +133,7 @@ def yaml_text(
     would unfreeze it whole (every expert in it)."""
     fused = fused or {}
     whole: dict[str, list[str]] = {}
-    all_names = list(all_names)
+    prefixes = all_names if isinstance(all_names, Prefixes) else Prefixes(all_names)
     lines = [f"# {line}" for line in header.splitlines()] + ["unfrozen_parameters:"]
     lines += [f"- {yaml_item(f'^{name}$')}" for name in selection.always]
     always_modules = {n[: -len(".weight")] for n in selection.always}
@@ -128,7 +151,7 @@ def yaml_text(
                 whole.setdefault(fused[n], []).append(n)
                 lines.append(f"#   {_comment(n)} (slice of a fused tensor, see the end)")
             else:
-                lines.append(f"- {yaml_item(module_pattern(n, all_names))}")
+                lines.append(f"- {yaml_item(prefixes.pattern(n))}")
     if whole:
         lines.append("# fused expert tensors: a selected expert slice cannot be unfrozen alone, only the whole tensor")
         lines.append("# (all of its experts). Uncomment a line to train that tensor whole:")

@@ -2,10 +2,10 @@
 
 Stored as safetensors files in ``spectra/``, keyed by the journal's result names, each a complete file
 written under a temporary name, fsync'd and renamed (a kill leaves whole files only):
-- ``pending-<rank>-<n>.safetensors``: one matrix, written by the worker that computed it, before its
-  Result reaches the journal; so every journaled matrix has its spectrum on disk;
-- ``segment-<rank>-<n>.safetensors``: every MAX_ITEMS pending spectra (or MAX_BYTES) are compacted into one
-  segment, then their pending files are removed (a kill in between leaves duplicates, which are equal).
+- ``segment-<rank>-<n>.safetensors``: the spectra buffered since the last one, written (and fsync'd) by
+  ``SpectraWriter.flush`` just before the journal commits a batch of records (journal group commit), so every
+  journaled matrix has its spectrum on disk; a kill loses the buffered spectra together with the uncommitted
+  records they belong to, and the resume recomputes both. (``pending-*`` files of earlier versions are read too.)
 ``<rank>`` is ``main`` for a single-process scan, the 5-digit rank or shard otherwise. Ranks write side by
 side in the shared directory, so a merge needs no copying.
 
@@ -117,8 +117,8 @@ def write_segment(out_dir: str | Path, spectra: dict[str, torch.Tensor], rank: i
 
 
 class SpectraWriter:
-    """Writes each spectrum durably as it arrives (``add``, thread-safe, from the workers), and compacts them
-    into a segment every MAX_ITEMS or MAX_BYTES (``maybe_flush``) and on ``close``."""
+    """Buffers each spectrum as it arrives (``add``, thread-safe, from the workers) and writes the buffer as
+    one segment on ``flush`` (called by the journal before each commit) and on ``close``."""
 
     def __init__(
         self, out_dir: str | Path, rank: int | None = None, *, max_items: int = 256, max_bytes: int = 64 << 20
@@ -146,20 +146,16 @@ class SpectraWriter:
             return n
 
     def add(self, name: str, singular_values: torch.Tensor) -> None:
+        """Buffer NAME's spectrum (thread-safe, from the workers); ``flush`` makes the buffer a segment. The
+        journal calls ``flush`` before it commits a batch (``Journal.before_commit``), so every journaled
+        matrix has its spectrum on disk, at the cost of one segment per journal commit, not a file per matrix."""
         S = singular_values.detach().to("cpu", torch.float64).contiguous()
-        path = _save({name: S}, self.root / f"pending-{self.tag}-{self._number('pending'):06d}.safetensors")
         with self._lock:
             old = self._buf.pop(name, None)
             if old is not None:
                 self._bytes -= old[0].numel() * 8
-            self._buf[name] = (S, path)
+            self._buf[name] = (S, None)
             self._bytes += S.numel() * 8
-
-    def maybe_flush(self) -> None:
-        with self._lock:
-            due = len(self._buf) >= self.max_items or self._bytes >= self.max_bytes
-        if due:
-            self.flush()
 
     def flush(self) -> Path | None:
         """Compact the pending spectra into one segment and remove their files."""
@@ -172,7 +168,8 @@ class SpectraWriter:
             self.root / f"segment-{self.tag}-{self._number('segment'):06d}.safetensors",
         )
         for _, path in buf.values():
-            path.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
         self.written += len(buf)
         return final
 

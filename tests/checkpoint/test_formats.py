@@ -236,3 +236,64 @@ def test_without_the_gguf_package_the_error_says_how_to_install_it(tmp_path, mon
     monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
     res = CliRunner().invoke(main, ["inspect", str(path)])
     assert res.exit_code == 2 and "pip install 'streamscan[gguf]'" in res.output, res.output
+
+
+# --- safetensors by byte range ----------------------------------------------------------------------------------
+
+
+def test_safetensors_reads_tensors_and_contiguous_slices_by_byte_range_without_reparsing_the_header(
+    tmp_path, monkeypatch
+):
+    from safetensors.torch import save_file
+
+    from streamscan.checkpoint.formats import safetensors as st
+
+    stored = {
+        "bf16": torch.randn(4, 5, 6).to(torch.bfloat16),
+        "f32": torch.randn(7, 3),
+        "fp8": torch.randn(3, 2).to(torch.float8_e4m3fn),
+        "u8": torch.randint(0, 255, (5, 4), dtype=torch.uint8),
+    }
+    save_file(stored, tmp_path / "x.safetensors")
+    infos = {i.name: i for i in st.read_header(tmp_path / "x.safetensors")[0]}
+    opened = []
+    real_open = st.safe_open
+    monkeypatch.setattr(st, "safe_open", lambda *a, **k: (opened.append(a), real_open(*a, **k))[1])
+    for name, tensor in stored.items():
+        got = st.read_tensor(infos[name])
+        assert got.dtype == tensor.dtype and torch.equal(got.view(torch.uint8), tensor.view(torch.uint8))
+    for key in [(1,), (1, slice(1, 3)), (slice(1, 3),), (2, 4), (3, slice(0, 5), slice(0, 6))]:
+        assert torch.equal(st.read_slice(infos["bf16"], key), stored["bf16"][key])
+    assert opened == []  # every read above is one byte range of the already parsed header
+    for key in [(1, slice(0, 5), slice(1, 3)), (slice(0, 4, 2),)]:  # not contiguous: through safetensors
+        assert st.byte_range(infos["bf16"], key) is None
+        assert torch.equal(st.read_slice(infos["bf16"], key), stored["bf16"][key])
+    assert len(opened) == 2
+
+
+def test_a_shard_truncated_after_indexing_is_a_one_line_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from streamscan.checkpoint.formats import safetensors as st
+    from streamscan.errors import CheckpointError
+
+    save_file({"w": torch.randn(64, 64)}, tmp_path / "x.safetensors")
+    (info,) = st.read_header(tmp_path / "x.safetensors")[0]
+    os.truncate(tmp_path / "x.safetensors", info.end - 100)
+    with pytest.raises(CheckpointError, match="truncated since it was indexed.*re-download"):
+        st.read_tensor(info)
+
+
+def test_a_shard_of_20k_tiny_matrices_reads_in_seconds(tmp_path):
+    """Reading each tensor used to re-open the shard and parse its whole header (20k entries) again."""
+    import time
+
+    from safetensors.torch import save_file
+
+    from streamscan.checkpoint.formats import safetensors as st
+
+    save_file({f"m{i}.weight": torch.randn(4, 4) for i in range(20_000)}, tmp_path / "tiny.safetensors")
+    infos, _ = st.read_header(tmp_path / "tiny.safetensors")
+    start = time.perf_counter()
+    total = sum(float(st.read_tensor(i).sum()) for i in infos)
+    assert time.perf_counter() - start < 10 and total != 0  # ~0.3 s here; the old path did not finish in 300 s

@@ -123,7 +123,13 @@ def test_nvfp4_is_skipped_with_a_reason_and_mxfp4_matrix_is_scored(tmp_path):
 def test_cli_inspect_lists_scales_and_run_counts_them(tmp_path):
     model, _ = write_fp8_llama(tmp_path / "fp8", SHAPE, block=(32, 48))
     res = CliRunner().invoke(main, ["inspect", str(model)])
-    assert res.exit_code == 0 and "scale  model.layers.0.mlp.down_proj.weight_scale_inv" in res.output
+    assert res.exit_code == 0 and "scale  model.layers.0.mlp.down_proj.weight_scale_inv" not in res.output
+    scale_lines = [line.split() for line in res.output.splitlines() if line.startswith("scale")]
+    assert ["scale", "mlp.down_proj.weight_scale_inv", "2", "scale"] in [line[:4] for line in scale_lines]
+    assert sum(int(line[2]) for line in scale_lines) == 14  # folded per type, with counts
+    listed = json.loads(CliRunner().invoke(main, ["inspect", str(model), "--json"]).output)
+    assert len(listed["scale_tensors"]) == 14 and sum(listed["scales"].values()) == 14
+    assert "model.layers.0.mlp.down_proj.weight_scale_inv" in listed["scale_tensors"]  # --json lists each
     assert "16 matrices to score, 5 tensors skipped, 14 scale tensors read with their weights" in res.output
     run = CliRunner().invoke(main, ["run", str(model), "--out", str(tmp_path / "o"), "--devices", "cpu"])
     assert run.exit_code == 0 and "14 scale tensors read with their weights" in run.output, run.output

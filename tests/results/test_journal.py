@@ -77,3 +77,45 @@ def test_corruption_in_the_middle_is_set_aside(tmp_path):
         assert list(j.results) == ["b"]
     assert path.read_bytes() == lines[0] + lines[2]
     assert (tmp_path / "streamscan.journal.rejected.jsonl").read_bytes() == b"{oops\n"
+
+
+def lines_on_disk(path):
+    return path.read_bytes().count(b"\n") - 1  # minus the header
+
+
+def test_group_commit_fsyncs_in_batches_bounded_by_count(tmp_path, monkeypatch):
+    import os
+
+    fsyncs = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real(fd)))
+    with Journal(tmp_path, HEADER, commit_records=4, commit_seconds=60) as j:
+        fsyncs.clear()
+        for i in range(10):
+            j.append(res(f"m{i}"))
+        assert lines_on_disk(tmp_path / JOURNAL_NAME) == 8 and len(fsyncs) == 2 and j.commits == 2
+        assert len(j.results) == 10  # counted as done at once
+    assert lines_on_disk(tmp_path / JOURNAL_NAME) == 10 and len(fsyncs) == 3  # close commits the rest
+
+
+def test_group_commit_is_bounded_by_time_even_while_nothing_is_appended(tmp_path):
+    import time
+
+    with Journal(tmp_path, HEADER, commit_records=1000, commit_seconds=0.5) as j:
+        start = time.monotonic()
+        j.append(res("a"))
+        on_disk = lines_on_disk(tmp_path / JOURNAL_NAME)
+        assert on_disk == 0 or time.monotonic() - start >= 0.5  # (unless this thread slept past the deadline)
+        deadline = time.monotonic() + 5
+        while j.commits == 0 and time.monotonic() < deadline:  # the batch is written, then fsync'd, then counted
+            time.sleep(0.01)
+        assert lines_on_disk(tmp_path / JOURNAL_NAME) == 1 and j.commits == 1
+
+
+def test_an_exception_inside_the_journal_still_commits_the_batch(tmp_path):
+    with pytest.raises(RuntimeError), Journal(tmp_path, HEADER, commit_records=1000, commit_seconds=60) as j:
+        j.append(res("a"))
+        j.append(res("b"))
+        raise RuntimeError("a job failed the scan")
+    _, results, _ = read_journal(tmp_path)
+    assert sorted(results) == ["a", "b"]

@@ -2,6 +2,8 @@ import json
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamscan.records import Result
 from streamscan.results.outputs import results_json, sorted_json, write_outputs
@@ -84,3 +86,32 @@ def test_results_json_is_valid_strict_json_with_reasons(tmp_path):
 def test_percent_out_of_range():
     with pytest.raises(ValueError):
         select_top(RESULTS, 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab._-/0", min_size=1, max_size=5), min_size=1, max_size=8),
+    st.text(alphabet="ab._-/0", min_size=1, max_size=3),
+)
+def test_module_pattern_by_bisection_equals_the_rule_over_every_name(names, other):
+    for name in [*names, other]:
+        collides = any(o.startswith(name) and not o.startswith(name + ".") and o != name for o in names)
+        assert module_pattern(name, names) == (name + "." if collides else name)
+
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(), st.dictionaries(st.text(), _SCALARS) | _SCALARS))
+def test_output_json_layout_is_byte_identical_to_json_dumps_indent_4(obj):
+    from streamscan.results.outputs import _dumps
+
+    assert _dumps(obj) == json.dumps(obj, indent=4, allow_nan=False) + "\n"
+
+
+def test_output_json_refuses_nan_like_json_does():
+    from streamscan.results.outputs import _dumps
+
+    with pytest.raises(ValueError):
+        _dumps({"m": {"snr": float("nan")}})

@@ -46,12 +46,13 @@ def test_a_resume_rescans_scored_matrices_without_a_spectrum(single_llama, tmp_p
     assert missing(out, scored, scored) == set()
 
 
-def test_spectra_are_on_disk_before_compaction_and_segments_are_whole_files(tmp_path):
-    a = SpectraWriter(tmp_path, rank=None, max_items=2)
+def test_segments_are_whole_files_numbered_per_rank_and_a_later_record_wins(tmp_path):
+    a = SpectraWriter(tmp_path, rank=None)
     for i in range(5):
         a.add(f"m{i}", torch.tensor([3.0, 2.0, float(i)]))
-        assert f"m{i}" in stored_names(tmp_path)  # durable as soon as add returns (before any journal record)
-        a.maybe_flush()
+        assert f"m{i}" not in stored_names(tmp_path)  # buffered until the journal's next commit
+        if i % 2:
+            a.flush()
     a.close()
     b = SpectraWriter(tmp_path, rank=3)
     b.add("m0", torch.tensor([9.0, 1.0]))  # a later rank's record of the same name wins
@@ -68,10 +69,26 @@ def test_spectra_are_on_disk_before_compaction_and_segments_are_whole_files(tmp_
     assert sorted(kept) == ["m0", "m1", "m2", "m3", "m4"] and kept["m0"].tolist() == [9.0, 1.0]
     c = SpectraWriter(tmp_path)  # a resumed writer continues the numbering and removes torn temporaries
     c.add("m5", torch.tensor([1.0]))
-    assert [p.name for p in segments(tmp_path)][-1] == "pending-main-000001.safetensors"  # until compacted
     assert c.flush().name == "segment-main-000004.safetensors"
-    assert not list((tmp_path / "spectra").glob("*.tmp")) and not list((tmp_path / "spectra").glob("pending-*"))
+    assert not list((tmp_path / "spectra").glob("*.tmp"))
     assert json.loads(json.dumps(sorted(stored_names(tmp_path)))) == ["m0", "m1", "m2", "m3", "m4", "m5"]
+
+
+def test_the_journal_commits_a_batch_only_after_its_spectra_are_on_disk(tmp_path):
+    from streamscan.records import Fingerprint, Result, ScanHeader
+    from streamscan.results.journal import JOURNAL_NAME, Journal
+
+    header = ScanHeader("t", Fingerprint("m", (), "gram64"), "m", "m", ("a", "b"))
+    writer = SpectraWriter(tmp_path)
+    order = []
+    with Journal(tmp_path, header, commit_records=2, commit_seconds=60) as journal:
+        journal.before_commit = lambda: (order.append(sorted(stored_names(tmp_path))), writer.flush())
+        for name in ("a", "b"):
+            writer.add(name, torch.tensor([2.0, 1.0]))
+            journal.append(Result(name, "t", (2, 2), "F32", 1.0))
+        lines = (tmp_path / JOURNAL_NAME).read_text().splitlines()
+        assert len(lines) == 3 and stored_names(tmp_path) == {"a", "b"}  # committed: records and spectra
+    assert order == [[]]  # the spectra were written inside the commit, before the records
 
 
 def test_metrics_from_kept_spectra_and_missing_ones_marked(single_llama, tmp_path):

@@ -3,30 +3,65 @@
 A safetensors file starts with an 8-byte little-endian header length, then that many bytes of JSON
 mapping each tensor name to its dtype, shape and byte range (relative to the end of the header).
 
-safetensors' ``pread`` backend reads the tensor's bytes into fresh memory: nothing of the shard stays
-mapped, so resident memory after a tensor is released goes back to where it was, whatever the model size.
-An expert slice of a fused tensor is read through a short-lived mmap instead (see ``_open``): only the
-pages of that expert are touched, never the whole fused tensor.
+The header is parsed once per run (by the index): a tensor, or an expert slice that is one contiguous
+byte range (``t[i]``, ``t[i, a:b]``), is read straight from the byte range its TensorInfo holds, with
+``os.preadv`` into fresh memory: no re-open and re-parse of the shard's header per tensor (which cost
+seconds per tensor for a shard of thousands of tensors), and nothing of the shard stays mapped, so
+resident memory after a tensor is released goes back to where it was, whatever the model size. Other
+slices (strided or column ranges) are read with safetensors through a short-lived mmap (see ``_open``):
+only the pages of that expert are touched, never the whole fused tensor.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from streamscan.checkpoint.formats.safetensors_header import MAX_HEADER_SIZE, HeaderError
 from streamscan.checkpoint.formats.safetensors_header import parse_header as validate_header
 from streamscan.errors import CheckpointError
-from streamscan.records import Part, ShardInfo, TensorInfo
+from streamscan.records import DTYPE_BYTES, Part, ShardInfo, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 SUFFIX = ".safetensors"
 
 MAX_HEADER = MAX_HEADER_SIZE  # safetensors' own limit: a decimal 100 MB
+
+_TORCH_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E8M0": "float8_e8m0fnu",
+}
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a safetensors dtype name, or None (torch is imported on first use: commands that
+    only read headers and journals, such as status and select, start without it)."""
+    import torch
+
+    attr = _TORCH_DTYPES.get(name)
+    return getattr(torch, attr, None) if attr else None
 
 
 def read_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
@@ -80,9 +115,83 @@ def _open(info: TensorInfo, sliced: bool = False):
         return safe_open(str(info.shard), framework="pt")
 
 
+def byte_range(info: TensorInfo, key=()) -> tuple[int, tuple[int, ...]] | None:
+    """(absolute offset, shape) of ``stored[key]`` if it is one contiguous byte range, else None.
+
+    KEY indexes the leading dimensions with ints and step-1 slices (safetensors' slicing). The range is
+    contiguous when every dimension before the first one taking more than one index takes one, and every
+    later dimension is whole."""
+    width = DTYPE_BYTES.get(info.dtype)
+    if not width or torch_dtype(info.dtype) is None:
+        return None
+    key = key if isinstance(key, tuple) else (key,)
+    shape = info.shape
+    if len(key) > len(shape):
+        return None
+    starts, counts, out = [], [], []
+    for i, dim in enumerate(shape):
+        k = key[i] if i < len(key) else slice(None)
+        if isinstance(k, int) and not isinstance(k, bool):
+            if not 0 <= k < dim:
+                return None
+            starts.append(k)
+            counts.append(1)
+        elif isinstance(k, slice):
+            a, b, step = k.indices(dim)
+            if step != 1:
+                return None
+            starts.append(a)
+            counts.append(max(0, b - a))
+            out.append(counts[-1])
+        else:
+            return None
+    first = next((i for i, c in enumerate(counts) if c != 1), len(shape))
+    if any(counts[i] != shape[i] for i in range(first + 1, len(shape))):
+        return None
+    offset, stride = 0, width
+    for dim, start in zip(reversed(shape), reversed(starts)):
+        offset += start * stride
+        stride *= dim
+    return info.start + offset, tuple(out)
+
+
+def read_range(info: TensorInfo, offset: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """SHAPE elements of INFO's dtype from byte OFFSET of its shard, into fresh memory the caller owns."""
+    nbytes = math.prod(shape) * DTYPE_BYTES[info.dtype]
+    if offset < info.start or offset + nbytes > info.end:
+        raise CheckpointError(f"{info.shard}: {info.stored_name!r}: byte range outside the tensor")
+    import torch
+
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    view = memoryview(buf.numpy())
+    try:
+        fd = os.open(info.shard, os.O_RDONLY)
+        try:
+            got = 0
+            while got < nbytes:
+                n = os.preadv(fd, [view[got:]], offset + got)
+                if n == 0:
+                    raise CheckpointError(
+                        f"{info.shard}: ends inside {info.stored_name!r} (truncated since it was indexed?); "
+                        "re-download the shard"
+                    )
+                got += n
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise CheckpointError(
+            f"{info.shard}: cannot read {info.stored_name!r} ({err}); re-download the shard"
+        ) from None
+    return buf.view(torch_dtype(info.dtype)).reshape(shape)
+
+
 def read_slice(info: TensorInfo, key) -> torch.Tensor:
-    """``stored[key]`` read through a short-lived mapping and copied out now: the I/O happens here, in the
-    reading thread, the caller owns a contiguous tensor, and the mapping goes when this returns."""
+    """``stored[key]``, owned by the caller: by byte range where it is contiguous, else through a
+    short-lived mapping copied out now (the I/O happens here, in the reading thread, and the mapping goes
+    when this returns)."""
+    where = byte_range(info, key)
+    if where is not None:
+        return read_range(info, *where)
     try:
         with _open(info, sliced=True) as fh:
             stored = fh.get_slice(info.stored_name)
@@ -91,6 +200,8 @@ def read_slice(info: TensorInfo, key) -> torch.Tensor:
                     f"{info.shard}: {info.stored_name!r} has shape {tuple(stored.get_shape())}, "
                     f"header says {info.shape}"
                 )
+            import torch
+
             return stored[key].clone(memory_format=torch.contiguous_format)
     except (OSError, SafetensorError) as err:
         raise CheckpointError(
@@ -103,6 +214,8 @@ def read_tensor(info: TensorInfo, part: Part | None = None) -> torch.Tensor:
     matrix (safetensors slicing reads just its rows; strided or column slices stay within one expert)."""
     if part is not None:
         tensor = read_slice(info, part.key)
+    elif (where := byte_range(info)) is not None:
+        tensor = read_range(info, *where)
     else:
         try:
             with _open(info) as fh:
