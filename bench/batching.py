@@ -50,9 +50,14 @@ def run(device: str, scale: int, shapes=SHAPES, batches=BATCHES, budget: float =
             if batch * small[0] * small[1] > budget:
                 continue
             one, many, diff = measure(small, batch, device)
-            rows.append({"shape": small, "batch": batch, "one": one, "batched": many, "ratio": many / one, "diff": diff})
-            print(f"{small} B={batch}: one {one * 1e3:.3f} ms, batched {many * 1e3:.3f} ms, "
-                  f"ratio {many / one:.2f}, SNR diff {diff:.1e}", flush=True)
+            rows.append(
+                {"shape": small, "batch": batch, "one": one, "batched": many, "ratio": many / one, "diff": diff}
+            )
+            print(
+                f"{small} B={batch}: one {one * 1e3:.3f} ms, batched {many * 1e3:.3f} ms, "
+                f"ratio {many / one:.2f}, SNR diff {diff:.1e}",
+                flush=True,
+            )
     return rows
 
 

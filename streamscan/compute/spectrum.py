@@ -170,8 +170,9 @@ def score_batch(Ws, method: str = DEFAULT_METHOD, device=None) -> list[SNR]:
     """The SNR of each matrix of WS (a [B, m, n] stack or a list of same-shape matrices), in order.
 
     One batched Gram and one batched ``eigvalsh`` (or ``svdvals``) for the matrices that can be scored;
-    the others get their reason exactly as :func:`score` gives it. Equal to scoring them one by one up to
-    the last bits of the Gram's summation (the batched product may sum in another order; see docs).
+    the others get their reason exactly as :func:`score` gives it. On the CPU the result is bit-identical to
+    scoring them one by one (each Gram is :func:`gram`'s, LAPACK's batched eigvalsh loops over the same
+    routine); on a GPU the stacked product may sum in another order: ~1e-15 relative (docs/devices-gpu.md).
     """
     if not isinstance(Ws, torch.Tensor):
         Ws = torch.stack(list(Ws)) if len(Ws) else torch.empty((0, 0, 0))
@@ -189,7 +190,11 @@ def score_batch(Ws, method: str = DEFAULT_METHOD, device=None) -> list[SNR]:
         return out
     stack = Ws if len(keep) == B else Ws[keep]
     if method == "gram64":
-        eig = torch.linalg.eigvalsh(gram_batch(stack, device), UPLO="U").cpu()
+        on_cpu = device is None or torch.device(device).type == "cpu"
+        # on the CPU each Gram is built by gram() itself: bit-identical to score(); only eigvalsh is batched
+        G = torch.stack([gram(W, device) for W in stack]) if on_cpu else gram_batch(stack, device)
+        eig = torch.linalg.eigvalsh(G, UPLO="U").cpu()
+        del G
         S_all = torch.sqrt(torch.clamp(eig, min=0)).flip(-1)
         rtol = math.sqrt(min(m, n) * torch.finfo(torch.float64).eps)
     elif method in ("svdvals32", "svdvals64"):
