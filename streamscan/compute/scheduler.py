@@ -370,18 +370,24 @@ class _Pool:
         # no job of ours has run on any GPU for STALL_SECONDS although jobs wait: GPU memory is held elsewhere
         stalled = bool(gpus) and now - self.gpu_active >= STALL_SECONDS
         started = 0
+        taken: set[str] = set()  # members of a batch started in this round
         for a in assign(tasks, states, queue_cost=self.queued_cost, stalled=stalled):
+            if a.key in taken:
+                continue  # it went with an earlier job's batch; the slot the policy gave it stays idle
             if a.device not in self.chosen and a.device in self.idle and not self.idle[a.device]:
                 continue  # the fallback CPU worker is busy: the job waits for it
             if a.note and stalled:
                 log.warning("%s: %s", a.key, a.note)
             if a.device != "cpu":
                 self.gpu_active = now
-            self._start(by_name[a.key], a)
+            members = self._start(by_name[a.key], a)
+            taken.update(members)
             started += 1
+            if len(members) > 1:
+                break  # the batch used room the policy gave to later jobs: decide again with fresh states
         return started
 
-    def _start(self, job: Job, a: Assignment) -> None:
+    def _start(self, job: Job, a: Assignment) -> list[str]:
         if a.device not in self.workers:  # a job no GPU can hold, in a pool without CPU workers
             self._add_device("cpu", 1)
         worker = self.idle[a.device].pop(0)
@@ -401,6 +407,7 @@ class _Pool:
                 if j.name not in self.ready and j.name not in self.reading:
                     self._hold(j.name, j.nbytes)  # the host copy it will read
         worker.inbox.put((members, a.note, threads))
+        return [j.name for j in members]
 
     def _batch(self, job: Job, device: str) -> list[Job]:
         """JOB and the waiting jobs of its shape, dtype and quantization that go with it as one batched job:
@@ -411,7 +418,9 @@ class _Pool:
         kind = "cpu" if device == "cpu" else "cuda"
         key = _batch_key(job)
         if kind == "cpu":
-            need, room = self._cpu_need(job), self.max_memory - self.held
+            need = memory_bytes(job.shape, _element_size(job), self.method, "cpu")  # a member's whole need
+            room = self.max_memory - self.held - self._cpu_need(job)  # what the first leaves to the others
+            room = need + room if room >= 0 else 0
         else:
             need = memory_bytes(job.shape, _element_size(job), self.method, "cuda")
             free, total = self.memory_probe(device)
