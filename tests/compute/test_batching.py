@@ -143,3 +143,32 @@ def test_staging_pool_reuses_buffers_and_is_plain_without_cuda():
     pool.take((2,), torch.bfloat16)
     assert pool.allocated == 3
     assert StagingPool(pinned=False).take((2, 2), torch.float32).is_pinned() is False
+
+
+@pytest.mark.parametrize("block", [(32, 48), None])
+def test_fp8_read_as_stored_and_dequantized_on_the_device_equals_the_cpu_path(tmp_path, block):
+    """A GPU pool reads FP8 weights as stored (1 byte a value) and dequantizes them where the job runs;
+    on CPU stand-ins that gives exactly the float32 matrix and the SNRs of a CPU scan."""
+    from streamscan.checkpoint.reader import Stored, read_stored, read_tensor
+    from tests.fixtures.synthetic import LlamaShape
+    from tests.fixtures.synthetic_quant import write_fp8_llama
+
+    model, _ = write_fp8_llama(tmp_path / "fp8", LlamaShape(hidden=96, ffn=192, kv=32, vocab=128), block=block)
+    jobs = make_plan(build_index(resolve(model))).jobs
+    quantized = [j for j in jobs if j.tensor.quant is not None]
+    assert quantized
+    for j in quantized:
+        stored = read_stored(j.tensor)
+        assert isinstance(stored, Stored) and stored.weight.element_size() == 1
+        assert torch.equal(stored.dequantize("cpu"), read_tensor(j.tensor))
+    fake = list(
+        scheduler.run_jobs(
+            jobs,
+            "gram64",
+            devices=["cuda:0"],
+            memory_probe=lambda d: (80 << 30, 80 << 30),
+            compute=lambda t, m, d: score(t, m),
+        )
+    )
+    cpu = {r.name: r.snr for r in scheduler.run_jobs(jobs, "gram64", workers=1)}
+    assert {r.name: r.snr for r in fake} == cpu and all(r.status == "ok" for r in fake)
