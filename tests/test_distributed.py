@@ -279,7 +279,8 @@ def test_torchrun_two_ranks_equal_a_single_process_scan(medium, tmp_path):
 def test_a_rank_killed_mid_scan_loses_only_its_unfinished_jobs(medium, tmp_path):
     ck, ref = medium
     out = tmp_path / "killed"
-    proc = subprocess.Popen(torchrun(2, ck, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    one_by_one = dict(os.environ, STREAMSCAN_COMMIT_RECORDS="1")  # each record on disk as it finishes
+    proc = subprocess.Popen(torchrun(2, ck, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=one_by_one)
     wait_for(out / rank_journal_name(1), 6, proc)
     os.kill(rank_pid(out, 1), signal.SIGKILL)
     assert proc.wait(timeout=120) != 0  # torchrun tears the other rank down
@@ -309,6 +310,7 @@ def test_a_hung_rank_is_named_and_rank_0_writes_what_is_done(medium, tmp_path):
     ck, ref = medium
     out = tmp_path / "hung"
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    env["STREAMSCAN_COMMIT_RECORDS"] = "1"  # each record on disk as it finishes (the hang is timed by lines)
     copy = tmp_path / "own-cache" / ck.name  # each rank may read its own copy (its own HF cache)
     shutil.copytree(ck, copy)
     procs = [
@@ -363,6 +365,7 @@ def test_ranks_reading_different_checkpoints_all_stop_before_scanning(sharded_ll
     other = write_llama(tmp_path / "other" / sharded_llama.name, LlamaShape(layers=4, ffn=192), layers_per_shard=2)
     out = tmp_path / "mixed"
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    env["STREAMSCAN_COMMIT_RECORDS"] = "1"  # each record on disk as it finishes (the hang is timed by lines)
     procs = [
         subprocess.Popen(
             [

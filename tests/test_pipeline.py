@@ -146,7 +146,8 @@ def test_concurrent_scan_on_the_same_dir_is_refused(medium_llama, tmp_path):
 
 
 def stop_after(args, out: Path, lines: int, sig: int, timeout: float = 120) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, STREAMSCAN_COMMIT_RECORDS="1")  # each record on disk as it finishes
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + timeout
     while journal_lines(out) < lines and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)

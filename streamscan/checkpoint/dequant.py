@@ -28,6 +28,19 @@ def _row_step(cols: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(cols, 1))
 
 
+def on_device(scheme: str, weight: torch.Tensor, scale: torch.Tensor, block, device) -> torch.Tensor:
+    """A stored quantized weight (reader.read_stored) dequantized to float32 on DEVICE: the weight and its
+    scales are copied there as stored (1 byte per FP8 value, 0.5 per MXFP4 value) and converted there."""
+    weight, scale = weight.to(device, non_blocking=True), scale.to(device, non_blocking=True)
+    if scheme == "fp8-block":
+        return fp8_block(weight, scale, block or (128, 128))
+    if scheme == "fp8-scaled":
+        return fp8_scaled(weight, scale)
+    if scheme == "mxfp4":
+        return mxfp4(weight, scale)
+    raise ValueError(f"unknown quantization scheme {scheme!r}")
+
+
 def fp8_block(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] = (128, 128)) -> torch.Tensor:
     """A 2-D FP8 weight times its block scales (``scale`` [ceil(out/br), ceil(in/bc)]), as float32."""
     if weight.ndim != 2:
@@ -43,8 +56,8 @@ def fp8_block(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] 
         raise ValueError(
             f"scale shape {tuple(scale.shape)} does not fit a {m}x{n} weight in {br}x{bc} blocks (expected {expected})"
         )
-    scale = scale.to(torch.float32)
-    out = torch.empty(m, n, dtype=torch.float32)
+    scale = scale.to(device=weight.device, dtype=torch.float32)
+    out = torch.empty(m, n, dtype=torch.float32, device=weight.device)
     for b in range(expected[0]):
         rows = slice(b * br, min((b + 1) * br, m))
         per_column = scale[b].repeat_interleave(bc)[:n]  # this block row's scale for every column
@@ -56,7 +69,7 @@ def fp8_block(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] 
 def fp8_scaled(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """An FP8 weight times a per-tensor (scalar) or per-output-channel ([out] / [out, 1]) scale, as float32."""
     m = weight.shape[0]
-    scale = scale.to(torch.float32)
+    scale = scale.to(device=weight.device, dtype=torch.float32)
     if scale.numel() == 1:
         scale = scale.reshape(1, 1)
     elif scale.numel() == m and scale.ndim <= 2 and (scale.ndim == 1 or scale.shape[1] == 1):
@@ -65,7 +78,7 @@ def fp8_scaled(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"scale shape {tuple(scale.shape)} is neither per-tensor nor per-channel for weight {tuple(weight.shape)}"
         )
-    out = torch.empty(weight.shape, dtype=torch.float32)
+    out = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
     step = _row_step(weight[0].numel())
     for r in range(0, m, step):
         s = scale if scale.shape[0] == 1 else scale[r : r + step]
@@ -92,8 +105,9 @@ def mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     lead, groups = tuple(blocks.shape[:-2]), blocks.shape[-2]
     flat_blocks = blocks.reshape(-1, groups, 16)
     flat_scales = scales.reshape(-1, groups)
-    lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
-    out = torch.empty(flat_blocks.shape[0], groups, 32, dtype=torch.float32)
+    lut = torch.tensor(FP4_VALUES, dtype=torch.float32, device=blocks.device)
+    out = torch.empty(flat_blocks.shape[0], groups, 32, dtype=torch.float32, device=blocks.device)
+    flat_scales = flat_scales.to(blocks.device)
     step = max(1, _row_step(groups * 32) // 8)  # the int64 code indices are 2x the float32 chunk
     for r in range(0, flat_blocks.shape[0], step):
         b = flat_blocks[r : r + step]

@@ -6,7 +6,7 @@ MXFP4 blocks with theirs) is read with its scale tensor and dequantized here (de
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -24,6 +24,38 @@ def read_tensor(info: TensorInfo, part: Part | None = None) -> torch.Tensor:
     if info.quant is not None:
         return read_quantized(info, part)
     return format_for(info.shard).read_tensor(info, part)
+
+
+@dataclass
+class Stored:
+    """A quantized weight as stored, with its scales: dequantized later on the job's device
+    (``dequant.on_device``), so that a GPU receives the FP8/MXFP4 bytes instead of float32."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor
+    scheme: str
+    block: tuple[int, int] | None = None
+
+    def dequantize(self, device="cpu") -> torch.Tensor:
+        return dequant.on_device(self.scheme, self.weight, self.scale, self.block, device)
+
+    def pin_memory(self) -> Stored:
+        return Stored(self.weight.pin_memory(), self.scale.pin_memory(), self.scheme, self.block)
+
+
+STORED_SCHEMES = ("fp8-block", "fp8-scaled", "mxfp4")
+
+
+def read_stored(info: TensorInfo, part: Part | None = None) -> Stored | torch.Tensor:
+    """Like :func:`read_tensor`, but a whole FP8 or MXFP4 weight comes as stored (:class:`Stored`) with its
+    scales, not dequantized; everything else (slices, GGUF, unquantized) comes as read_tensor gives it."""
+    quant = info.quant
+    if quant is None or part is not None or quant.scheme not in STORED_SCHEMES:
+        return read_tensor(info, part)
+    if quant.scheme == "mxfp4":
+        blocks = replace(info, quant=None, shape=(*info.shape[:-1], info.shape[-1] // 32, 16))
+        return Stored(read_tensor(blocks), read_tensor(quant.scale), "mxfp4")
+    return Stored(read_tensor(replace(info, quant=None)), read_tensor(quant.scale), quant.scheme, quant.block)
 
 
 def read_quantized(info: TensorInfo, part: Part | None = None) -> torch.Tensor:

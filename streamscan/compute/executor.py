@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from streamscan.compute.spectrum import score
+from streamscan.checkpoint.reader import Stored
+from streamscan.compute.spectrum import SNR, score, score_batch
 from streamscan.records import Job, Result
 
 META_REASON = "weights on the meta device (offloaded or not loaded): not scored"
@@ -40,6 +41,13 @@ def error_result(job: Job, method: str, worker: str, err: BaseException, seconds
     )
 
 
+def materialize(tensor, device: str) -> torch.Tensor:
+    """The matrix on DEVICE: a stored FP8/MXFP4 weight (reader.Stored) is dequantized there."""
+    if isinstance(tensor, Stored):
+        return tensor.dequantize(device)
+    return tensor.to(device, non_blocking=True)
+
+
 def score_job(
     job: Job,
     tensor: torch.Tensor,
@@ -60,28 +68,72 @@ def score_job(
         return Result(snr=None, reason=META_REASON, status="null", read_seconds=read, **_base(job, method, worker))
     try:
         if compute is not None and device != "cpu":
-            out = compute(tensor, method, device)
+            out = compute(materialize(tensor, "cpu"), method, device)
         elif device == "cpu":
-            out = score(tensor, method)
+            out = score(materialize(tensor, "cpu"), method)
         else:
             with torch.cuda.device(torch.device(device)):
-                W = tensor.to(device, non_blocking=True)
+                W = materialize(tensor, device)
                 out = score(W, method, device)
                 del W
     except oom_types():
         raise
     except Exception as err:  # recorded with its reason; the scan goes on and a resume retries it
         return error_result(job, method, worker, err, time.perf_counter() - start, read)
+    _keep(keep, job, out)
+    return _result(job, out, method, worker, time.perf_counter() - start, read)
+
+
+def _keep(keep: Callable[[str, torch.Tensor], None] | None, job: Job, out: SNR) -> None:
     if keep is not None and getattr(out, "singular_values", None) is not None:
         keep(job.name, out.singular_values.detach().to("cpu", torch.float64))
+
+
+def _result(job: Job, out: SNR, method: str, worker: str, seconds: float, read: float) -> Result:
     return Result(
         snr=out.snr,
         reason=out.reason,
         status="ok" if out.snr is not None else "null",
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         read_seconds=read,
         sigma_max=out.sigma_max,
         threshold=out.threshold,
         n_signal=out.n_signal,
         **_base(job, method, worker),
     )
+
+
+def score_batch_jobs(
+    jobs: list[Job],
+    stack: torch.Tensor,
+    method: str,
+    worker: str,
+    device: str,
+    reads: list[float],
+    compute=None,
+    keep: Callable[[str, torch.Tensor], None] | None = None,
+) -> list[Result]:
+    """Score same-shape JOBS whose matrices are the [B, m, n] STACK as one batched job on DEVICE: one
+    Result per member, in order, each with its share of the batch's seconds. CUDA out-of-memory propagates
+    (the scheduler splits the batch in halves and retries); any other failure is each member's error."""
+    start = time.perf_counter()
+    try:
+        if compute is not None and device != "cpu":  # a simulated device (tests): batched if it says so
+            outs = compute(stack, method, device) if getattr(compute, "batched", False) else None
+            outs = outs or [compute(W, method, device) for W in stack]
+        elif device == "cpu":
+            outs = score_batch(stack, method)
+        else:
+            with torch.cuda.device(torch.device(device)):
+                Ws = stack.to(device, non_blocking=True)
+                outs = score_batch(Ws, method, device)
+                del Ws
+    except oom_types():
+        raise
+    except Exception as err:
+        share = (time.perf_counter() - start) / len(jobs)
+        return [error_result(j, method, worker, err, share, r) for j, r in zip(jobs, reads)]
+    share = (time.perf_counter() - start) / len(jobs)
+    for j, o in zip(jobs, outs):
+        _keep(keep, j, o)
+    return [_result(j, o, method, worker, share, r) for j, o, r in zip(jobs, outs, reads)]

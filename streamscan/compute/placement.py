@@ -200,3 +200,19 @@ def cpu_threads(shape: tuple[int, ...], configured: int | None = None) -> int:
     """
     del shape  # the rule may use the shape; today it is the same for every shape
     return max(1, configured or THREADS_PER_JOB)
+
+
+# Batches of same-shape matrices (score_batch). CPU: measured by bench/batching.py (bench/RESULTS.md,
+# "batching"): one stack pays below a small side of ~256 (0.35-0.9x the time per matrix), not above it.
+# CUDA: not yet measured (no GPU lent); the per-call latency of syevd is ~ms, so up to 64 small matrices.
+BATCH_MAX = {"cpu": 16, "cuda": 64}
+BATCH_MAX_K = {"cpu": 256, "cuda": 2048}
+
+
+def batch_size(shape: tuple[int, int], kind: str, need: int, room: int, cap: int | None = None) -> int:
+    """How many same-shape matrices go to a device of KIND as one job: the measured maximum for the size,
+    bounded by the ROOM left there (each member needs NEED bytes) and by CAP (halved after an OOM)."""
+    if min(shape) > BATCH_MAX_K.get(kind, 0):
+        return 1
+    most = BATCH_MAX.get(kind, 1) if cap is None else min(cap, BATCH_MAX.get(kind, 1))
+    return max(1, min(most, room // max(need, 1)))

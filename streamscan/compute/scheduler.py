@@ -27,11 +27,12 @@ from dataclasses import dataclass, field, replace
 import psutil
 import torch
 
-from streamscan.checkpoint.reader import read_tensor
+from streamscan.checkpoint.reader import Stored, read_stored, read_tensor
 from streamscan.compute.devices import default_max_memory, default_workers, gpu_memory, parse_devices  # noqa: F401 (re-exported)
-from streamscan.compute.executor import error_result, oom_types, score_job
-from streamscan.compute.placement import Assignment, DeviceState, Task, assign, cpu_threads
+from streamscan.compute.executor import error_result, materialize, oom_types, score_batch_jobs, score_job
+from streamscan.compute.placement import Assignment, DeviceState, Task, assign, batch_size, cpu_threads, margin
 from streamscan.compute.spectrum import DEFAULT_METHOD, memory_bytes
+from streamscan.compute.staging import StagingPool
 from streamscan.records import Job, Result
 
 log = logging.getLogger(__name__)
@@ -110,10 +111,53 @@ class _Worker(threading.Thread):
         if self.device != "cpu" and self.pool.compute is None:
             torch.cuda.set_device(torch.device(self.device))
         while (item := self.inbox.get()) is not None:
-            job, note, threads = item
+            jobs, note, threads = item
             if self.device == "cpu":
                 torch.set_num_threads(threads)
-            self.pool.finish(self, job, note, self._run(job))
+            try:
+                outcome = self._run(jobs[0]) if len(jobs) == 1 else self._run_batch(jobs)
+            except Exception as err:  # a bug must not kill the worker (the scan would wait forever)
+                outcome = [error_result(j, self.pool.method, self.worker, err, 0.0) for j in jobs]
+            self.pool.finish(self, jobs, note, outcome)
+
+    def _run_batch(self, jobs: list[Job]):
+        """Same-shape jobs as one stacked job: a list of Results, or the OOM (the pool splits the batch)."""
+        pin = self.device != "cpu" and self.pool.compute is None
+        read = [self.pool.tensor_for(j, pin=pin) for j in jobs]
+        out: dict[str, Result] = {
+            j.name: error_result(j, self.pool.method, self.worker, err, 0.0, sec)
+            for j, (_, sec, err) in zip(jobs, read)
+            if err is not None
+        }
+        good = [(j, t, sec) for j, (t, sec, err) in zip(jobs, read) if err is None]
+        del read
+        if good:
+            tensors = [t for _, t, _ in good]
+            staged = not any(isinstance(t, Stored) for t in tensors)
+            if staged:
+                stack = self.pool.staging.stack(tensors)
+            else:  # stored FP8/MXFP4: each dequantized on the device (the CPU for simulated ones), then stacked
+                where = self.device if self.pool.compute is None else "cpu"
+                try:
+                    stack = torch.stack([materialize(t, where) for t in tensors])
+                except oom_types() as oom:
+                    return oom
+            del tensors
+            members = [j for j, _, _ in good]
+            reads = [sec for _, _, sec in good]
+            del good
+            try:
+                results = score_batch_jobs(
+                    members, stack, self.pool.method, self.worker, self.device, reads, self.pool.compute, self.pool.keep
+                )
+            except oom_types() as oom:
+                return oom
+            finally:
+                if staged:
+                    self.pool.staging.give(stack)
+                del stack
+            out.update((r.name, r) for r in results)
+        return [out[j.name] for j in jobs]
 
     def _run(self, job: Job):
         tensor, read, err = self.pool.tensor_for(job, pin=self.device != "cpu" and self.pool.compute is None)
@@ -142,9 +186,14 @@ class _Pool:
         memory_probe,
         compute,
         stats: PoolStats,
+        batch: bool = True,
     ):
         self.method, self.cond, self.stats, self.compute = method, threading.Condition(), stats, compute
         self.keep = None  # score_job's keep: where singular values go (run_jobs' keep)
+        self.batching = batch
+        self.batch_cap: dict[tuple, int] = {}  # (device, batch key) -> most members, halved at each OOM
+        self.staging = StagingPool(pinned=None if compute is None else False)
+        self.stored = any(d != "cpu" for d in devices)  # FP8/MXFP4 read as stored, dequantized on the device
         self.cores = default_workers()
         self.cpu_workers = cpu_workers
         self.memory_probe = memory_probe or gpu_memory
@@ -159,7 +208,7 @@ class _Pool:
         self.held = 0  # bytes of RAM held: read tensors and CPU work
         self.holds: dict[str, int] = {}
         self.need_cache: dict[str, tuple[int, int]] = {}
-        self.outbox: list[tuple[_Worker, Job, str | None, object]] = []
+        self.outbox: list[tuple[_Worker, list[Job], str | None, object]] = []
         self.feeding = True
         self.stopped = False
         self.speed = dict(PRIOR_SPEED)
@@ -242,7 +291,7 @@ class _Pool:
                     self.cond.wait()
                 self.reading.add(job.name)
                 self._hold(job.name, job.nbytes)
-            tensor, seconds, err = _read(job, pin)
+            tensor, seconds, err = _read(job, pin, self.stored)
             with self.cond:
                 self.reading.discard(job.name)
                 self.stats.read_seconds += seconds
@@ -272,7 +321,7 @@ class _Pool:
                 self.stats.prefetched += 1
                 self.cond.notify_all()
                 return got
-        tensor, seconds, err = _read(job, pin)
+        tensor, seconds, err = _read(job, pin, self.stored)
         with self.cond:
             self.stats.read_seconds += seconds
             if err is None:
@@ -347,57 +396,115 @@ class _Pool:
         # no job of ours has run on any GPU for STALL_SECONDS although jobs wait: GPU memory is held elsewhere
         stalled = bool(gpus) and now - self.gpu_active >= STALL_SECONDS
         started = 0
+        taken: set[str] = set()  # members of a batch started in this round
         for a in assign(tasks, states, queue_cost=self.queued_cost, stalled=stalled):
+            if a.key in taken:
+                continue  # it went with an earlier job's batch; the slot the policy gave it stays idle
             if a.device not in self.chosen and a.device in self.idle and not self.idle[a.device]:
                 continue  # the fallback CPU worker is busy: the job waits for it
             if a.note and stalled:
                 log.warning("%s: %s", a.key, a.note)
             if a.device != "cpu":
                 self.gpu_active = now
-            self._start(by_name[a.key], a)
+            members = self._start(by_name[a.key], a)
+            taken.update(members)
             started += 1
+            if len(members) > 1:
+                break  # the batch used room the policy gave to later jobs: decide again with fresh states
         return started
 
-    def _start(self, job: Job, a: Assignment) -> None:
+    def _start(self, job: Job, a: Assignment) -> list[str]:
         if a.device not in self.workers:  # a job no GPU can hold, in a pool without CPU workers
             self._add_device("cpu", 1)
         worker = self.idle[a.device].pop(0)
-        self.take(job)
+        members = self._batch(job, a.device)
+        for j in members:
+            self.take(j)
         self.running[a.device] += 1
         threads = 0
         if a.device == "cpu":
-            self._hold(job.name, self._cpu_need(job))
+            for j in members:
+                self._hold(j.name, self._cpu_need(j))
             threads = cpu_threads(job.shape, _configured_threads())
-        elif job.name not in self.ready and job.name not in self.reading:
-            self._hold(job.name, job.nbytes)  # the host copy it will read
-        worker.inbox.put((job, a.note, threads))
+        else:
+            for j in members:
+                if j.name not in self.ready and j.name not in self.reading:
+                    self._hold(j.name, j.nbytes)  # the host copy it will read
+        worker.inbox.put((members, a.note, threads))
+        return [j.name for j in members]
 
-    def finish(self, worker: _Worker, job: Job, note: str | None, outcome) -> None:
+    def _batch(self, job: Job, device: str) -> list[Job]:
+        """JOB and the waiting jobs of its shape, dtype and quantization that go with it as one batched job:
+        as many as placement.batch_size allows for the size and the room left on DEVICE (same-shape jobs
+        have equal cost, so they sit next to JOB in the queue)."""
+        if not self.batching:
+            return [job]
+        kind = "cpu" if device == "cpu" else "cuda"
+        key = _batch_key(job)
+        if kind == "cpu":
+            need = memory_bytes(job.shape, _element_size(job), self.method, "cpu")  # a member's whole need
+            room = self.max_memory - self.held - self._cpu_need(job)  # what the first leaves to the others
+            room = need + room if room >= 0 else 0
+        else:
+            need = memory_bytes(job.shape, _element_size(job), self.method, "cuda")
+            free, total = self.memory_probe(device)
+            room = free - margin(DeviceState(device, "cuda", free, total, 0, 0.0))
+        n = batch_size(job.shape, kind, need, max(room, need), self.batch_cap.get((device, key)))
+        members = [job]
+        if n <= 1:
+            return members
+        lo = bisect.bisect_left(self.keys, -job.cost)
+        hi = bisect.bisect_right(self.keys, -job.cost)
+        for other in self.pending[lo:hi]:
+            if len(members) >= n:
+                break
+            if other is not job and _batch_key(other) == key and device not in self.excluded.get(other.name, ()):
+                members.append(other)
+        return members
+
+    def finish(self, worker: _Worker, jobs: list[Job], note: str | None, outcome) -> None:
         with self.cond:
-            self.outbox.append((worker, job, note, outcome))
+            self.outbox.append((worker, jobs, note, outcome))
             self.cond.notify_all()
 
     def collect(self) -> list[Result]:
         """Book the finished jobs: results out, OOMs back to the queue, slots idle again."""
         results = []
-        for worker, job, note, outcome in self.outbox:
+        for worker, jobs, note, outcome in self.outbox:
             dev = worker.device
             self.idle[dev].append(worker)
             self.running[dev] -= 1
-            self._release(job.name)
-            self.ready.pop(job.name, None)
+            for job in jobs:
+                self._release(job.name)
+                self.ready.pop(job.name, None)
             stats = self.stats.devices[dev]
             if isinstance(outcome, Result):
-                self.need_cache.pop(job.name, None)
-                stats.jobs += 1
-                stats.busy += outcome.seconds
-                if outcome.status != "error" and outcome.seconds > 0:
-                    rate = job.cost / outcome.seconds
+                outcome = [outcome]
+            if isinstance(outcome, list):
+                for j in jobs:
+                    self.need_cache.pop(j.name, None)
+                stats.jobs += len(outcome)
+                stats.busy += sum(r.seconds for r in outcome)
+                ok = [(j, r) for j, r in zip(jobs, outcome) if r.status != "error"]
+                seconds = sum(r.seconds for _, r in ok)
+                if ok and seconds > 0:
+                    rate = sum(j.cost for j, _ in ok) / seconds
                     kind = "cpu" if dev == "cpu" else "cuda"
                     self.speed[kind] = 0.7 * self.speed[kind] + 0.3 * rate if kind in self.timed else rate
                     self.timed.add(kind)
-                results.append(replace(outcome, note=note) if note else outcome)
+                results.extend(replace(r, note=note) if note else r for r in outcome)
+            elif len(jobs) > 1:  # a batch ran out of memory: split in halves, retried on the same device
+                stats.oom += 1
+                self.batch_cap[(dev, _batch_key(jobs[0]))] = len(jobs) // 2
+                log.info(
+                    "%d-matrix batch of %s ran out of memory on %s; retrying in halves", len(jobs), jobs[0].shape, dev
+                )
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                for job in jobs:
+                    self.add(job)
             else:  # out of memory: never this device again for this job
+                job = jobs[0]
                 stats.oom += 1
                 self.excluded.setdefault(job.name, set()).add(dev)
                 log.info("%s: out of memory on %s (%s); retrying elsewhere", job.name, dev, outcome)
@@ -419,14 +526,26 @@ class _Pool:
                 w.inbox.put(None)
 
 
+def _batch_key(job: Job) -> tuple:
+    """Jobs with equal keys stack into one batch: the matrix's shape, its dtype as read, its quantization."""
+    q = job.tensor.quant
+    return (job.shape, job.tensor.dtype, job.tensor.element_size, None if q is None else (q.scheme, q.block))
+
+
 def _element_size(job: Job) -> int:
     return job.tensor.element_size  # of the tensor read: float32 for dequantized weights
 
 
-def _read(job: Job, pin: bool) -> tuple[torch.Tensor | None, float, BaseException | None]:
+def _read(
+    job: Job, pin: bool, stored: bool = False
+) -> tuple[torch.Tensor | Stored | None, float, BaseException | None]:
+    """The job's matrix as read_tensor gives it, or with STORED a whole FP8/MXFP4 weight as stored (reader.Stored)."""
     start = time.perf_counter()
     try:
-        tensor = read_tensor(job.tensor) if job.part is None else read_tensor(job.tensor, job.part)
+        if stored and job.part is None and job.tensor.quant is not None:
+            tensor = read_stored(job.tensor)
+        else:
+            tensor = read_tensor(job.tensor) if job.part is None else read_tensor(job.tensor, job.part)
         if pin:
             tensor = tensor.pin_memory()
     except Exception as err:  # becomes the job's error Result
@@ -465,6 +584,7 @@ def run_jobs(
     memory_probe=None,
     compute=None,
     keep=None,
+    batch: bool = True,
 ) -> Iterator[Result]:
     """Yield a Result per job as each finishes (any order). Closing the iterator cancels queued jobs.
 
@@ -472,7 +592,8 @@ def run_jobs(
     ``max_memory``: RAM bytes for read tensors and CPU work (default: available RAM minus headroom).
     ``prefetch``: tensors read ahead (default: one per device slot). ``memory_probe(device) -> (free,
     total)`` and ``compute(tensor, method, device) -> SNR`` replace the CUDA query and the CUDA computation
-    (tests simulate GPUs with them; ``compute`` may raise torch.OutOfMemoryError).
+    (tests simulate GPUs with them; ``compute`` may raise torch.OutOfMemoryError). ``batch``: same-shape
+    small matrices go to a device as one batched job (placement.batch_size); results are one per job either way.
     ``keep(name, singular_values)`` is called from the worker threads with each scored matrix's spectrum.
     """
     workers = workers or default_workers()
@@ -492,6 +613,7 @@ def run_jobs(
         memory_probe,
         compute,
         stats,
+        batch,
     )
     pool.keep = keep
     threads = []

@@ -7,6 +7,9 @@ Methods
 - ``svdvals32``: the reference's own computation (float32 ``torch.linalg.svdvals`` on the weight as
   stored, SNR arithmetic in float32), for comparisons with published Spectrum scans.
 - ``svdvals64``: float64 ``torch.linalg.svdvals``; exact, slowest.
+
+Batches: :func:`score_batch` scores B matrices of one shape as one stack (a batched Gram built with the
+same chunks and blocks as :func:`gram`, one batched ``eigvalsh``), so a GPU pays its per-call latency once.
 """
 
 from __future__ import annotations
@@ -119,6 +122,25 @@ def gram(W: torch.Tensor, device: torch.device | str | None = None, blocks: int 
     return G
 
 
+def gram_batch(Ws: torch.Tensor, device: torch.device | str | None = None, blocks: int = 4) -> torch.Tensor:
+    """:func:`gram` of each matrix of a [B, m, n] stack, as one [B, k, k] stack (same chunks, same blocks)."""
+    B, m, n = Ws.shape
+    k = min(m, n)
+    G = torch.zeros((B, k, k), dtype=torch.float64, device=device)
+    nb = blocks if k >= 512 else 1
+    cuts = [i * k // nb for i in range(nb + 1)]
+    step = max(1, CHUNK_ELEMENTS // k)
+    for c in range(0, max(m, n), step):
+        if m <= n:
+            X = Ws[:, :, c : c + step].to(device=device, dtype=torch.float64)
+        else:
+            X = Ws[:, c : c + step].to(device=device, dtype=torch.float64).transpose(1, 2)
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            G[:, a:b, a:] += X[:, a:b] @ X[:, a:].transpose(1, 2)
+        del X
+    return G
+
+
 def singular_values(W: torch.Tensor, method: str = DEFAULT_METHOD, device=None) -> tuple[torch.Tensor, float]:
     """Singular values of W (descending, on CPU) and the method's numerical floor relative to S[0]."""
     m, n = W.shape
@@ -144,6 +166,48 @@ def score(W: torch.Tensor, method: str = DEFAULT_METHOD, device=None) -> SNR:
         return SNR(None, "weights contain NaN or Inf")
     S, rtol = singular_values(W, method, device)
     return replace(snr_from_singular_values(S, (m, n), rtol), singular_values=S)
+
+
+def score_batch(Ws, method: str = DEFAULT_METHOD, device=None) -> list[SNR]:
+    """The SNR of each matrix of WS (a [B, m, n] stack or a list of same-shape matrices), in order.
+
+    One batched Gram and one batched ``eigvalsh`` (or ``svdvals``) for the matrices that can be scored;
+    the others get their reason exactly as :func:`score` gives it. On the CPU the result is bit-identical to
+    scoring them one by one (each Gram is :func:`gram`'s, LAPACK's batched eigvalsh loops over the same
+    routine); on a GPU the stacked product may sum in another order: ~1e-15 relative (docs/devices-gpu.md).
+    """
+    if not isinstance(Ws, torch.Tensor):
+        Ws = torch.stack(list(Ws)) if len(Ws) else torch.empty((0, 0, 0))
+    if Ws.ndim != 3:
+        raise ValueError(f"score_batch takes a [B, m, n] stack, not a {Ws.ndim}-D tensor")
+    B, m, n = Ws.shape
+    if B == 0:
+        return []
+    if min(m, n) < MIN_DIM:
+        return [score(W, method, device) for W in Ws]
+    finite = [_all_finite(W) for W in Ws]
+    keep = [i for i, ok in enumerate(finite) if ok]
+    out: list[SNR] = [SNR(None, "weights contain NaN or Inf")] * B
+    if not keep:
+        return out
+    stack = Ws if len(keep) == B else Ws[keep]
+    if method == "gram64":
+        on_cpu = device is None or torch.device(device).type == "cpu"
+        # on the CPU each Gram is built by gram() itself: bit-identical to score(); only eigvalsh is batched
+        G = torch.stack([gram(W, device) for W in stack]) if on_cpu else gram_batch(stack, device)
+        eig = torch.linalg.eigvalsh(G, UPLO="U").cpu()
+        del G
+        S_all = torch.sqrt(torch.clamp(eig, min=0)).flip(-1)
+        rtol = math.sqrt(min(m, n) * torch.finfo(torch.float64).eps)
+    elif method in ("svdvals32", "svdvals64"):
+        dtype = torch.float32 if method == "svdvals32" else torch.float64
+        S_all = torch.linalg.svdvals(stack.to(device=device, dtype=dtype)).cpu()
+        rtol = max(m, n) * torch.finfo(dtype).eps
+    else:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    for j, i in enumerate(keep):
+        out[i] = replace(snr_from_singular_values(S_all[j], (m, n), rtol), singular_values=S_all[j])
+    return out
 
 
 def _all_finite(W: torch.Tensor) -> bool:
