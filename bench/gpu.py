@@ -1,48 +1,79 @@
-"""GPU: per-shape time of the default method (gram64) against float32 svdvals on the same GPU, SNR agreement,
-and a projection for whole 70B-class and Mixtral-8x22B scans on one GPU.
+"""GPU: per-shape time of gram64 (on the solver path chosen for the device, batched for expert shapes) against
+float32 svdvals on the same device (the reference's GPU way), SNR error against float64 SVD, and whole-scan
+projections for Llama-3-70B, Mixtral-8x22B, DBRX, Qwen1.5-110B and DeepSeek-V3 on 1 and 8 GPUs.
 
-Run on a machine with CUDA: python -m bench.gpu            (writes the "gpu" section of bench/RESULTS.md)
+Run on a machine with CUDA: python -m bench.gpu     (bench/results/gpu.json + the "gpu" section of RESULTS.md)
 Check the script on CPU with small shapes: python -m bench.gpu --device cpu --scale 16 --no-write
+(--no-write, and any --device cpu run without --json, writes the JSON to a temporary file, never to
+bench/results/gpu.json: that file holds GPU numbers only.)
 
-Projection: a scan's compute time = Σ over the model's matrices of the measured time of its shape (every
-shape of both models is measured); its I/O time = bytes / --disk-gbps; with prefetch the wall is about
-max(compute, I/O) plus the first read. Times are medians of --repeat runs after one warm-up.
+Projection of one model on G GPUs: max(Σ over its matrices of the measured seconds of its shape / G,
+checkpoint bytes / --feed-gbps), the host feed being shared by the GPUs of one host. Expert shapes use
+the per-matrix time of a batch of --batch. Times are medians of --repeat runs after one warm-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 
 from bench.common import update_section
-from streamscan.compute.spectrum import score
+from streamscan.compute import solver
+from streamscan.compute.spectrum import score, score_batch
 
+RESULTS_JSON = Path(__file__).with_name("results") / "gpu.json"
 ISSUE_SHAPES = [(4096, 4096), (4096, 14336), (8192, 8192), (8192, 28672), (6144, 16384), (7168, 2048)]
+REF_MAX_ELEMENTS = {"cpu": 1 << 62, "cuda": 8192 * 8192}  # float64 SVD reference only up to this size on a GPU
 
 
-def llama70b() -> Counter:
-    """Llama-3-70B: hidden 8192, ffn 28672, 8 kv heads x 128, vocab 128256, 80 layers, untied head."""
-    per_layer = [(8192, 8192), (1024, 8192), (1024, 8192), (8192, 8192), (28672, 8192), (28672, 8192), (8192, 28672)]
-    c = Counter({s: 0 for s in per_layer})
-    for s in per_layer:
-        c[s] += 80
-    c[(128256, 8192)] += 2
-    return c
+def _dense(c: Counter, layers: int, hidden: int, ffn: int, kv: int) -> None:
+    for s in [(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (ffn, hidden), (ffn, hidden)]:
+        c[s] += layers
+    c[(hidden, ffn)] += layers
 
 
-def mixtral8x22b() -> Counter:
-    """Mixtral-8x22B: hidden 6144, expert ffn 16384, 8 experts, 8 kv heads x 128, vocab 32768, 56 layers."""
-    c: Counter = Counter()
+def models() -> dict[str, dict]:
+    """Each model: matrix shape -> count, expert shapes (batched), bytes per element of its stored weights."""
+    llama = Counter()
+    _dense(llama, 80, 8192, 28672, 1024)
+    llama[(128256, 8192)] += 2
+    qwen = Counter()
+    _dense(qwen, 80, 8192, 49152, 1024)
+    qwen[(152064, 8192)] += 2
+    mixtral = Counter()
     for s in [(6144, 6144), (1024, 6144), (1024, 6144), (6144, 6144), (8, 6144)]:
-        c[s] += 56
+        mixtral[s] += 56
     for s in [(16384, 6144), (16384, 6144), (6144, 16384)]:
-        c[s] += 56 * 8
-    c[(32768, 6144)] += 2
-    return c
+        mixtral[s] += 56 * 8
+    mixtral[(32768, 6144)] += 2
+    dbrx = Counter()  # fused Wqkv 6144+2x1024, 16 experts of ffn 10752 (w1, v1, w2 all 10752x6144)
+    for s in [(8192, 6144), (6144, 6144), (16, 6144)]:
+        dbrx[s] += 40
+    dbrx[(10752, 6144)] += 40 * 16 * 3
+    dbrx[(100352, 6144)] += 2
+    ds = Counter()  # 61 layers (3 dense, 58 MoE of 256 routed + 1 shared expert), MLA attention, FP8
+    for s in [(1536, 7168), (24576, 1536), (576, 7168), (32768, 512), (7168, 16384)]:
+        ds[s] += 61
+    ds[(18432, 7168)] += 3 * 2
+    ds[(7168, 18432)] += 3
+    ds[(256, 7168)] += 58
+    ds[(2048, 7168)] += 58 * 257 * 2
+    ds[(7168, 2048)] += 58 * 257
+    ds[(129280, 7168)] += 2
+    return {
+        "Llama-3-70B": {"counts": llama, "experts": set(), "bytes": 2},
+        "Mixtral-8x22B": {"counts": mixtral, "experts": {(16384, 6144), (6144, 16384)}, "bytes": 2},
+        "DBRX": {"counts": dbrx, "experts": {(10752, 6144)}, "bytes": 2},
+        "Qwen1.5-110B": {"counts": qwen, "experts": set(), "bytes": 2},
+        "DeepSeek-V3": {"counts": ds, "experts": {(2048, 7168), (7168, 2048)}, "bytes": 1},
+    }
 
 
 def timed(fn, device: str, repeat: int) -> float:
@@ -59,40 +90,145 @@ def timed(fn, device: str, repeat: int) -> float:
     return statistics.median(times)
 
 
-def measure(shape, device: str, repeat: int) -> dict:
-    g = torch.Generator(device="cpu").manual_seed(hash(shape) % 2**31)
-    W = (torch.randn(shape, generator=g) / shape[1] ** 0.5).to(torch.bfloat16)
-    k = min(shape)
-    W[: k // 8] *= 4  # some strong directions, as trained weights have
+def planted(shape, seed: int) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    W = torch.randn(shape, generator=g) / shape[1] ** 0.5
+    W[: min(shape) // 8] *= 4  # some strong directions, as trained weights have
+    u, v = torch.randn(shape[0], 1, generator=g), torch.randn(1, shape[1], generator=g)
+    W += 100 * (u / u.norm()) @ (v / v.norm())  # and an outlier direction (where fp32 Grams fail)
+    return W.to(torch.bfloat16)
+
+
+def measure(shape, device: str, repeat: int, batch: int, rates, kind: str) -> list[dict]:
+    """Rows {shape, method, seconds, snr_rel_err} for SHAPE (seconds per matrix)."""
+    W = planted(shape, hash(shape) % 2**31)
     Wd = W.to(device)
-    gram = timed(lambda: score(Wd, "gram64", device), device, repeat)
-    magma = None
-    if device != "cpu":  # the eigenvalue phase through MAGMA instead of cuSOLVER, for the record
-        torch.backends.cuda.preferred_linalg_library("magma")
+    path = solver.choose(shape, 1, rates, kind, forced=solver.forced_path())
+    exact = None
+    if shape[0] * shape[1] <= REF_MAX_ELEMENTS[kind]:
+        exact = score(Wd, "svdvals64", device).snr
+
+    def err(snr):
+        return None if exact is None or snr is None else abs(snr - exact) / abs(exact)
+
+    rows = []
+    for method, p in [("gram64", path), ("svdvals32", "gram64")]:
+        sec = timed(lambda m=method, p=p: score(Wd, m, device, p), device, repeat if method == "gram64" else 1)
+        name = f"gram64 ({p})" if method == "gram64" else method
+        rows.append(
+            {"shape": list(shape), "method": name, "seconds": sec, "snr_rel_err": err(score(Wd, method, device, p).snr)}
+        )
+    if kind == "cuda" and path != "gram64-magma" and tuple(shape) in ISSUE_SHAPES:
+        sec = timed(lambda: score(Wd, "gram64", device, "gram64-magma"), device, repeat)
+        snr = score(Wd, "gram64", device, "gram64-magma").snr
+        rows.append({"shape": list(shape), "method": "gram64 (gram64-magma)", "seconds": sec, "snr_rel_err": err(snr)})
+    Wd = None  # free the device copy before the batch
+    if batch > 1:
         try:
-            magma = timed(lambda: score(Wd, "gram64", device), device, repeat)
-        finally:
-            torch.backends.cuda.preferred_linalg_library("default")
-    ref = timed(lambda: score(Wd, "svdvals32", device), device, repeat)
-    exact = score(W, "svdvals64").snr if max(shape) * min(shape) <= 8192 * 8192 and device == "cpu" else None
-    s_gram, s_ref = score(Wd, "gram64", device).snr, score(Wd, "svdvals32", device).snr
-    out = {
-        "shape": shape,
-        "gram64": gram,
-        "gram64_magma": magma,
-        "svdvals32": ref,
-        "snr_gram64": s_gram,
-        "snr_svdvals32": s_ref,
-        "rel_diff": abs(s_gram - s_ref) / abs(s_gram),
-    }
-    if exact is not None:
-        out["rel_err_gram64"] = abs(s_gram - exact) / abs(exact)
-    if device != "cpu":
-        torch.cuda.reset_peak_memory_stats()
-        score(Wd, "gram64", device)
-        out["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    Wd = None  # free the device copy before the next shape
+            stack = torch.stack([planted(shape, s) for s in range(batch)]).to(device)
+            sec = timed(lambda: score_batch(stack, "gram64", device, path), device, repeat) / batch
+            snr = score_batch(stack[:1], "gram64", device, path)[0].snr
+            exact0 = score(stack[0], "svdvals64", device).snr if exact is not None else None
+            e = None if exact0 is None else abs(snr - exact0) / abs(exact0)
+            rows.append(
+                {"shape": list(shape), "method": f"gram64 batched x{batch} ({path})", "seconds": sec, "snr_rel_err": e}
+            )
+            del stack
+        except torch.OutOfMemoryError:
+            pass
+    if kind == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def project(specs: dict[str, dict], per_matrix: dict[tuple, float], scale: int, feed_gbps: float) -> list[dict]:
+    out = []
+    for model, spec in specs.items():
+        compute = sum(n * per_matrix[s] for s, n in spec["counts"].items())
+        nbytes = sum(n * s[0] * s[1] for s, n in spec["counts"].items()) * spec["bytes"] / scale**2
+        feed = nbytes / (feed_gbps * 1e9)
+        for gpus in (1, 8):
+            out.append(
+                {
+                    "model": model,
+                    "gpus": gpus,
+                    "seconds": max(compute / gpus, feed),
+                    "compute_seconds": compute / gpus,
+                    "feed_seconds": feed,
+                    "matrices": sum(spec["counts"].values()),
+                    "gb": nbytes / 1e9,
+                }
+            )
     return out
+
+
+def run(device: str, scale: int, repeat: int, batch: int, feed_gbps: float) -> dict:
+    kind = "cpu" if device == "cpu" else "cuda"
+    rates = solver.probe(device)
+    specs = models()
+    shapes = list(dict.fromkeys(ISSUE_SHAPES + [s for m in specs.values() for s in m["counts"]]))
+    experts = set().union(*(m["experts"] for m in specs.values()))
+    rows, per_matrix = [], {}
+    for shape in shapes:
+        small = (max(2, shape[0] // scale), max(2, shape[1] // scale))
+        got = measure(small, device, repeat, batch if shape in experts else 1, rates, kind)
+        for r in got:
+            r["full_shape"] = list(shape)
+        rows += got
+        batched = [r["seconds"] for r in got if "batched" in r["method"]]
+        per_matrix[shape] = batched[0] if batched else got[0]["seconds"]
+        print(
+            f"{shape} -> {small}: "
+            + ", ".join(f"{r['method']} {r['seconds']:.4f} s (err {r['snr_rel_err']})" for r in got),
+            flush=True,
+        )
+    timings: dict[str, dict[int, float]] = {}
+    for r in rows:
+        for p in ("gram64-magma", "gram64"):
+            if r["method"] == f"gram64 ({p})":
+                timings.setdefault(p, {})[min(r["shape"])] = r["seconds"]
+    return {
+        "device": torch.cuda.get_device_name(torch.device(device)) if kind == "cuda" else "cpu",
+        "scale": scale,
+        "solver": {
+            "fp64_tflops": rates.fp64_tflops,
+            "fp32_tflops": rates.fp32_tflops,
+            "path": solver.choose((8192, 8192), 1, rates, kind),
+        },
+        "feed_gbps": feed_gbps,
+        "per_shape": rows,
+        "projections": project(specs, per_matrix, scale, feed_gbps),
+        "solver_timings": {p: {str(k): v for k, v in t.items()} for p, t in timings.items()},
+    }
+
+
+def markdown(data: dict) -> str:
+    rows = "\n".join(
+        f"| {r['full_shape'][0]}×{r['full_shape'][1]} | {r['method']} | {r['seconds']:.4f} s | "
+        f"{'n/a' if r['snr_rel_err'] is None else format(r['snr_rel_err'], '.1e')} |"
+        for r in data["per_shape"]
+        if tuple(r["full_shape"]) in ISSUE_SHAPES
+    )
+    proj = "\n".join(
+        f"| {p['model']} | {p['gpus']} | {p['gb']:.0f} GB | {p['compute_seconds'] / 60:.1f} min | "
+        f"{p['feed_seconds'] / 60:.1f} min | **{p['seconds'] / 60:.1f} min** |"
+        for p in data["projections"]
+    )
+    s = data["solver"]
+    return f"""## GPU: per-shape times and whole-model projections (`python -m bench.gpu`)
+Device: {data["device"]}{f" (dimensions divided by {data['scale']})" if data["scale"] > 1 else ""}; fp64 {s["fp64_tflops"]:.1f} TFLOP/s,
+fp32 {s["fp32_tflops"]:.1f} TFLOP/s; solver path {s["path"]}. bf16 weights with strong rows and an outlier direction.
+SNR error against float64 SVD on the same device (n/a: too large for the reference). All rows: bench/results/gpu.json.
+
+| shape | method | seconds per matrix | SNR rel. error |
+|---|---|---|---|
+{rows}
+
+Projection: max(Σ measured seconds / GPUs, bytes / {data["feed_gbps"]} GB/s host feed).
+
+| model | GPUs | bytes | compute | feed | projected wall |
+|---|---|---|---|---|---|
+{proj}"""
 
 
 def main() -> None:
@@ -100,57 +236,23 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--scale", type=int, default=1, help="divide every dimension (CPU check of the script)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--disk-gbps", type=float, default=2.0, help="read bandwidth assumed for the I/O term")
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--batch", type=int, default=16, help="matrices per batched job for expert shapes")
+    ap.add_argument("--feed-gbps", type=float, default=2.0, help="host feed rate for the projection's I/O term")
+    ap.add_argument("--json", type=Path, help="where the JSON goes (default bench/results/gpu.json on a GPU)")
+    ap.add_argument("--no-write", action="store_true", help="no RESULTS.md section; the JSON to a temporary file")
     args = ap.parse_args()
-    models = {"Llama-3-70B": llama70b(), "Mixtral-8x22B": mixtral8x22b()}
-    shapes = list(dict.fromkeys(ISSUE_SHAPES + [s for m in models.values() for s in m]))
-    sc = args.scale
-    rows = {}
-    for shape in shapes:
-        small = (max(2, shape[0] // sc), max(2, shape[1] // sc))
-        r = measure(small, args.device, args.repeat)
-        rows[shape] = r
-        print(
-            f"{shape} -> {small}: gram64 {r['gram64']:.3f} s, svdvals32 {r['svdvals32']:.3f} s, "
-            f"speed-up {r['svdvals32'] / r['gram64']:.1f}x, SNR diff {r['rel_diff']:.1e}",
-            flush=True,
-        )
-    name = torch.cuda.get_device_name() if args.device != "cpu" else "CPU"
-    table = "\n".join(
-        f"| {s[0]}×{s[1]} | {r['gram64']:.3f} s | {r['svdvals32']:.3f} s | {r['svdvals32'] / r['gram64']:.1f}× | "
-        f"{r['rel_diff']:.1e} | {r.get('peak_gb', float('nan')):.2f} | "
-        f"{'n/a' if r['gram64_magma'] is None else format(r['gram64_magma'], '.3f') + ' s'} |"
-        for s, r in rows.items()
-        if s in ISSUE_SHAPES
-    )
-    proj = []
-    for model, counts in models.items():
-        compute = sum(n * rows[s]["gram64"] for s, n in counts.items())
-        ref = sum(n * rows[s]["svdvals32"] for s, n in counts.items())
-        gb = sum(n * s[0] * s[1] * 2 for s, n in counts.items()) / 1e9
-        io = gb / args.disk_gbps
-        proj.append(
-            f"| {model} | {sum(counts.values())} | {gb:.0f} GB | {compute / 60:.1f} min | {ref / 60:.1f} min | "
-            f"{io / 60:.1f} min | **{max(compute, io) / 60:.1f} min** |"
-        )
-    text = f"""## GPU: per-shape times and whole-model projection (`python -m bench.gpu`)
-Device: {name}{f" (dimensions divided by {sc})" if sc > 1 else ""}. bf16 weights with some strong directions; medians of {args.repeat}.
-gram64 = float64 Gram + eigvalsh (the default); svdvals32 = the reference's float32 `torch.linalg.svdvals`.
-
-| shape | gram64 | svdvals32 | speed-up | SNR rel. diff | gram64 peak GiB | gram64, MAGMA eigvalsh |
-|---|---|---|---|---|---|---|
-{table}
-
-Projection for one device: compute = Σ over the model's matrices of its shape's measured time; I/O = bf16
-bytes / {args.disk_gbps} GB/s; with prefetch the wall ≈ max(compute, I/O).
-
-| model | matrices | bytes | gram64 compute | svdvals32 compute | I/O | projected wall |
-|---|---|---|---|---|---|---|
-{chr(10).join(proj)}
-
-Target: 70B-class < 10 minutes on one H100."""
+    if args.device == "cuda":
+        args.device = "cuda:0"
+    data = run(args.device, args.scale, args.repeat, args.batch, args.feed_gbps)
+    target = args.json
+    if target is None:
+        on_gpu = args.device != "cpu" and args.scale == 1 and not args.no_write
+        target = RESULTS_JSON if on_gpu else Path(tempfile.mkdtemp(prefix="streamscan-gpu-")) / "gpu.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=1) + "\n")
+    text = markdown(data)
     print(text)
+    print(f"JSON: {target}")
     if not args.no_write:
         update_section("gpu", text)
 

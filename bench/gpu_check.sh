@@ -11,8 +11,8 @@ nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv | tee "$OUT/nv
 timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tail -20 | tee "$OUT/pytest-gpu.txt"
 # 2. batching on the GPU: where one stacked job starts to pay (feeds placement.BATCH_MAX/BATCH_MAX_K["cuda"])
 timeout 120 python3 -m bench.batching --device cuda --scale 1 --no-write 2>&1 | tail -40 | tee "$OUT/batching-gpu.txt"
-# 3. per-shape gram64 vs fp32 svdvals (the reference's GPU way), MAGMA eigvalsh, SNR agreement, projections
-timeout 180 python3 -m bench.gpu --repeat 2 2>&1 | tail -40 | tee "$OUT/gpu.txt"
+# 3. per-shape gram64 (chosen solver path, batched experts) vs fp32 svdvals, MAGMA, SNR error, projections (gpu.json)
+timeout 200 python3 -m bench.gpu --repeat 2 --batch 16 --json "$OUT/gpu.json" 2>&1 | tail -40 | tee "$OUT/gpu.txt"
 # 4. an end-to-end scan of a multi-GB synthetic checkpoint on the GPU (feed rate, overlap, OOM notes)
 timeout 120 python3 - <<'PY' 2>&1 | tail -20 | tee "$OUT/scan-gpu.txt"
 import json, time, tempfile

@@ -57,24 +57,27 @@ def score_job(
     read: float = 0.0,
     compute=None,
     keep: Callable[[str, torch.Tensor], None] | None = None,
+    path: str = "gram64",
 ) -> Result:
     """Score JOB's matrix TENSOR on DEVICE (moved there if it is elsewhere). CUDA out-of-memory propagates
     (the caller retries or records it); any other failure becomes the job's error Result.
 
     ``keep(name, singular_values)`` receives the matrix's singular values (float64, descending, CPU) when it
-    had a spectrum, before the Result is returned (the kept spectra, results/spectra.py)."""
+    had a spectrum, before the Result is returned (the kept spectra, results/spectra.py). ``path``: where
+    gram64 finds its eigenvalues (compute/solver.py). A simulated device's ``compute`` with ``raw = True``
+    receives the tensor as read (a stored FP8/MXFP4 weight undequantized, as a GPU would)."""
     start = time.perf_counter()
     if tensor.is_meta:
         return Result(snr=None, reason=META_REASON, status="null", read_seconds=read, **_base(job, method, worker))
     try:
         if compute is not None and device != "cpu":
-            out = compute(materialize(tensor, "cpu"), method, device)
+            out = compute(tensor if getattr(compute, "raw", False) else materialize(tensor, "cpu"), method, device)
         elif device == "cpu":
-            out = score(materialize(tensor, "cpu"), method)
+            out = score(materialize(tensor, "cpu"), method, path=path)
         else:
             with torch.cuda.device(torch.device(device)):
                 W = materialize(tensor, device)
-                out = score(W, method, device)
+                out = score(W, method, device, path)
                 del W
     except oom_types():
         raise
@@ -112,6 +115,7 @@ def score_batch_jobs(
     reads: list[float],
     compute=None,
     keep: Callable[[str, torch.Tensor], None] | None = None,
+    path: str = "gram64",
 ) -> list[Result]:
     """Score same-shape JOBS whose matrices are the [B, m, n] STACK as one batched job on DEVICE: one
     Result per member, in order, each with its share of the batch's seconds. CUDA out-of-memory propagates
@@ -122,11 +126,11 @@ def score_batch_jobs(
             outs = compute(stack, method, device) if getattr(compute, "batched", False) else None
             outs = outs or [compute(W, method, device) for W in stack]
         elif device == "cpu":
-            outs = score_batch(stack, method)
+            outs = score_batch(stack, method, path=path)
         else:
             with torch.cuda.device(torch.device(device)):
                 Ws = stack.to(device, non_blocking=True)
-                outs = score_batch(Ws, method, device)
+                outs = score_batch(Ws, method, device, path)
                 del Ws
     except oom_types():
         raise

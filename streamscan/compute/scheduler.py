@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import json
 import logging
 import os
 import queue
@@ -28,6 +29,7 @@ import psutil
 import torch
 
 from streamscan.checkpoint.reader import Stored, read_stored, read_tensor
+from streamscan.compute import solver
 from streamscan.compute.devices import default_max_memory, default_workers, gpu_memory, parse_devices  # noqa: F401 (re-exported)
 from streamscan.compute.executor import error_result, materialize, oom_types, score_batch_jobs, score_job
 from streamscan.compute.placement import Assignment, DeviceState, Task, assign, batch_size, cpu_threads, margin
@@ -76,6 +78,8 @@ class PoolStats:
     prefetched: int = 0
     peak_held: int = 0
     max_memory: int = 0
+    # per device: measured matmul rates (CUDA) and the solver paths that ran (compute/solver.py)
+    solver: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> dict:
         wall = self.wall or (time.perf_counter() - self.started)
@@ -98,7 +102,14 @@ class PoolStats:
                 }
                 for n, d in self.devices.items()
             },
+            "solver": {n: self._solver_entry(e) for n, e in self.solver.items()},
         }
+
+    @staticmethod
+    def _solver_entry(entry: dict) -> dict:
+        out = {k: round(v, 3) for k, v in entry.items() if k in ("fp64_tflops", "fp32_tflops")}
+        out["path"] = ", ".join(sorted(entry.get("paths", ())))
+        return out
 
 
 class _Worker(threading.Thread):
@@ -106,6 +117,28 @@ class _Worker(threading.Thread):
         super().__init__(name=f"streamscan-{name}", daemon=True)
         self.pool, self.worker, self.device = pool, name, device
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.rates: solver.Rates | None = None
+        self.probed = False
+
+    def path_for(self, shape: tuple[int, int], batch: int) -> str:
+        """The solver path of a [batch, *shape] job here (solver.choose), recorded in the pool's stats."""
+        pool = self.pool
+        simulated = self.device != "cpu" and pool.compute is not None
+        kind = "cpu" if self.device == "cpu" else "cuda"
+        if kind == "cuda" and not simulated and not self.probed:
+            self.probed = True
+            try:
+                self.rates = solver.probe(self.device)
+            except Exception as err:  # a failed probe must not fail the scan: the defaults apply
+                log.info("%s: matmul rate probe failed (%s); default solver path", self.device, err)
+        path = solver.choose(shape, batch, self.rates, kind, pool.solver_timings, solver.forced_path())
+        shown = "simulated" if simulated else (path if pool.method == "gram64" else pool.method)
+        with pool.cond:
+            entry = pool.stats.solver.setdefault(self.device, {"paths": set()})
+            if self.rates is not None:
+                entry.update(fp64_tflops=self.rates.fp64_tflops, fp32_tflops=self.rates.fp32_tflops)
+            entry["paths"].add(shown)
+        return path
 
     def run(self) -> None:
         if self.device != "cpu" and self.pool.compute is None:
@@ -136,6 +169,8 @@ class _Worker(threading.Thread):
             staged = not any(isinstance(t, Stored) for t in tensors)
             if staged:
                 stack = self.pool.staging.stack(tensors)
+            elif getattr(self.pool.compute, "raw", False):  # a simulated device that takes them as read
+                stack = list(tensors)
             else:  # stored FP8/MXFP4: each dequantized on the device (the CPU for simulated ones), then stacked
                 where = self.device if self.pool.compute is None else "cpu"
                 try:
@@ -146,9 +181,18 @@ class _Worker(threading.Thread):
             members = [j for j, _, _ in good]
             reads = [sec for _, _, sec in good]
             del good
+            path = self.path_for(members[0].shape, len(members))
             try:
                 results = score_batch_jobs(
-                    members, stack, self.pool.method, self.worker, self.device, reads, self.pool.compute, self.pool.keep
+                    members,
+                    stack,
+                    self.pool.method,
+                    self.worker,
+                    self.device,
+                    reads,
+                    self.pool.compute,
+                    self.pool.keep,
+                    path,
                 )
             except oom_types() as oom:
                 return oom
@@ -163,9 +207,10 @@ class _Worker(threading.Thread):
         tensor, read, err = self.pool.tensor_for(job, pin=self.device != "cpu" and self.pool.compute is None)
         if err is not None:
             return error_result(job, self.pool.method, self.worker, err, 0.0, read)
+        path = self.path_for(job.shape, 1)
         try:
             return score_job(
-                job, tensor, self.pool.method, self.worker, self.device, read, self.pool.compute, self.pool.keep
+                job, tensor, self.pool.method, self.worker, self.device, read, self.pool.compute, self.pool.keep, path
             )
         except oom_types() as oom:
             return oom
@@ -190,6 +235,7 @@ class _Pool:
     ):
         self.method, self.cond, self.stats, self.compute = method, threading.Condition(), stats, compute
         self.keep = None  # score_job's keep: where singular values go (run_jobs' keep)
+        self.solver_timings = _solver_timings()
         self.batching = batch
         self.batch_cap: dict[tuple, int] = {}  # (device, batch key) -> most members, halved at each OOM
         self.staging = StagingPool(pinned=None if compute is None else False)
@@ -551,6 +597,21 @@ def _read(
     except Exception as err:  # becomes the job's error Result
         return None, time.perf_counter() - start, err
     return tensor, time.perf_counter() - start, None
+
+
+def _solver_timings() -> dict[str, dict[int, float]] | None:
+    """STREAMSCAN_SOLVER_TIMINGS: a JSON file of measured seconds per path and size ({"gram64": {"4096": 0.2},
+    "gram64-magma": {...}}, as bench/gpu.py writes under "solver_timings"); None when unset or unreadable."""
+    where = os.environ.get("STREAMSCAN_SOLVER_TIMINGS")
+    if not where:
+        return None
+    try:
+        data = json.loads(open(where, encoding="utf-8").read())
+        data = data.get("solver_timings", data)
+        return {p: {int(k): float(v) for k, v in t.items()} for p, t in data.items()}
+    except (OSError, ValueError, AttributeError, TypeError) as err:
+        log.info("STREAMSCAN_SOLVER_TIMINGS=%s: not read (%s); default solver paths", where, err)
+        return None
 
 
 _THIS_PROCESS = psutil.Process()  # one object: cpu_percent(None) compares with this object's previous call

@@ -15,6 +15,7 @@ same chunks and blocks as :func:`gram`, one batched ``eigvalsh``), so a GPU pays
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -23,6 +24,8 @@ from streamscan.records import DEFAULT_METHOD, METHODS
 
 CHUNK_ELEMENTS = 1 << 22  # float64 elements converted at a time (32 MiB)
 MIN_DIM = 2
+GRAM_PATHS = ("gram64", "gram64-magma", "gram64-host-eig")  # where gram64's eigenvalues are found (solver.py)
+_magma = threading.Lock()  # preferred_linalg_library is process-wide
 
 
 @dataclass(frozen=True)
@@ -141,11 +144,32 @@ def gram_batch(Ws: torch.Tensor, device: torch.device | str | None = None, block
     return G
 
 
-def singular_values(W: torch.Tensor, method: str = DEFAULT_METHOD, device=None) -> tuple[torch.Tensor, float]:
-    """Singular values of W (descending, on CPU) and the method's numerical floor relative to S[0]."""
+def eigenvalues(G: torch.Tensor, path: str = "gram64") -> torch.Tensor:
+    """Ascending eigenvalues (on the CPU) of the upper triangle of G ([k, k] or [B, k, k]) by PATH:
+    on G's device (``gram64``), through MAGMA (``gram64-magma``, CUDA), or on the host (``gram64-host-eig``)."""
+    if path not in GRAM_PATHS:
+        raise ValueError(f"unknown solver path {path!r}; choose one of {', '.join(GRAM_PATHS)}")
+    if path == "gram64-host-eig":
+        return torch.linalg.eigvalsh(G.cpu(), UPLO="U")
+    if path == "gram64-magma" and G.is_cuda:
+        with _magma:
+            before = torch.backends.cuda.preferred_linalg_library()
+            torch.backends.cuda.preferred_linalg_library("magma")
+            try:
+                return torch.linalg.eigvalsh(G, UPLO="U").cpu()
+            finally:
+                torch.backends.cuda.preferred_linalg_library(before)
+    return torch.linalg.eigvalsh(G, UPLO="U").cpu()
+
+
+def singular_values(
+    W: torch.Tensor, method: str = DEFAULT_METHOD, device=None, path: str = "gram64"
+) -> tuple[torch.Tensor, float]:
+    """Singular values of W (descending, on CPU) and the method's numerical floor relative to S[0].
+    ``path``: where gram64 finds the eigenvalues (:func:`eigenvalues`); the Gram is the same on every path."""
     m, n = W.shape
     if method == "gram64":
-        eig = torch.linalg.eigvalsh(gram(W, device), UPLO="U").cpu()
+        eig = eigenvalues(gram(W, device), path)
         S = torch.sqrt(torch.clamp(eig, min=0)).flip(0)
         return S, math.sqrt(min(m, n) * torch.finfo(torch.float64).eps)
     if method in ("svdvals32", "svdvals64"):
@@ -155,7 +179,7 @@ def singular_values(W: torch.Tensor, method: str = DEFAULT_METHOD, device=None) 
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def score(W: torch.Tensor, method: str = DEFAULT_METHOD, device=None) -> SNR:
+def score(W: torch.Tensor, method: str = DEFAULT_METHOD, device=None, path: str = "gram64") -> SNR:
     """The SNR of one weight matrix, or a reason why it has none. Never raises on degenerate input."""
     if W.ndim != 2:
         return SNR(None, f"{W.ndim}-D tensor: no matrix spectrum")
@@ -164,11 +188,11 @@ def score(W: torch.Tensor, method: str = DEFAULT_METHOD, device=None) -> SNR:
         return SNR(None, f"{m}x{n} matrix: too small for a spectrum (needs at least {MIN_DIM}x{MIN_DIM})")
     if not _all_finite(W):
         return SNR(None, "weights contain NaN or Inf")
-    S, rtol = singular_values(W, method, device)
+    S, rtol = singular_values(W, method, device, path)
     return replace(snr_from_singular_values(S, (m, n), rtol), singular_values=S)
 
 
-def score_batch(Ws, method: str = DEFAULT_METHOD, device=None) -> list[SNR]:
+def score_batch(Ws, method: str = DEFAULT_METHOD, device=None, path: str = "gram64") -> list[SNR]:
     """The SNR of each matrix of WS (a [B, m, n] stack or a list of same-shape matrices), in order.
 
     One batched Gram and one batched ``eigvalsh`` (or ``svdvals``) for the matrices that can be scored;
@@ -184,7 +208,7 @@ def score_batch(Ws, method: str = DEFAULT_METHOD, device=None) -> list[SNR]:
     if B == 0:
         return []
     if min(m, n) < MIN_DIM:
-        return [score(W, method, device) for W in Ws]
+        return [score(W, method, device, path) for W in Ws]
     finite = [_all_finite(W) for W in Ws]
     keep = [i for i, ok in enumerate(finite) if ok]
     out: list[SNR] = [SNR(None, "weights contain NaN or Inf")] * B
@@ -195,7 +219,7 @@ def score_batch(Ws, method: str = DEFAULT_METHOD, device=None) -> list[SNR]:
         on_cpu = device is None or torch.device(device).type == "cpu"
         # on the CPU each Gram is built by gram() itself: bit-identical to score(); only eigvalsh is batched
         G = torch.stack([gram(W, device) for W in stack]) if on_cpu else gram_batch(stack, device)
-        eig = torch.linalg.eigvalsh(G, UPLO="U").cpu()
+        eig = eigenvalues(G, path)
         del G
         S_all = torch.sqrt(torch.clamp(eig, min=0)).flip(-1)
         rtol = math.sqrt(min(m, n) * torch.finfo(torch.float64).eps)
