@@ -99,14 +99,17 @@ def test_kill_9_twice_then_resume_gives_identical_outputs(medium_llama, referenc
 def test_kill_9_at_random_points_under_group_commit_then_resume_gives_identical_outputs(
     medium_llama, reference, tmp_path
 ):
-    """Records reach the disk in batches (0.5 s / 256 records): a kill loses the last batch, the resume redoes it."""
+    """Records reach the disk in batches bounded by time and count: a kill loses the last batch, the resume
+    redoes it. (Batches of 0.1 s here: this scan takes about a second, the default 0.5 s would make it one or
+    two batches, and a kill would rarely land between them.)"""
     ref, seconds = reference
     total = journal_lines(ref) - 1
     rng = random.Random(int(os.environ.get("STREAMSCAN_KILL_SEED", "13")))
     out = tmp_path / "killed"
+    env = dict(os.environ, STREAMSCAN_COMMIT_SECONDS="0.1")
     seen = []
     for _ in range(3):
-        proc = subprocess.Popen(cli(medium_llama, "--out", out))
+        proc = subprocess.Popen(cli(medium_llama, "--out", out), env=env)
         deadline = time.monotonic() + 120
         while journal_lines(out) <= (seen[-1] if seen else 0) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)  # the header (or the previous run's records): the scan is under way
