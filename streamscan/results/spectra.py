@@ -16,16 +16,21 @@ metrics`` marks any still missing as such.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+import stat
+import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+log = logging.getLogger(__name__)
 
 SPECTRA_DIR = "spectra"
 FORMAT = "streamscan-spectra-1"
@@ -36,13 +41,38 @@ def spectra_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / SPECTRA_DIR
 
 
+def _regular(path: Path) -> bool:
+    """PATH is a regular file itself (a planted symlink is never followed)."""
+    try:
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            return True
+    except OSError:
+        return False
+    log.warning("%s: not a regular file (a symlink?); ignored, remove it", path)
+    return False
+
+
 def segments(out_dir: str | Path) -> list[Path]:
-    """The complete segment files in OUT_DIR, in reading order (rank, then number)."""
+    """The complete segment files in OUT_DIR, in reading order (rank, then number); symlinks are ignored."""
     root = spectra_dir(out_dir)
     if not root.is_dir():
         return []
     found = [(m.group(1), m.group(2), int(m.group(3)), p) for p in root.iterdir() if (m := _SEGMENT.match(p.name))]
-    return [p for *_, p in sorted(found, key=lambda t: (t[0] != "segment", t[1] != "main", t[1], t[2]))]
+    ordered = sorted(found, key=lambda t: (t[0] != "segment", t[1] != "main", t[1], t[2]))
+    return [p for *_, p in ordered if _regular(p)]
+
+
+def _readable(path: Path) -> bool:
+    """Whether PATH opens as a safetensors file; a corrupt or truncated segment is skipped with a one-line
+    warning (its matrices count as without a spectrum: the next scan recomputes them)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            f.keys()
+        return True
+    except (SafetensorError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        log.warning("%s: unreadable spectra segment (%s); ignored: rerun the scan to recompute them", path, first)
+        return False
 
 
 def kept(out_dir: str | Path) -> bool:
@@ -53,7 +83,7 @@ def kept(out_dir: str | Path) -> bool:
 def stored_names(out_dir: str | Path) -> set[str]:
     """Names with a stored spectrum (headers only)."""
     names: set[str] = set()
-    for path in segments(out_dir):
+    for path in filter(_readable, segments(out_dir)):
         with safe_open(path, framework="pt") as f:
             names.update(f.keys())
     return names
@@ -63,11 +93,14 @@ def load_spectra(out_dir: str | Path, names: Iterable[str] | None = None) -> dic
     """Stored singular values by name (all, or only NAMES)."""
     wanted = set(names) if names is not None else None
     out: dict[str, torch.Tensor] = {}
-    for path in segments(out_dir):
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                if wanted is None or key in wanted:
-                    out[key] = f.get_tensor(key)
+    for path in filter(_readable, segments(out_dir)):
+        try:
+            with safe_open(path, framework="pt") as f:
+                got = {key: f.get_tensor(key) for key in f.keys() if wanted is None or key in wanted}
+        except (SafetensorError, OSError, ValueError) as err:  # a header that opens, data that does not
+            log.warning("%s: unreadable spectra segment (%s); ignored: rerun the scan to recompute them", path, err)
+            continue
+        out.update(got)
     return out
 
 
@@ -95,11 +128,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _save(tensors: dict[str, torch.Tensor], final: Path) -> Path:
-    tmp = final.with_name("." + final.stem + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    """Write a segment to a fresh ``mkstemp`` file in its directory (O_EXCL: a planted symlink is never
+    followed), fsync it and rename it over FINAL (a symlink there is replaced, its target untouched)."""
+    data = save(tensors, metadata={"format": FORMAT})
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     _fsync_dir(final.parent)
     return final
 

@@ -282,6 +282,13 @@ def test_a_shard_truncated_after_indexing_is_a_one_line_error(tmp_path):
     os.truncate(tmp_path / "x.safetensors", info.end - 100)
     with pytest.raises(CheckpointError, match="truncated since it was indexed.*re-download"):
         st.read_tensor(info)
+    assert st.read_slice(info, slice(0, 2)).shape == (2, 64)  # rows before the cut are still there
+    for key in ((slice(60, 64),), (slice(None), slice(0, 8))):  # rows by byte range, columns through a mapping
+        with pytest.raises(CheckpointError, match="re-download"):
+            st.read_slice(info, key[0] if len(key) == 1 else key)
+    os.truncate(tmp_path / "x.safetensors", 4)  # cut inside the header's length
+    with pytest.raises(CheckpointError, match="re-download"):
+        st.read_tensor(info)
 
 
 def test_a_shard_of_20k_tiny_matrices_reads_in_seconds(tmp_path):

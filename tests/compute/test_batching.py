@@ -16,9 +16,9 @@ from tests.fixtures.synthetic_moe import MoeShape, write_moe
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (64, 256), (128, 3000), (3000, 128), (600, 520), (520, 600)])
-@pytest.mark.parametrize("method", ["gram64", "svdvals64"])
+@pytest.mark.parametrize("method", ["gram64", "svdvals32", "svdvals64"])
 def test_score_batch_is_bit_identical_to_one_by_one_on_cpu(shape, method):
-    if method == "svdvals64" and max(shape) > 1000:
+    if method != "gram64" and max(shape) > 1000:
         pytest.skip("svdvals64 of the tall shapes is slow and adds nothing")
     g = torch.Generator().manual_seed(sum(shape))
     Ws = torch.randn(5, *shape, generator=g).to(torch.bfloat16)

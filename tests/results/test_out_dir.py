@@ -144,3 +144,43 @@ def test_status_and_select_on_a_read_only_scan_directory(sharded_llama, tmpfs):
     assert status.exit_code == 0 and "matrices done" in status.output, status.output
     one_line_error(invoke("select", out, "-p", "25"), str(out), "read-only")
     one_line_error(run(sharded_llama, out), str(out), "writable --out")
+
+
+def test_kill_9_while_a_full_disk_stops_the_scan_then_resume_loses_nothing(tmpfs, tmp_path):
+    """A real kill -9 at the moment the disk fills (the scan is failing and stopping), then free space and
+    rerun: every record that was on disk is kept, counted once, and the outputs equal a clean scan's."""
+    import signal
+    import sys
+    import time
+
+    import torch
+
+    from streamscan.results.spectra import load_spectra
+    from tests.fixtures.synthetic import LlamaShape, write_llama
+
+    ck = write_llama(tmp_path / "ck", LlamaShape(layers=6, hidden=384, ffn=1024, kv=128, vocab=2048))
+    args = [sys.executable, "-m", "streamscan", "run", str(ck), "-q", "-p", "50", "--cpu-workers", "2", "--out"]
+    ref = tmp_path / "ref"
+    subprocess.run([*args, str(ref)], check=True)
+    filler = tmpfs / "filler"
+    st = os.statvfs(tmpfs)
+    filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 24 * 4096))  # room for a few spectra and records
+    out = tmpfs / "out"
+    env = dict(os.environ, STREAMSCAN_COMMIT_RECORDS="1")  # each record on disk as it finishes
+    proc = subprocess.Popen([*args, str(out)], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while os.statvfs(tmpfs).f_bavail > 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert os.statvfs(tmpfs).f_bavail == 0, "the disk never filled"
+    assert alive or b"no space left on device" in err.lower(), err  # killed while stopping, or it stopped cleanly
+    kept = [json.loads(line)["name"] for line in (out / JOURNAL_NAME).read_text().splitlines()[1:] if line.strip()]
+    filler.unlink()
+    subprocess.run([*args, str(out)], check=True)
+    names = [json.loads(line)["name"] for line in (out / JOURNAL_NAME).read_text().splitlines()[1:]]
+    assert set(kept) <= set(names) and len(names) == len(set(names))  # nothing finished lost, nothing twice
+    assert outputs(out) == outputs(ref) and outputs(ref)
+    spectra, ref_spectra = load_spectra(out), load_spectra(ref)
+    assert set(spectra) == set(ref_spectra) and all(torch.equal(spectra[n], ref_spectra[n]) for n in spectra)

@@ -131,3 +131,48 @@ def test_write_segment_adds_the_next_segment(tmp_path):
     assert (first.name, second.name) == ("segment-00002-000001.safetensors", "segment-00002-000002.safetensors")
     kept = load_spectra(tmp_path)
     assert kept["a"].tolist() == [2.0, 1.0] and kept["b"].dtype == torch.float64
+
+
+# --- hostile spectra/ directories -------------------------------------------------------------------------------
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from streamscan.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_symlinks_planted_in_spectra_are_never_followed(single_llama, tmp_path):
+    ref = streamscan.scan(single_llama, tmp_path / "ref", cpu_workers=1)
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(b"precious\n")
+    out = tmp_path / "out"
+    (out / "spectra").mkdir(parents=True)
+    for name in (".segment-main-000001.tmp", "segment-main-000001.safetensors", "segment-main-000002.safetensors"):
+        (out / "spectra" / name).symlink_to(victim)  # the temp name earlier versions used, and segment names
+    streamscan.scan(single_llama, out, cpu_workers=1)
+    assert victim.read_bytes() == b"precious\n"
+    assert all(not p.is_symlink() for p in segments(out))
+    kept, want = load_spectra(out), load_spectra(ref.out_dir)
+    assert set(kept) == set(want) and all(torch.equal(kept[n], want[n]) for n in kept)
+
+
+def test_a_corrupt_or_truncated_segment_is_one_warning_and_the_next_scan_recomputes_it(single_llama, tmp_path, caplog):
+    ref = streamscan.scan(single_llama, tmp_path / "ref", cpu_workers=1)
+    out = tmp_path / "out"
+    streamscan.scan(single_llama, out, cpu_workers=1)
+    (seg,) = segments(out)
+    data = seg.read_bytes()
+    for broken in (data[: len(data) // 2], b"\xff" * 64, b""):
+        seg.write_bytes(broken)
+        caplog.clear()
+        assert load_spectra(out) == {} and stored_names(out) == set()
+        assert any("unreadable spectra segment" in r.getMessage() for r in caplog.records)
+        for command in ("metrics", "report"):
+            result = _cli(command, out)
+            assert result.exit_code in (0, 2) and "Traceback" not in result.output, result.output
+    streamscan.scan(single_llama, out, cpu_workers=1)  # the matrices without a spectrum are rescanned
+    kept, want = load_spectra(out), load_spectra(ref.out_dir)
+    assert set(kept) == set(want) and all(torch.equal(kept[n], want[n]) for n in kept)
