@@ -39,8 +39,12 @@ def read_weight_map(index: Path) -> dict[str, str]:
             f"{index}: weight_map is {type(weight_map).__name__ if weight_map is not None else 'null'}, "
             "not an object of tensor name -> shard file; re-download the index"
         )
+    plain: dict[str, bool] = {}  # each shard's file name checked once (70k entries name ~60 files)
     for name, file in weight_map.items():
-        if not isinstance(file, str) or not _plain_file_name(file):
+        ok = isinstance(file, str) and plain.get(file)
+        if ok is None:
+            ok = plain[file] = _plain_file_name(file)
+        if not ok:
             raise SourceError(
                 f"{index}: weight_map sends {name!r} to {file!r}, not a file name in the checkpoint directory "
                 "(absolute paths, '..' and subdirectories are refused); fix or re-download the index"

@@ -12,7 +12,7 @@ import torch
 
 from streamscan.checkpoint import dequant
 from streamscan.checkpoint.formats import format_for
-from streamscan.checkpoint.formats.safetensors import read_slice
+from streamscan.checkpoint.formats.safetensors import SUFFIX, byte_range, piece_lines, read_pieces, read_slice
 from streamscan.errors import CheckpointError
 from streamscan.records import Part, TensorInfo
 
@@ -41,6 +41,42 @@ class Stored:
 
     def pin_memory(self) -> Stored:
         return Stored(self.weight.pin_memory(), self.scale.pin_memory(), self.scheme, self.block)
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A huge 2-D safetensors tensor to be read piece by piece while its Gram accumulates (never whole):
+    iterating it reads its row bands (more rows than columns) or column strips, each a multiple of
+    ``multiple`` rows/columns and about ``piece_bytes`` as stored (formats/safetensors.read_pieces)."""
+
+    info: TensorInfo
+    multiple: int
+    piece_bytes: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        m, n = self.info.shape
+        return (m, n)
+
+    def __iter__(self):
+        return read_pieces(self.info, self.multiple, self.piece_bytes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one piece as stored (the most held at a time)."""
+        m, n = self.info.shape
+        lines = piece_lines(self.info, self.multiple, self.piece_bytes)
+        return min(self.info.nbytes, lines * min(m, n) * self.info.element_size)
+
+
+def can_read_in_pieces(info: TensorInfo) -> bool:
+    """Whether INFO is an unquantized 2-D safetensors tensor stored as one byte range (see :class:`Pieces`)."""
+    return (
+        info.quant is None
+        and len(info.shape) == 2
+        and str(info.shard).endswith(SUFFIX)
+        and byte_range(info) is not None
+    )
 
 
 STORED_SCHEMES = ("fp8-block", "fp8-scaled", "mxfp4")

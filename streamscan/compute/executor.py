@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from streamscan.checkpoint.reader import Stored
-from streamscan.compute.spectrum import SNR, score, score_batch
+from streamscan.checkpoint.reader import Pieces, Stored
+from streamscan.compute.spectrum import SNR, score, score_batch, score_pieces
 from streamscan.records import Job, Result
 
 META_REASON = "weights on the meta device (offloaded or not loaded): not scored"
@@ -67,6 +67,8 @@ def score_job(
     gram64 finds its eigenvalues (compute/solver.py). A simulated device's ``compute`` with ``raw = True``
     receives the tensor as read (a stored FP8/MXFP4 weight undequantized, as a GPU would)."""
     start = time.perf_counter()
+    if isinstance(tensor, Pieces):
+        return _score_pieces(job, tensor, method, worker, device, read, compute, keep)
     if tensor.is_meta:
         return Result(snr=None, reason=META_REASON, status="null", read_seconds=read, **_base(job, method, worker))
     try:
@@ -82,6 +84,23 @@ def score_job(
     except oom_types():
         raise
     except Exception as err:  # recorded with its reason; the scan goes on and a resume retries it
+        return error_result(job, method, worker, err, time.perf_counter() - start, read)
+    _keep(keep, job, out)
+    return _result(job, out, method, worker, time.perf_counter() - start, read)
+
+
+def _score_pieces(job: Job, pieces: Pieces, method: str, worker: str, device: str, read: float, compute, keep):
+    """A huge matrix whose Gram accumulates from pieces read now (gram64 only; see reader.Pieces)."""
+    start = time.perf_counter()
+    try:
+        if device == "cpu" or compute is not None:  # a simulated device scores on the CPU
+            out = score_pieces(pieces, pieces.shape)
+        else:
+            with torch.cuda.device(torch.device(device)):
+                out = score_pieces(pieces, pieces.shape, device)
+    except oom_types():
+        raise
+    except Exception as err:
         return error_result(job, method, worker, err, time.perf_counter() - start, read)
     _keep(keep, job, out)
     return _result(job, out, method, worker, time.perf_counter() - start, read)

@@ -4,6 +4,9 @@ One thread per GPU and one per CPU worker. The dispatcher (the generator :func:`
 placement policy (placement.py) which waiting job goes to which idle device, given each device's free
 memory right now. A prefetch thread reads the next tensors while devices compute, holding at most
 ``max_memory`` bytes of tensors and CPU work at a time (a job bigger than the whole budget runs alone).
+A huge 2-D safetensors matrix (over 1 GiB as stored or half the budget, at least 256 MiB;
+STREAMSCAN_PIECES_ABOVE bytes if set) is never read whole: with gram64 its Gram accumulates from ~64 MiB pieces read in the worker
+(reader.Pieces), and its memory estimate and prefetch hold count one piece instead of the tensor.
 A CUDA out-of-memory error sends the job back to the queue, never to that device again; when no GPU can
 hold it, it runs on the CPU. Results are yielded as jobs finish, in any order.
 
@@ -28,12 +31,12 @@ from dataclasses import dataclass, field, replace
 import psutil
 import torch
 
-from streamscan.checkpoint.reader import Stored, read_stored, read_tensor
+from streamscan.checkpoint.reader import Pieces, Stored, can_read_in_pieces, read_stored, read_tensor
 from streamscan.compute import solver
 from streamscan.compute.devices import default_max_memory, default_workers, gpu_memory, parse_devices  # noqa: F401 (re-exported)
 from streamscan.compute.executor import error_result, materialize, oom_types, score_batch_jobs, score_job
 from streamscan.compute.placement import Assignment, DeviceState, Task, assign, batch_size, cpu_threads, margin
-from streamscan.compute.spectrum import DEFAULT_METHOD, memory_bytes
+from streamscan.compute.spectrum import DEFAULT_METHOD, chunk_step, memory_bytes
 from streamscan.compute.staging import StagingPool
 from streamscan.records import Job, Result
 
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 
 PRIOR_SPEED = {"cpu": 15e9, "cuda": 5e12}  # flop/s of one slot before any job has been timed
 WINDOW = 256  # jobs from each end of the queue shown to the policy per decision
+PIECES_ABOVE = 1 << 30  # bytes as stored above which a matrix is read in pieces (or half the RAM budget)
+PIECE_BYTES = 64 << 20  # about this many bytes as stored per piece
 STALL_SECONDS = 120.0  # how long the head job waits for GPU memory other processes hold before going to CPU
 
 
@@ -254,6 +259,8 @@ class _Pool:
         self.held = 0  # bytes of RAM held: read tensors and CPU work
         self.holds: dict[str, int] = {}
         self.need_cache: dict[str, tuple[int, int]] = {}
+        env = os.environ.get("STREAMSCAN_PIECES_ABOVE")
+        self.pieces_above = int(env) if env else min(PIECES_ABOVE, max(max_memory // 2, 4 * PIECE_BYTES))
         self.outbox: list[tuple[_Worker, list[Job], str | None, object]] = []
         self.feeding = True
         self.stopped = False
@@ -318,7 +325,20 @@ class _Pool:
 
     def _cpu_need(self, job: Job) -> int:
         need = self._needs(job)[1]
-        return need - job.nbytes if job.name in self.ready or job.name in self.reading else need
+        return need - self._host_bytes(job) if job.name in self.ready or job.name in self.reading else need
+
+    def _pieced(self, job: Job) -> bool:
+        """Whether JOB's matrix is read in pieces (see the module's docstring)."""
+        return (
+            self.method == "gram64"
+            and job.part is None
+            and job.nbytes > self.pieces_above
+            and can_read_in_pieces(job.tensor)
+        )
+
+    def _host_bytes(self, job: Job) -> int:
+        """Bytes of host memory the job's read holds: its tensor, or one piece of it."""
+        return _pieces(job).nbytes if self._pieced(job) else job.nbytes
 
     # prefetch --------------------------------------------------------------------------------------
     def prefetch(self) -> None:
@@ -336,8 +356,9 @@ class _Pool:
                         return
                     self.cond.wait()
                 self.reading.add(job.name)
-                self._hold(job.name, job.nbytes)
-            tensor, seconds, err = _read(job, pin, self.stored)
+                self._hold(job.name, self._host_bytes(job))
+                pieced = self._pieced(job)
+            tensor, seconds, err = _read(job, pin, self.stored, pieced)
             with self.cond:
                 self.reading.discard(job.name)
                 self.stats.read_seconds += seconds
@@ -352,7 +373,7 @@ class _Pool:
         for job in self.pending[: self.prefetch_depth + len(self.ready) + len(self.reading)]:
             if job.name in self.ready or job.name in self.reading:
                 continue
-            if self.held + job.nbytes <= self.max_memory or self.held == 0:
+            if self.held + self._host_bytes(job) <= self.max_memory or self.held == 0:
                 return job
             return None  # the head does not fit yet: wait rather than read around it
         return None
@@ -367,7 +388,7 @@ class _Pool:
                 self.stats.prefetched += 1
                 self.cond.notify_all()
                 return got
-        tensor, seconds, err = _read(job, pin, self.stored)
+        tensor, seconds, err = _read(job, pin, self.stored, self._pieced(job))
         with self.cond:
             self.stats.read_seconds += seconds
             if err is None:
@@ -417,9 +438,10 @@ class _Pool:
         got = self.need_cache.get(job.name)
         if got is None:
             size = _element_size(job)
+            piece = self._host_bytes(job) if self._pieced(job) else None
             got = self.need_cache[job.name] = (
-                memory_bytes(job.shape, size, self.method, "cuda"),
-                memory_bytes(job.shape, size, self.method, "cpu"),
+                memory_bytes(job.shape, size, self.method, "cuda", piece),
+                memory_bytes(job.shape, size, self.method, "cpu", piece),
             )
         return got
 
@@ -431,7 +453,7 @@ class _Pool:
         for j in window:
             cuda, cpu = self._needs(j)
             if j.name in self.ready or j.name in self.reading:
-                cpu -= j.nbytes
+                cpu -= self._host_bytes(j)
             tasks.append(Task(j.name, j.cost, {"cuda": cuda, "cpu": cpu}, frozenset(self.excluded.get(j.name, ()))))
         by_name = {j.name: j for j in window}
         states = self.states()
@@ -475,7 +497,7 @@ class _Pool:
         else:
             for j in members:
                 if j.name not in self.ready and j.name not in self.reading:
-                    self._hold(j.name, j.nbytes)  # the host copy it will read
+                    self._hold(j.name, self._host_bytes(j))  # the host copy it will read
         worker.inbox.put((members, a.note, threads))
         return [j.name for j in members]
 
@@ -483,7 +505,7 @@ class _Pool:
         """JOB and the waiting jobs of its shape, dtype and quantization that go with it as one batched job:
         as many as placement.batch_size allows for the size and the room left on DEVICE (same-shape jobs
         have equal cost, so they sit next to JOB in the queue)."""
-        if not self.batching:
+        if not self.batching or self._pieced(job):
             return [job]
         kind = "cpu" if device == "cpu" else "cuda"
         key = _batch_key(job)
@@ -582,11 +604,18 @@ def _element_size(job: Job) -> int:
     return job.tensor.element_size  # of the tensor read: float32 for dequantized weights
 
 
+def _pieces(job: Job) -> Pieces:
+    return Pieces(job.tensor, chunk_step(job.shape), PIECE_BYTES)
+
+
 def _read(
-    job: Job, pin: bool, stored: bool = False
-) -> tuple[torch.Tensor | Stored | None, float, BaseException | None]:
-    """The job's matrix as read_tensor gives it, or with STORED a whole FP8/MXFP4 weight as stored (reader.Stored)."""
+    job: Job, pin: bool, stored: bool = False, pieced: bool = False
+) -> tuple[torch.Tensor | Stored | Pieces | None, float, BaseException | None]:
+    """The job's matrix as read_tensor gives it, or with STORED a whole FP8/MXFP4 weight as stored (reader.Stored),
+    or with PIECED nothing yet: the pieces the worker will read while it scores (reader.Pieces)."""
     start = time.perf_counter()
+    if pieced:
+        return _pieces(job), 0.0, None
     try:
         if stored and job.part is None and job.tensor.quant is not None:
             tensor = read_stored(job.tensor)

@@ -79,7 +79,9 @@ def snr_from_singular_values(S: torch.Tensor, shape: tuple[int, int], rtol: floa
     return SNR(value, None, float(top), float(threshold), int(above.sum()))
 
 
-def memory_bytes(shape: tuple[int, int], element_size: int, method: str = DEFAULT_METHOD, kind: str = "cpu") -> int:
+def memory_bytes(
+    shape: tuple[int, int], element_size: int, method: str = DEFAULT_METHOD, kind: str = "cpu", piece: int | None = None
+) -> int:
     """An upper bound on the bytes a job holds on its compute device at its peak, input included.
 
     gram64: the input as stored, one float64 chunk, the Gram (k x k float64), the largest block product
@@ -87,10 +89,12 @@ def memory_bytes(shape: tuple[int, int], element_size: int, method: str = DEFAUL
     another k x k. svdvals: the input, its float32/64 copy, the LAPACK/cuSOLVER copy it overwrites,
     and a k x k workspace. Both: the NaN/Inf check's boolean chunk and small eigen/SVD vectors (8 MiB + 64k).
     Measured on CPU (RSS beyond the input): 2048x5632 107 MB vs 112 MB estimated, 4096x1024 51 vs 58.
+    With PIECE (gram64 read in pieces, :func:`score_pieces`): only one piece of PIECE bytes as stored is
+    counted in place of the whole input.
     """
     m, n = shape
     k = min(m, n)
-    stored = m * n * element_size + CHUNK_ELEMENTS * 2 + 64 * k
+    stored = (m * n * element_size if piece is None else piece) + CHUNK_ELEMENTS * 2 + 64 * k
     if method == "gram64":
         chunk = min(CHUNK_ELEMENTS, k * max(1, CHUNK_ELEMENTS // max(k, 1)), m * n) * 8
         work = 8 * k * k * (1 + 0.25 + 1 + (1 if kind == "cuda" else 0))
@@ -101,28 +105,72 @@ def memory_bytes(shape: tuple[int, int], element_size: int, method: str = DEFAUL
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def _chunks(W: torch.Tensor, device: torch.device | str | None):
-    """Yield float64 blocks X (k x w), k = min(m, n), whose X Xᵀ sum to the small-side Gram (one copy each)."""
-    m, n = W.shape
-    step = max(1, CHUNK_ELEMENTS // min(m, n))
-    if m <= n:
-        for c in range(0, n, step):
-            yield W[:, c : c + step].to(device=device, dtype=torch.float64)
-    else:
-        for c in range(0, m, step):
-            yield W[c : c + step].to(device=device, dtype=torch.float64).T
+def chunk_step(shape: tuple[int, int]) -> int:
+    """Rows (m > n) or columns (m <= n) of W per float64 chunk of the Gram: CHUNK_ELEMENTS // min(m, n)."""
+    return max(1, CHUNK_ELEMENTS // min(shape))
+
+
+def _chunks(pieces, shape: tuple[int, int], device: torch.device | str | None):
+    """Yield float64 blocks X (k x w), k = min(m, n), whose X Xᵀ sum to the small-side Gram (one copy each).
+
+    PIECES are W's consecutive row bands (m > n) or column strips (m <= n) in its stored dtype, each a
+    multiple of :func:`chunk_step` wide but the last: the chunks are the same whatever the pieces."""
+    m, n = shape
+    step = chunk_step(shape)
+    for P in pieces:
+        if m <= n:
+            for c in range(0, P.shape[1], step):
+                yield P[:, c : c + step].to(device=device, dtype=torch.float64)
+        else:
+            for c in range(0, P.shape[0], step):
+                yield P[c : c + step].to(device=device, dtype=torch.float64).T
+
+
+def gram_from_pieces(
+    pieces, shape: tuple[int, int], device: torch.device | str | None = None, blocks: int = 4
+) -> torch.Tensor:
+    """:func:`gram` of the matrix of SHAPE whose row bands (m > n) or column strips (m <= n) PIECES yields in
+    order (see :func:`_chunks`): the matrix need never be in memory whole. Bit-identical to :func:`gram`."""
+    k = min(shape)
+    G = torch.zeros((k, k), dtype=torch.float64, device=device)
+    nb = blocks if k >= 512 else 1
+    cuts = [i * k // nb for i in range(nb + 1)]
+    for X in _chunks(pieces, shape, device):
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            G[a:b, a:] += X[a:b] @ X[a:].T
+        del X
+    return G
 
 
 def gram(W: torch.Tensor, device: torch.device | str | None = None, blocks: int = 4) -> torch.Tensor:
     """Upper block triangle of the float64 Gram matrix on W's smaller side (lower part is garbage-free zeros)."""
-    k = min(W.shape)
-    G = torch.zeros((k, k), dtype=torch.float64, device=device)
-    nb = blocks if k >= 512 else 1
-    cuts = [i * k // nb for i in range(nb + 1)]
-    for X in _chunks(W, device):
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            G[a:b, a:] += X[a:b] @ X[a:].T
-    return G
+    return gram_from_pieces([W], tuple(W.shape), device, blocks)
+
+
+def score_pieces(pieces, shape: tuple[int, int], device=None) -> SNR:
+    """:func:`score` (gram64) of the matrix of SHAPE read as PIECES (row bands if m > n, else column strips,
+    each a multiple of :func:`chunk_step` wide but the last): only one piece and the Gram are in memory at a
+    time. Same result as ``score(W, "gram64")`` bit for bit; the finiteness check is made piece by piece."""
+    m, n = shape
+    if min(m, n) < MIN_DIM:
+        return SNR(None, f"{m}x{n} matrix: too small for a spectrum (needs at least {MIN_DIM}x{MIN_DIM})")
+    finite = [True]
+
+    def checked():
+        for P in pieces:
+            if not _all_finite(P):
+                finite[0] = False
+                return
+            yield P
+
+    G = gram_from_pieces(checked(), shape, device)
+    if not finite[0]:
+        return SNR(None, "weights contain NaN or Inf")
+    eig = torch.linalg.eigvalsh(G, UPLO="U").cpu()
+    del G
+    S = torch.sqrt(torch.clamp(eig, min=0)).flip(0)
+    rtol = math.sqrt(min(m, n) * torch.finfo(torch.float64).eps)
+    return replace(snr_from_singular_values(S, (m, n), rtol), singular_values=S)
 
 
 def gram_batch(Ws: torch.Tensor, device: torch.device | str | None = None, blocks: int = 4) -> torch.Tensor:

@@ -228,3 +228,57 @@ def read_tensor(info: TensorInfo, part: Part | None = None) -> torch.Tensor:
             f"{info.shard}: {info.name!r} read as {tuple(tensor.shape)}, expected {expected}; re-download the shard"
         )
     return tensor
+
+
+def piece_lines(info: TensorInfo, multiple: int, piece_bytes: int) -> int:
+    """Rows (more rows than columns) or columns per piece of :func:`read_pieces`."""
+    m, n = info.shape
+    line = (n if m > n else m) * DTYPE_BYTES[info.dtype]  # bytes of one row (bands) or of one column (strips)
+    return max(1, piece_bytes // max(line, 1) // multiple) * multiple
+
+
+def read_pieces(info: TensorInfo, multiple: int, piece_bytes: int):
+    """A 2-D tensor as consecutive pieces in its stored dtype, read straight from its byte range: row bands
+    if it has more rows than columns, else column strips (one pread per row), each a multiple of MULTIPLE
+    rows/columns and about PIECE_BYTES (never less than MULTIPLE), the last one what remains. Only one piece
+    is in memory at a time: the caller's Gram accumulates from them (compute.spectrum.score_pieces)."""
+    if len(info.shape) != 2 or byte_range(info) is None:
+        raise CheckpointError(f"{info.shard}: {info.stored_name!r} cannot be read in pieces (not a 2-D tensor)")
+    import torch
+
+    m, n = info.shape
+    width = DTYPE_BYTES[info.dtype]
+    rows = m > n
+    count = piece_lines(info, multiple, piece_bytes)
+    total = m if rows else n
+    if rows:
+        for r in range(0, total, count):
+            r1 = min(total, r + count)
+            yield read_range(info, info.start + r * n * width, (r1 - r, n))
+        return
+    try:
+        fd = os.open(info.shard, os.O_RDONLY)
+    except OSError as err:
+        raise CheckpointError(
+            f"{info.shard}: cannot read {info.stored_name!r} ({err}); re-download the shard"
+        ) from None
+    try:
+        for c in range(0, total, count):
+            w = min(total, c + count) - c
+            line = w * width
+            buf = torch.empty(m * line, dtype=torch.uint8)
+            view = memoryview(buf.numpy())
+            for i in range(m):
+                offset = info.start + (i * n + c) * width
+                if os.preadv(fd, [view[i * line : (i + 1) * line]], offset) != line:
+                    raise CheckpointError(
+                        f"{info.shard}: ends inside {info.stored_name!r} (truncated since it was indexed?); "
+                        "re-download the shard"
+                    )
+            yield buf.view(torch_dtype(info.dtype)).reshape(m, w)
+    except OSError as err:
+        raise CheckpointError(
+            f"{info.shard}: cannot read {info.stored_name!r} ({err}); re-download the shard"
+        ) from None
+    finally:
+        os.close(fd)
