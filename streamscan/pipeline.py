@@ -7,6 +7,7 @@ summary a ``ScanSummary`` (records.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -367,25 +368,14 @@ def _scan_ranks(
         late = group.finish()
     if rank.rank != 0:
         return mine
+    merged = functools.partial(
+        merge, out_dir, percents, started=run["started"], resumed=len(done), workers=run["workers"],
+        moe_grouping=moe_grouping,
+    )  # fmt: skip
     try:
-        res = merge(
-            out_dir,
-            percents,
-            started=run["started"],
-            resumed=len(done),
-            workers=run["workers"],
-            moe_grouping=moe_grouping,
-        )
+        res = merged()
     except JournalError:  # a late rank still holds its journal: write what is done, fold later
-        res = merge(
-            out_dir,
-            percents,
-            started=run["started"],
-            resumed=len(done),
-            workers=run["workers"],
-            fold=False,
-            moe_grouping=moe_grouping,
-        )
+        res = merged(fold=False)
     recorded = {r.name for r in res.results}
     short = {r: sum(j.name not in recorded for j in jobs) for r, jobs in enumerate(shares)}
     short = {r: n for r, n in short.items() if n}
