@@ -30,14 +30,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import torch.distributed as dist
-
 from streamscan import errors
-from streamscan.compute.devices import default_workers
 from streamscan.errors import DistributedError, StreamscanError, UsageError
 from streamscan.records import DEFAULT_RANK_TIMEOUT, Job, Result
 
 log = logging.getLogger(__name__)
+
+
+class _Dist:
+    """torch.distributed, imported on first use: an independent shard and `merge` never load torch."""
+
+    def __getattr__(self, name: str):
+        import torch.distributed
+
+        return getattr(torch.distributed, name)
+
+
+dist = _Dist()
 
 DEFAULT_TIMEOUT = DEFAULT_RANK_TIMEOUT
 START_TIMEOUT = 600.0  # at least this long for every rank to come up (imports, headers, downloads)
@@ -63,6 +72,8 @@ class Rank:
 
     def cpu_workers(self) -> int:
         """Default CPU workers: this node's physical cores shared among the ranks on it."""
+        from streamscan.compute.devices import default_workers  # torch: only where a scan runs
+
         return max(1, default_workers() // max(1, self.local_world))
 
 

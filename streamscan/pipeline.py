@@ -15,15 +15,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamscan._version import __version__
 from streamscan.api import check_grouping, inspect_model, no_scan
 from streamscan.checkpoint.index import CheckpointIndex
 from streamscan.checkpoint.shards import ShardFeed
 from streamscan.checkpoint.source import slugify
-from streamscan.compute.devices import default_workers, parse_devices, parse_size
-from streamscan.compute.scheduler import PoolStats, run_jobs
-from streamscan.compute.spectrum import METHODS
 from streamscan.distributed import Group, Rank, assign, digest, from_env, local_devices, parse_shard, share
 from streamscan.errors import DistributedError, JournalError, UsageError
 from streamscan.planning.experts import moe_rows
@@ -34,6 +32,11 @@ from streamscan.results.journal import Journal, journal_header, read_journals
 from streamscan.results.outputs import check_names
 from streamscan.results.scan_outputs import in_order, placement_notes, summarize, write_scan_outputs
 from streamscan.results.spectra import SpectraWriter, clear, missing
+
+if TYPE_CHECKING:
+    from streamscan.compute.scheduler import PoolStats
+
+# The compute layer (torch) is imported inside the functions that scan: `merge` never loads torch.
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,10 @@ def scan(
     Hub models (MODEL = ``org/name``): ``revision`` (branch, tag or commit), ``offline`` (HF cache only),
     ``max_disk`` (bytes or "100G" of downloaded shards on disk at a time), ``keep_shards`` (never delete them).
     """
+    from streamscan.compute.devices import default_workers, parse_devices, parse_size
+    from streamscan.compute.scheduler import PoolStats
+    from streamscan.compute.spectrum import METHODS
+
     opts = replace(options, **kwargs) if options is not None else ScanOptions.of(**kwargs)
     check_grouping(opts.moe_grouping)
     if opts.method not in METHODS:
@@ -211,6 +218,8 @@ def _execute(
     With a FEED (a Hub model), jobs come shard by shard as their shards are downloaded, and each journaled
     result lets the feed delete a scanned shard when the disk budget needs room.
     """
+    from streamscan.compute.scheduler import run_jobs
+
     read_bytes = 0
     sizes = {j.name: j.nbytes for j in jobs}
     if spectra is not None:
@@ -301,6 +310,8 @@ def _run_share(
     spectra: bool = True,
 ) -> ScanResult:
     """Scan this rank's JOBS into its own journal; the result holds the rank's own records."""
+    from streamscan.compute.scheduler import PoolStats
+
     stats = PoolStats()
     shards = feed(jobs) if feed is not None else None  # a Hub model: this rank downloads the shards of its jobs
     with Journal(out_dir, _rank_header(header, rank), rank=rank.rank) as journal:

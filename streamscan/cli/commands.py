@@ -204,8 +204,9 @@ def inspect_cmd(model, include, exclude, revision, offline, cpu_workers, as_json
     if as_json:
         click.echo(json.dumps(ov, indent=2))
         return
-    for line in render.inspect_lines(index, plan, ov):
-        click.echo(line)
+    lines = list(render.inspect_lines(index, plan, ov))
+    if lines:  # one write: 70k lines echoed one by one cost a second
+        click.echo("\n".join(lines))
 
 
 @main.command("status")

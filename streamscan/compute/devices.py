@@ -7,7 +7,6 @@ import os
 import re
 
 import psutil
-import torch
 
 from streamscan.errors import UsageError
 
@@ -18,6 +17,8 @@ RAM_HEADROOM_MIN = 1 << 30
 
 
 def cuda_count() -> int:
+    import torch  # here, not at the top: `inspect` and `merge` ask only for default_workers
+
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -59,6 +60,8 @@ def parse_devices(spec: str | None, gpus: int | None = None) -> list[str]:
 def gpu_memory(name: str) -> tuple[int, int]:
     """(free, total) bytes of a GPU as our jobs can use them: the driver's free memory plus what our own
     caching allocator holds unused. Other processes' use is respected because it is not free."""
+    import torch
+
     index = torch.device(name).index
     free, total = torch.cuda.mem_get_info(index)
     cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+PRIOR_SPEED = {"cpu": 15e9, "cuda": 5e12}  # flop/s of one slot before any job has been timed
+
 GPU_MARGIN_FRACTION = (
     0.05  # of a GPU's total memory, kept free for the CUDA context, cuBLAS/cuSOLVER handles, fragmentation
 )

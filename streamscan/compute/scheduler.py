@@ -35,14 +35,22 @@ from streamscan.checkpoint.reader import Pieces, Stored, can_read_in_pieces, rea
 from streamscan.compute import solver
 from streamscan.compute.devices import default_max_memory, default_workers, gpu_memory, parse_devices  # noqa: F401 (re-exported)
 from streamscan.compute.executor import error_result, materialize, oom_types, score_batch_jobs, score_job
-from streamscan.compute.placement import Assignment, DeviceState, Task, assign, batch_size, cpu_threads, margin
+from streamscan.compute.placement import (
+    PRIOR_SPEED,
+    Assignment,
+    DeviceState,
+    Task,
+    assign,
+    batch_size,
+    cpu_threads,
+    margin,
+)
 from streamscan.compute.spectrum import DEFAULT_METHOD, chunk_step, memory_bytes
 from streamscan.compute.staging import StagingPool
 from streamscan.records import Job, Result
 
 log = logging.getLogger(__name__)
 
-PRIOR_SPEED = {"cpu": 15e9, "cuda": 5e12}  # flop/s of one slot before any job has been timed
 WINDOW = 256  # jobs from each end of the queue shown to the policy per decision
 PIECES_ABOVE = 1 << 30  # bytes as stored above which a matrix is read in pieces (or half the RAM budget)
 PIECE_BYTES = 64 << 20  # about this many bytes as stored per piece

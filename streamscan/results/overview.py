@@ -7,7 +7,7 @@ import re
 from collections import defaultdict
 
 from streamscan.checkpoint.index import CheckpointIndex
-from streamscan.compute.scheduler import PRIOR_SPEED
+from streamscan.compute.placement import PRIOR_SPEED  # not scheduler: inspect never loads torch
 from streamscan.planning.plan import Plan
 
 _EXPERT = re.compile(r"(experts?)\.(\d+)\.")
@@ -29,7 +29,7 @@ def scale_types(plan: Plan) -> dict[str, int]:
 
 
 def overview(index: CheckpointIndex, plan: Plan, cpu_workers: int) -> dict:
-    """Plan totals for ``streamscan inspect``; times are rough priors (scheduler.PRIOR_SPEED), not measurements."""
+    """Plan totals for ``streamscan inspect``; times are rough priors (placement.PRIOR_SPEED), not measurements."""
     groups: dict[str, dict] = defaultdict(lambda: {"matrices": 0, "shapes": set(), "dtypes": set(), "experts": set()})
     for job in plan.jobs:
         key, expert = folded(job.type)

@@ -25,10 +25,12 @@ import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,8 @@ def _fsync_dir(path: Path) -> None:
 def _save(tensors: dict[str, torch.Tensor], final: Path) -> Path:
     """Write a segment to a fresh ``mkstemp`` file in its directory (O_EXCL: a planted symlink is never
     followed), fsync it and rename it over FINAL (a symlink there is replaced, its target untouched)."""
+    from safetensors.torch import save  # torch only where spectra are written (merge/select never do)
+
     data = save(tensors, metadata={"format": FORMAT})
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}-", suffix=".tmp")
     try:
@@ -152,6 +156,8 @@ def write_segment(out_dir: str | Path, spectra: dict[str, torch.Tensor], rank: i
     tag = "main" if rank is None else f"{rank:05d}"
     n = 1 + max((int(m.group(3)) for p in root.iterdir() if (m := _SEGMENT.match(p.name)) and m.group(1) == "segment"
                  and m.group(2) == tag), default=0)  # fmt: skip
+    import torch
+
     return _save(
         {k: v.to(torch.float64).contiguous() for k, v in spectra.items()}, root / f"segment-{tag}-{n:06d}.safetensors"
     )
@@ -190,6 +196,8 @@ class SpectraWriter:
         """Buffer NAME's spectrum (thread-safe, from the workers); ``flush`` makes the buffer a segment. The
         journal calls ``flush`` before it commits a batch (``Journal.before_commit``), so every journaled
         matrix has its spectrum on disk, at the cost of one segment per journal commit, not a file per matrix."""
+        import torch
+
         S = singular_values.detach().to("cpu", torch.float64).contiguous()
         with self._lock:
             old = self._buf.pop(name, None)
