@@ -220,7 +220,7 @@ def test_offline_with_a_partial_cache_names_the_missing_shards(hub, reference, t
 
 def interrupt_after(monkeypatch, n: int):
     """Make the next scan stop (KeyboardInterrupt, as Ctrl-C) after N results are journaled; returns the undo."""
-    scan_mod = importlib.import_module("streamscan.pipeline")
+    scan_mod = importlib.import_module("streamscan.compute.scheduler")  # the pipeline imports run_jobs from it per scan
     real = scan_mod.run_jobs
 
     def interrupted(jobs, *args, **kwargs):
