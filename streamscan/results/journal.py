@@ -121,7 +121,9 @@ def _header_from(path: Path, row) -> ScanHeader:
             raise ValueError(row)
         return ScanHeader.from_dict(row)
     except (KeyError, TypeError, ValueError):
-        raise JournalError(f"{path}: not a streamscan journal; choose another --out or rerun with --fresh") from None
+        raise JournalError(
+            f"{path}: not a streamscan journal; choose another --out (or --fresh to replace it)"
+        ) from None
 
 
 _last_header: tuple[bytes, ScanHeader] | None = None  # (first line, its header): `merge` reads it twice
@@ -158,15 +160,7 @@ def _read_fast(path: Path, data: bytes) -> tuple[ScanHeader, list[Result], int] 
         return None
     if len(rows) != body.count(b"\n") + 1 or not all(isinstance(r, dict) for r in rows):
         return None
-    head = data[:first]
-    if _last_header is not None and _last_header[0] == head:
-        header = _last_header[1]
-    else:
-        try:
-            row = json.loads(head)
-        except ValueError:
-            return None
-        header = _remember(head, _header_from(path, row))
+    header = _header_line(path, data[:first])
     if last < len(data):
         log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - last)
     paused = gc.isenabled()
@@ -229,14 +223,7 @@ def _scan(path: Path) -> tuple[ScanHeader, list[Result], int, list[tuple[int, by
             pos = good = end + 1
             continue
         if header is None:
-            try:
-                if not isinstance(row, dict) or row.get("streamscan_journal") != FORMAT:
-                    raise ValueError(row)
-                header = ScanHeader.from_dict(row)
-            except (KeyError, TypeError, ValueError):
-                raise JournalError(
-                    f"{path}: not a streamscan journal; choose another --out (or --fresh to replace it)"
-                ) from None
+            header = _header_from(path, row)
         else:
             try:
                 rows.append(_result_from(row))
