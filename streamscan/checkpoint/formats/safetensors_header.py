@@ -253,22 +253,7 @@ class _Parser:
         if m is None:
             self.json_fail(tensor, f"unterminated {what} or raw control character inside it")
         body = m.group(1)
-        if max_bytes and len(body) > max_bytes:
-            self.fail(
-                tensor,
-                "name-too-long",
-                f"tensor name is {len(body)} bytes long (limit {MAX_NAME_LEN} characters)",
-                "rename the tensor",
-            )
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as e:
-            self.fail(
-                tensor,
-                "utf8",
-                f"header is not valid UTF-8 ({e.reason} in {what})",
-                "the header is corrupt; re-export the file",
-            )
+        text = self.decode(tensor, body, what, max_bytes)
         if 0x5C in body:  # backslash: JSON escapes present
             try:
                 text, _ = _scanstring(text + '"', 0, True)
@@ -278,6 +263,25 @@ class _Parser:
                 self.json_fail(tensor, f"lone UTF-16 surrogate escape in {what}")
         self.pos = m.end()
         return text
+
+    def decode(self, tensor, body: bytes, what: str, max_bytes: int = 0) -> str:
+        """BODY (the raw bytes of WHAT, a JSON string) as UTF-8; refused past MAX_BYTES when one is given."""
+        if max_bytes and len(body) > max_bytes:
+            self.fail(
+                tensor,
+                "name-too-long",
+                f"{what} is {len(body)} bytes long (limit {MAX_NAME_LEN} characters)",
+                "rename the tensor",
+            )
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.fail(
+                tensor,
+                "utf8",
+                f"header is not valid UTF-8 ({e.reason} in {what})",
+                "the header is corrupt; re-export the file",
+            )
 
     def describe_value(self) -> str:
         c = self.peek()
@@ -543,22 +547,7 @@ class _Parser:
 
     def _fast_entry(self, m):
         name_b, dtype_b, shape_b, s_b, e_b = m.groups()
-        if len(name_b) > 4 * MAX_NAME_LEN:
-            self.fail(
-                None,
-                "name-too-long",
-                f"a tensor name is {len(name_b)} bytes long (limit {MAX_NAME_LEN} characters)",
-                "rename the tensor",
-            )
-        try:
-            name = name_b.decode("utf-8")
-        except UnicodeDecodeError as e:
-            self.fail(
-                None,
-                "utf8",
-                f"header is not valid UTF-8 ({e.reason} in a tensor name)",
-                "the header is corrupt; re-export the file",
-            )
+        name = self.decode(None, name_b, "tensor name", 4 * MAX_NAME_LEN)
         if name == "__metadata__":
             self.fail(
                 None,
