@@ -5,7 +5,7 @@ written under a temporary name, fsync'd and renamed (a kill leaves whole files o
 - ``segment-<rank>-<n>.safetensors``: the spectra buffered since the last one, written (and fsync'd) by
   ``SpectraWriter.flush`` just before the journal commits a batch of records (journal group commit), so every
   journaled matrix has its spectrum on disk; a kill loses the buffered spectra together with the uncommitted
-  records they belong to, and the resume recomputes both. (``pending-*`` files of earlier versions are read too.)
+  records they belong to, and the resume recomputes both.
 ``<rank>`` is ``main`` for a single-process scan, the 5-digit rank or shard otherwise. Ranks write side by
 side in the shared directory, so a merge needs no copying.
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 SPECTRA_DIR = "spectra"
 FORMAT = "streamscan-spectra-1"
-_SEGMENT = re.compile(r"^(segment|pending)-(main|\d{5})-(\d{6})\.safetensors$")
+_SEGMENT = re.compile(r"^segment-(main|\d{5})-(\d{6})\.safetensors$")
 
 
 def spectra_dir(out_dir: str | Path) -> Path:
@@ -59,8 +59,8 @@ def segments(out_dir: str | Path) -> list[Path]:
     root = spectra_dir(out_dir)
     if not root.is_dir():
         return []
-    found = [(m.group(1), m.group(2), int(m.group(3)), p) for p in root.iterdir() if (m := _SEGMENT.match(p.name))]
-    ordered = sorted(found, key=lambda t: (t[0] != "segment", t[1] != "main", t[1], t[2]))
+    found = [(m.group(1), int(m.group(2)), p) for p in root.iterdir() if (m := _SEGMENT.match(p.name))]
+    ordered = sorted(found, key=lambda t: (t[0] != "main", t[0], t[1]))
     return [p for *_, p in ordered if _regular(p)]
 
 
@@ -153,9 +153,8 @@ def write_segment(out_dir: str | Path, spectra: dict[str, torch.Tensor], rank: i
     """Store many spectra at once as the next segment of RANK (imports, benchmarks)."""
     root = spectra_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    tag = "main" if rank is None else f"{rank:05d}"
-    n = 1 + max((int(m.group(3)) for p in root.iterdir() if (m := _SEGMENT.match(p.name)) and m.group(1) == "segment"
-                 and m.group(2) == tag), default=0)  # fmt: skip
+    tag = _tag(rank)
+    n = _next_number(root, tag)
     import torch
 
     return _save(
@@ -163,33 +162,35 @@ def write_segment(out_dir: str | Path, spectra: dict[str, torch.Tensor], rank: i
     )
 
 
+def _tag(rank: int | None) -> str:
+    return "main" if rank is None else f"{rank:05d}"
+
+
+def _next_number(root: Path, tag: str) -> int:
+    """The number of TAG's next segment in ROOT (after the highest there)."""
+    found = (int(m.group(2)) for p in root.iterdir() if (m := _SEGMENT.match(p.name)) and m.group(1) == tag)
+    return 1 + max(found, default=0)
+
+
 class SpectraWriter:
     """Buffers each spectrum as it arrives (``add``, thread-safe, from the workers) and writes the buffer as
     one segment on ``flush`` (called by the journal before each commit) and on ``close``."""
 
-    def __init__(
-        self, out_dir: str | Path, rank: int | None = None, *, max_items: int = 256, max_bytes: int = 64 << 20
-    ):
+    def __init__(self, out_dir: str | Path, rank: int | None = None):
         self.root = spectra_dir(out_dir)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.tag = "main" if rank is None else f"{rank:05d}"
-        self.max_items, self.max_bytes = max_items, max_bytes
+        self.tag = _tag(rank)
         self._lock = threading.Lock()
-        self._buf: dict[str, tuple[torch.Tensor, Path]] = {}
-        self._bytes = 0
-        numbers = {"segment": [0], "pending": [0]}
-        for p in self.root.iterdir():
-            if (m := _SEGMENT.match(p.name)) and m.group(2) == self.tag:
-                numbers[m.group(1)].append(int(m.group(3)))
-        self._next = {k: max(v) + 1 for k, v in numbers.items()}
+        self._buf: dict[str, torch.Tensor] = {}
+        self._next = _next_number(self.root, self.tag)
         for stale in self.root.glob(f".*-{self.tag}-*.tmp"):  # a kill mid-write
             stale.unlink(missing_ok=True)
         self.written = 0
 
-    def _number(self, kind: str) -> int:
+    def _number(self) -> int:
         with self._lock:
-            n = self._next[kind]
-            self._next[kind] += 1
+            n = self._next
+            self._next += 1
             return n
 
     def add(self, name: str, singular_values: torch.Tensor) -> None:
@@ -200,25 +201,16 @@ class SpectraWriter:
 
         S = singular_values.detach().to("cpu", torch.float64).contiguous()
         with self._lock:
-            old = self._buf.pop(name, None)
-            if old is not None:
-                self._bytes -= old[0].numel() * 8
-            self._buf[name] = (S, None)
-            self._bytes += S.numel() * 8
+            self._buf.pop(name, None)  # a later record of the same name wins (kept last in the segment)
+            self._buf[name] = S
 
     def flush(self) -> Path | None:
-        """Compact the pending spectra into one segment and remove their files."""
+        """Write the buffered spectra as the next segment (None when nothing is buffered)."""
         with self._lock:
-            buf, self._buf, self._bytes = self._buf, {}, 0
+            buf, self._buf = self._buf, {}
         if not buf:
             return None
-        final = _save(
-            {n: S for n, (S, _) in buf.items()},
-            self.root / f"segment-{self.tag}-{self._number('segment'):06d}.safetensors",
-        )
-        for _, path in buf.values():
-            if path is not None:
-                path.unlink(missing_ok=True)
+        final = _save(buf, self.root / f"segment-{self.tag}-{self._number():06d}.safetensors")
         self.written += len(buf)
         return final
 
