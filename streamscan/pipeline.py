@@ -162,7 +162,7 @@ def scan(
     workers = opts.cpu_workers or default_workers()
     stats = PoolStats()
     with Journal(out_dir, header, fresh=opts.fresh) as journal:
-        plan = make_plan(index, opts.include, opts.exclude, _redo_missing(out_dir, journal.results, opts.spectra))
+        plan = full.without(_redo_missing(out_dir, journal.results, opts.spectra))
         resumed = len(plan.done)
         feed = (
             ShardFeed(source.hub, plan.jobs, disk_budget, opts.keep_shards, out_dir / DOWNLOADS_NAME)

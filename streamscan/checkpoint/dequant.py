@@ -57,6 +57,9 @@ def fp8_block(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] 
             f"scale shape {tuple(scale.shape)} does not fit a {m}x{n} weight in {br}x{bc} blocks (expected {expected})"
         )
     scale = scale.to(device=weight.device, dtype=torch.float32)
+    if m * n <= CHUNK_ELEMENTS:  # small: the whole matrix at once (the same products, fewer operations)
+        per_element = scale.repeat_interleave(br, 0)[:m].repeat_interleave(bc, 1)[:, :n]
+        return weight.to(torch.float32).mul_(per_element)
     out = torch.empty(m, n, dtype=torch.float32, device=weight.device)
     for b in range(expected[0]):
         rows = slice(b * br, min((b + 1) * br, m))
@@ -64,6 +67,28 @@ def fp8_block(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] 
         out[rows] = weight[rows].to(torch.float32)
         out[rows] *= per_column
     return out
+
+
+def fp8_block_stack(weights: torch.Tensor, scales: torch.Tensor, block: tuple[int, int] = (128, 128)) -> torch.Tensor:
+    """:func:`fp8_block` of each matrix of a [B, m, n] stack with its [B, R, C] scales, bit for bit: small
+    stacks in one pass (the same products), others matrix by matrix."""
+    if weights.ndim != 3 or scales.ndim != 3 or scales.shape[0] != weights.shape[0]:
+        raise ValueError(
+            f"FP8 stack {tuple(weights.shape)} and scales {tuple(scales.shape)} are not [B, m, n], [B, R, C]"
+        )
+    B, m, n = weights.shape
+    if B == 0 or B * m * n > CHUNK_ELEMENTS:
+        return torch.stack([fp8_block(w, s, block) for w, s in zip(weights, scales)])
+    br, bc = min(block[0], max(m, 1)), min(block[1], max(n, 1))
+    expected = (math.ceil(m / br), math.ceil(n / bc))
+    if tuple(scales.shape[1:]) != expected:
+        raise ValueError(
+            f"scale shape {tuple(scales.shape[1:])} does not fit a {m}x{n} weight in {br}x{bc} blocks "
+            f"(expected {expected})"
+        )
+    scales = scales.to(device=weights.device, dtype=torch.float32)
+    per_element = scales.repeat_interleave(br, 1)[:, :m].repeat_interleave(bc, 2)[:, :, :n]
+    return weights.to(torch.float32).mul_(per_element)
 
 
 def fp8_scaled(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,20 @@ class Stored:
     def pin_memory(self) -> Stored:
         return Stored(self.weight.pin_memory(), self.scale.pin_memory(), self.scheme, self.block)
 
+    @staticmethod
+    def dequantize_stack(stored: list[Stored], device="cpu") -> torch.Tensor:
+        """The [B, m, n] float32 stack of same-shape stored weights, dequantized on DEVICE: block-scaled FP8
+        weights in one pass (dequant.fp8_block_stack, bit for bit each one's own), others one by one."""
+        first = stored[0]
+        same = (first.scheme, first.block, first.weight.shape, first.scale.shape)
+        if first.scheme == "fp8-block" and all(
+            (s.scheme, s.block, s.weight.shape, s.scale.shape) == same for s in stored
+        ):
+            weights = torch.stack([s.weight for s in stored]).to(device, non_blocking=True)
+            scales = torch.stack([s.scale for s in stored]).to(device, non_blocking=True)
+            return dequant.fp8_block_stack(weights, scales, first.block or (128, 128))
+        return torch.stack([s.dequantize(device) for s in stored])
+
 
 @dataclass(frozen=True)
 class Pieces:
@@ -91,7 +105,8 @@ def read_stored(info: TensorInfo, part: Part | None = None) -> Stored | torch.Te
     if quant.scheme == "mxfp4":
         blocks = replace(info, quant=None, shape=(*info.shape[:-1], info.shape[-1] // 32, 16))
         return Stored(read_tensor(blocks), read_tensor(quant.scale), "mxfp4")
-    return Stored(read_tensor(replace(info, quant=None)), read_tensor(quant.scale), quant.scheme, quant.block)
+    read = format_for(info.shard).read_tensor  # the weight's bytes as stored (read_tensor would dequantize)
+    return Stored(read(info), read_tensor(quant.scale), quant.scheme, quant.block)
 
 
 def read_quantized(info: TensorInfo, part: Part | None = None) -> torch.Tensor:

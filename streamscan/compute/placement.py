@@ -209,6 +209,10 @@ def cpu_threads(shape: tuple[int, ...], configured: int | None = None) -> int:
 # CUDA: not yet measured (no GPU lent); the per-call latency of syevd is ~ms, so up to 64 small matrices.
 BATCH_MAX = {"cpu": 16, "cuda": 64}
 BATCH_MAX_K = {"cpu": 256, "cuda": 2048}
+# Tiny matrices (MoE experts of a small model, DeepSeek-V3's shapes shrunk in bench/scale.py) cost less to score
+# than to schedule: on the CPU up to SMALL_BATCH_MAX of them go as one job while the stack holds at most
+# SMALL_BATCH_ELEMENTS values (256 of 32x64, 64 of 256x64; 16 from 256x256 up).
+SMALL_BATCH_MAX, SMALL_BATCH_ELEMENTS = 256, 1 << 20
 
 
 def batch_size(shape: tuple[int, int], kind: str, need: int, room: int, cap: int | None = None) -> int:
@@ -216,5 +220,8 @@ def batch_size(shape: tuple[int, int], kind: str, need: int, room: int, cap: int
     bounded by the ROOM left there (each member needs NEED bytes) and by CAP (halved after an OOM)."""
     if min(shape) > BATCH_MAX_K.get(kind, 0):
         return 1
-    most = BATCH_MAX.get(kind, 1) if cap is None else min(cap, BATCH_MAX.get(kind, 1))
+    most = BATCH_MAX.get(kind, 1)
+    if kind == "cpu":
+        most = max(most, min(SMALL_BATCH_MAX, SMALL_BATCH_ELEMENTS // max(1, shape[0] * shape[1])))
+    most = most if cap is None else min(cap, most)
     return max(1, min(most, room // max(need, 1)))

@@ -179,17 +179,27 @@ class _Worker(threading.Thread):
         del read
         if good:
             tensors = [t for _, t, _ in good]
-            staged = not any(isinstance(t, Stored) for t in tensors)
+            stored = any(isinstance(t, Stored) for t in tensors)
+            staged = not stored and self.device != "cpu"  # pinned buffers help only a copy to a GPU
             if staged:
                 stack = self.pool.staging.stack(tensors)
+            elif not stored:
+                stack = torch.stack(tensors)
             elif getattr(self.pool.compute, "raw", False):  # a simulated device that takes them as read
                 stack = list(tensors)
-            else:  # stored FP8/MXFP4: each dequantized on the device (the CPU for simulated ones), then stacked
+            else:  # stored FP8/MXFP4: dequantized on the device (the CPU for simulated ones) as one stack
                 where = self.device if self.pool.compute is None else "cpu"
                 try:
-                    stack = torch.stack([materialize(t, where) for t in tensors])
+                    stack = Stored.dequantize_stack(tensors, where)
                 except oom_types() as oom:
                     return oom
+                except Exception:  # a member that cannot be dequantized (its scales): each on its own, for its error
+                    for j, t, sec in good:
+                        single = self._run(j, t, sec)
+                        if not isinstance(single, Result):
+                            return single  # out of memory
+                        out[j.name] = single
+                    return [out[j.name] for j in jobs]
             del tensors
             members = [j for j, _, _ in good]
             reads = [sec for _, _, sec in good]
@@ -216,8 +226,11 @@ class _Worker(threading.Thread):
             out.update((r.name, r) for r in results)
         return [out[j.name] for j in jobs]
 
-    def _run(self, job: Job):
-        tensor, read, err = self.pool.tensor_for(job, pin=self.device != "cpu" and self.pool.compute is None)
+    def _run(self, job: Job, tensor=None, read: float = 0.0):
+        """One job (its TENSOR read already, or read now): its Result, or the OOM."""
+        err = None
+        if tensor is None:
+            tensor, read, err = self.pool.tensor_for(job, pin=self.device != "cpu" and self.pool.compute is None)
         if err is not None:
             return error_result(job, self.pool.method, self.worker, err, 0.0, read)
         path = self.path_for(job.shape, 1)
@@ -252,7 +265,7 @@ class _Pool:
         self.batching = batch
         self.batch_cap: dict[tuple, int] = {}  # (device, batch key) -> most members, halved at each OOM
         self.staging = StagingPool(pinned=None if compute is None else False)
-        self.stored = any(d != "cpu" for d in devices)  # FP8/MXFP4 read as stored, dequantized on the device
+        self.stored = True  # whole FP8/MXFP4 weights read as stored, dequantized by the worker on its device
         self.cores = default_workers()
         self.cpu_workers = cpu_workers
         self.memory_probe = memory_probe or gpu_memory

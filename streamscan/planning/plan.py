@@ -25,6 +25,14 @@ class Plan:
     def total(self) -> int:
         return len(self.jobs) + len(self.done)
 
+    def without(self, done: frozenset[str]) -> Plan:
+        """This plan less the jobs named in DONE (what a resume still has to do): ``make_plan(…, done)``
+        without planning the checkpoint again."""
+        if not done:
+            return self
+        jobs = tuple(j for j in self.jobs if j.name not in done)
+        return Plan(jobs, self.skipped, self.done | {j.name for j in self.jobs if j.name in done}, self.consumed)
+
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)

@@ -246,7 +246,7 @@ def _set_aside(path: Path, header: ScanHeader, rows: list[Result], rejected: lis
         os.fsync(fh.fileno())
     text = "".join(
         json.dumps(row, allow_nan=False, separators=(",", ":")) + "\n"
-        for row in [header.to_dict()] + [dataclasses.asdict(r) for r in rows]
+        for row in [header.to_dict()] + [r.to_dict() for r in rows]
     )
     write_atomic(path, text)
     return len(text.encode())
@@ -454,7 +454,7 @@ class Journal:
 
     def _write_many(self, results: list[Result]) -> None:
         """Append many records with one fsync (folding rank journals)."""
-        self._fh.write(b"".join(_line(dataclasses.asdict(r)) for r in results))
+        self._fh.write(b"".join(_line(r.to_dict()) for r in results))
         self._fh.flush()
         os.fsync(self._fh.fileno())
         for result in results:
@@ -463,7 +463,7 @@ class Journal:
     def append(self, result: Result) -> None:
         """Queue a finished job's record; it is durable once its batch is committed (see the module doc).
         It counts as done in ``results`` at once: a crash before the commit makes the resume redo it."""
-        line = _line(dataclasses.asdict(result))
+        line = _line(result.to_dict())
         with self._mutex:
             if not self._pending:
                 self._oldest = time.monotonic()

@@ -45,6 +45,15 @@ def test_fp8_block_deepseek_shape_576_rows_is_4_and_a_half_blocks():
     assert torch.allclose(got[575, 299], w[575, 299].float() * s[4, 2])
 
 
+def test_fp8_block_small_and_row_chunked_paths_agree_bit_for_bit(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    w = (torch.randn(300, 200, generator=g) * 30).to(E4M3)
+    s = torch.rand(3, 2, generator=g) + 0.5
+    small = dequant.fp8_block(w, s)  # the whole matrix at once
+    monkeypatch.setattr(dequant, "CHUNK_ELEMENTS", 100 * 200)  # now it goes block row by block row
+    assert torch.equal(dequant.fp8_block(w, s), small)
+
+
 def test_fp8_e5m2_and_per_tensor_and_per_channel_scales():
     w = torch.tensor([[1.0, -2.0, 0.5], [3.0, 0.25, -57344.0]]).to(E5M2)
     assert dequant.fp8_scaled(w, torch.tensor(0.5)).tolist() == [[0.5, -1.0, 0.25], [1.5, 0.125, -28672.0]]

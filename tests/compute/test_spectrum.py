@@ -127,3 +127,43 @@ def test_svdvals32_reproduces_the_reference_arithmetic():
     thr = sigma * math.sqrt((1 + math.sqrt(48 / 96)) ** 2)
     ref = float(S[S > thr].sum() / S[S <= thr].sum() / S[0])
     assert score(W, "svdvals32").snr == ref
+
+
+def _snr_with_torch_ops(S, shape):
+    """The SNR as torch would compute it in float64, op by op (the path float32 spectra still take)."""
+    S = torch.sort(S, descending=True).values
+    q = torch.quantile(S, torch.tensor([0.25, 0.75], dtype=S.dtype))
+    threshold = (q[1] - q[0]) / 1.349 * mp_factor(*shape)
+    above = S > threshold
+    noise = S[~above].sum() if bool((~above).any()) else torch.ones((), dtype=S.dtype)
+    return float(threshold), int(above.sum()), float(S[above].sum() / noise / S[0])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_float64_spectra_take_python_floats_with_torch_quantiles(seed):
+    # float64 spectra are post-processed in Python floats (no per-op torch cost): the quartiles and threshold
+    # are torch.quantile's bit for bit, the sums exactly rounded (math.fsum), so the SNR agrees with torch's
+    # own float64 arithmetic to rounding and does not depend on the order the values come in
+    g = torch.Generator().manual_seed(seed)
+    k = int(torch.randint(2, 600, (), generator=g))
+    S = torch.rand(k, dtype=torch.float64, generator=g) ** 3 * 10
+    S[: 1 + seed % 7] *= 1 + seed
+    shape = (k, k + seed * 13)
+    r = snr_from_singular_values(S, shape)
+    threshold, n_signal, snr = _snr_with_torch_ops(S, shape)
+    assert r.threshold == threshold and r.n_signal == n_signal
+    assert r.snr == pytest.approx(snr, rel=1e-13)
+    shuffled = S[torch.randperm(k, generator=g)]
+    assert snr_from_singular_values(shuffled, shape) == r
+
+
+@pytest.mark.parametrize("shape", [(32, 64), (64, 32), (200, 7), (511, 600), (3, 3)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_small_gram_shortcut_is_bit_identical_to_the_chunked_gram(shape, dtype):
+    from streamscan.compute.spectrum import gram_from_pieces
+
+    W = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))).to(dtype)
+    W[0] = 0.0  # zeros (and their signs) go through both alike
+    fast, chunked = gram(W), gram_from_pieces([W], shape)
+    assert torch.equal(fast, chunked)
+    assert torch.equal(torch.signbit(fast), torch.signbit(chunked))

@@ -176,3 +176,20 @@ def test_a_corrupt_or_truncated_segment_is_one_warning_and_the_next_scan_recompu
     streamscan.scan(single_llama, out, cpu_workers=1)  # the matrices without a spectrum are rescanned
     kept, want = load_spectra(out), load_spectra(ref.out_dir)
     assert set(kept) == set(want) and all(torch.equal(kept[n], want[n]) for n in kept)
+
+
+def test_segment_bytes_are_exactly_what_safetensors_save_writes():
+    import torch
+    from safetensors.torch import save
+
+    from streamscan.results.spectra import FORMAT, _serialize
+
+    g = torch.Generator().manual_seed(0)
+    spectra = {
+        f"model.layers.{i}.mlp.experts.{j}.down_proj": torch.rand(3 + i + j, dtype=torch.float64, generator=g)
+        for i in range(3)
+        for j in range(5)
+    }
+    spectra["strided"] = torch.rand(20, dtype=torch.float64, generator=g)[::2]  # made contiguous on the way
+    expected = dict(spectra, strided=spectra["strided"].contiguous())
+    assert _serialize(spectra) == save(expected, metadata={"format": FORMAT})

@@ -12,6 +12,7 @@ safetensors (``.safetensors``), GGUF (``.gguf``) and PyTorch zip (``.bin``/``.pt
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -26,7 +27,7 @@ def is_checkpoint_file(path: Path) -> bool:
 
 def format_for(path: Path) -> ModuleType:
     """The format module that reads PATH (imported on first use: GGUF needs the optional gguf package)."""
-    name = FORMATS.get(Path(path).suffix)
+    name = FORMATS.get(os.path.splitext(os.fspath(path))[1])  # Path(path).suffix, without a Path per read
     if name is None:
         raise CheckpointError(f"{path}: unknown checkpoint format; give .safetensors, .gguf or .bin files")
     return importlib.import_module(f"{__name__}.{name}")

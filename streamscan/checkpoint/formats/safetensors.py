@@ -124,6 +124,8 @@ def byte_range(info: TensorInfo, key=()) -> tuple[int, tuple[int, ...]] | None:
     width = DTYPE_BYTES.get(info.dtype)
     if not width or torch_dtype(info.dtype) is None:
         return None
+    if key == ():  # the whole tensor
+        return info.start, tuple(info.shape)
     key = key if isinstance(key, tuple) else (key,)
     shape = info.shape
     if len(key) > len(shape):
