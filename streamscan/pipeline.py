@@ -25,7 +25,7 @@ from streamscan.checkpoint.source import slugify
 from streamscan.distributed import Group, Rank, assign, digest, from_env, local_devices, parse_shard, share
 from streamscan.errors import DistributedError, JournalError, UsageError
 from streamscan.planning.experts import moe_rows
-from streamscan.planning.plan import Plan, make_plan
+from streamscan.planning.plan import Plan
 from streamscan.records import DEFAULT_OUT, Fingerprint, RankInfo, Result, ScanHeader, ScanOptions, ScanSummary
 from streamscan.results.files import os_error, prepare_dir
 from streamscan.results.journal import Journal, journal_header, read_journals

@@ -34,7 +34,7 @@ import torch
 from streamscan.checkpoint.reader import Pieces, Stored, can_read_in_pieces, read_stored, read_tensor
 from streamscan.compute import solver
 from streamscan.compute.devices import default_max_memory, default_workers, gpu_memory, parse_devices  # noqa: F401 (re-exported)
-from streamscan.compute.executor import error_result, materialize, oom_types, score_batch_jobs, score_job
+from streamscan.compute.executor import error_result, oom_types, score_batch_jobs, score_job
 from streamscan.compute.placement import (
     PRIOR_SPEED,
     Assignment,
