@@ -69,7 +69,7 @@ def score_job(
     start = time.perf_counter()
     if isinstance(tensor, Pieces):
         return _score_pieces(job, tensor, method, worker, device, read, compute, keep)
-    if tensor.is_meta:
+    if isinstance(tensor, torch.Tensor) and tensor.is_meta:
         return Result(snr=None, reason=META_REASON, status="null", read_seconds=read, **_base(job, method, worker))
     try:
         if compute is not None and device != "cpu":

@@ -45,7 +45,7 @@ from streamscan.compute.placement import (
     cpu_threads,
     margin,
 )
-from streamscan.compute.spectrum import DEFAULT_METHOD, chunk_step, memory_bytes
+from streamscan.compute.spectrum import SHARED_BYTES, DEFAULT_METHOD, batch_member_bytes, chunk_step, memory_bytes
 from streamscan.compute.staging import StagingPool
 from streamscan.records import Job, Result
 
@@ -512,8 +512,8 @@ class _Pool:
         self.running[a.device] += 1
         threads = 0
         if a.device == "cpu":
-            for j in members:
-                self._hold(j.name, self._cpu_need(j))
+            for i, j in enumerate(members):  # the members after the first share its NaN check and vectors
+                self._hold(j.name, self._cpu_need(j) - (SHARED_BYTES if i else 0))
             threads = cpu_threads(job.shape, _configured_threads())
         else:
             for j in members:
@@ -531,7 +531,7 @@ class _Pool:
         kind = "cpu" if device == "cpu" else "cuda"
         key = _batch_key(job)
         if kind == "cpu":
-            need = memory_bytes(job.shape, _element_size(job), self.method, "cpu")  # a member's whole need
+            need = batch_member_bytes(job.shape, _element_size(job), self.method, "cpu")  # a further member's need
             room = self.max_memory - self.held - self._cpu_need(job)  # what the first leaves to the others
             room = need + room if room >= 0 else 0
         else:

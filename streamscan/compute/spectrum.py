@@ -137,7 +137,7 @@ def memory_bytes(
     """
     m, n = shape
     k = min(m, n)
-    stored = (m * n * element_size if piece is None else piece) + CHUNK_ELEMENTS * 2 + 64 * k
+    stored = (m * n * element_size if piece is None else piece) + SHARED_BYTES + 64 * k
     if method == "gram64":
         chunk = min(CHUNK_ELEMENTS, k * max(1, CHUNK_ELEMENTS // max(k, 1)), m * n) * 8
         work = 8 * k * k * (1 + 0.25 + 1 + (1 if kind == "cuda" else 0))
@@ -146,6 +146,14 @@ def memory_bytes(
         size = 4 if method == "svdvals32" else 8
         return int(stored + 2 * m * n * size + k * k * size + (m + n) * size * 8)
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+SHARED_BYTES = CHUNK_ELEMENTS * 2  # the NaN/Inf check's chunk and small vectors: once per job, batched or not
+
+
+def batch_member_bytes(shape: tuple[int, int], element_size: int, method: str = DEFAULT_METHOD, kind: str = "cpu") -> int:
+    """What each further member of a batched job (score_batch) adds to :func:`memory_bytes` of its first."""
+    return memory_bytes(shape, element_size, method, kind) - SHARED_BYTES
 
 
 def chunk_step(shape: tuple[int, int]) -> int:
