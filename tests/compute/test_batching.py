@@ -51,7 +51,11 @@ def test_stacked_gram_the_gpu_path_agrees_to_1e12(shape):
 
 
 def test_batch_size_policy_measured_limits_and_room():
-    assert placement.batch_size((64, 256), "cpu", need=10, room=10_000) == placement.BATCH_MAX["cpu"]
+    assert placement.batch_size((256, 1024), "cpu", need=10, room=10_000) == placement.BATCH_MAX["cpu"]
+    # tiny matrices: as many as fill SMALL_BATCH_ELEMENTS, up to SMALL_BATCH_MAX
+    assert placement.batch_size((64, 256), "cpu", need=10, room=10_000) == (1 << 20) // (64 * 256) == 64
+    assert placement.batch_size((32, 64), "cpu", need=10, room=10_000) == placement.SMALL_BATCH_MAX == 256
+    assert placement.batch_size((32, 64), "cpu", need=10, room=1_000) == 100  # room still bounds it
     assert placement.batch_size((512, 1792), "cpu", need=10, room=10_000) == 1  # large: batching does not pay
     assert placement.batch_size((2048, 7168), "cuda", need=100, room=1000) == 10  # bounded by free memory
     assert placement.batch_size((2048, 7168), "cuda", need=100, room=10**9, cap=8) == 8  # halved after an OOM
