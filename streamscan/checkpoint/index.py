@@ -81,7 +81,8 @@ def build_index(source: ModelSource) -> CheckpointIndex:
             tensors.append(t)
     if source.index_file is not None:
         weight_map = read_weight_map(source.index_file)
-        absent = [n for n, f in weight_map.items() if seen.get(n) != source.root / f]
+        where = {f: source.root / f for f in set(weight_map.values())}  # a Path per file, not per tensor
+        absent = [n for n, f in weight_map.items() if seen.get(n) != where[f]]
         if absent:
             raise CheckpointError(
                 f"{source.index_file}: {absent[0]!r} is not in {weight_map[absent[0]]} "

@@ -12,7 +12,14 @@ import torch
 
 from streamscan.checkpoint import dequant
 from streamscan.checkpoint.formats import format_for
-from streamscan.checkpoint.formats.safetensors import SUFFIX, byte_range, piece_lines, read_pieces, read_slice
+from streamscan.checkpoint.formats.safetensors import (
+    SUFFIX,
+    byte_range,
+    piece_lines,
+    read_pieces,
+    read_slice,
+    read_whole_many,
+)
 from streamscan.errors import CheckpointError
 from streamscan.records import Part, TensorInfo
 
@@ -107,6 +114,36 @@ def read_stored(info: TensorInfo, part: Part | None = None) -> Stored | torch.Te
         return Stored(read_tensor(blocks), read_tensor(quant.scale), "mxfp4")
     read = format_for(info.shard).read_tensor  # the weight's bytes as stored (read_tensor would dequantize)
     return Stored(read(info), read_tensor(quant.scale), quant.scheme, quant.block)
+
+
+def read_many(infos: list[TensorInfo], stored: bool = False) -> list[torch.Tensor | Stored]:
+    """``read_tensor(info)`` (with STORED ``read_stored(info)``) of each whole tensor of INFOS, the safetensors
+    ones and the scales of their FP8 weights read together (formats/safetensors.read_whole_many: one open
+    per shard, one allocation); the others one by one. A failure raises: read them one by one to learn
+    which (the scheduler does)."""
+    out: list = [None] * len(infos)
+    plain = [i for i, t in enumerate(infos) if str(t.shard).endswith(SUFFIX) and t.quant is None]
+    fp8 = [
+        i
+        for i, t in enumerate(infos)
+        if stored
+        and str(t.shard).endswith(SUFFIX)
+        and t.quant is not None
+        and t.quant.scheme in ("fp8-block", "fp8-scaled")
+        and str(t.quant.scale.shard).endswith(SUFFIX)
+    ]
+    for i, tensor in zip(plain, read_whole_many([infos[i] for i in plain]) if plain else ()):
+        out[i] = tensor
+    if fp8:
+        weights = read_whole_many([infos[i] for i in fp8])
+        scales = read_whole_many([infos[i].quant.scale for i in fp8])
+        for i, w, s in zip(fp8, weights, scales):
+            q = infos[i].quant
+            out[i] = Stored(w, s, q.scheme, q.block)
+    for i, t in enumerate(infos):
+        if out[i] is None:
+            out[i] = read_stored(t) if stored else read_tensor(t)
+    return out
 
 
 def read_quantized(info: TensorInfo, part: Part | None = None) -> torch.Tensor:

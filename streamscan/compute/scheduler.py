@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 import psutil
 import torch
 
-from streamscan.checkpoint.reader import Pieces, Stored, can_read_in_pieces, read_stored, read_tensor
+from streamscan.checkpoint.reader import Pieces, Stored, can_read_in_pieces, read_many, read_stored, read_tensor
 from streamscan.compute import solver
 from streamscan.compute.devices import default_max_memory, default_workers, gpu_memory, parse_devices  # noqa: F401 (re-exported)
 from streamscan.compute.executor import error_result, oom_types, score_batch_jobs, score_job
@@ -169,7 +169,7 @@ class _Worker(threading.Thread):
     def _run_batch(self, jobs: list[Job]):
         """Same-shape jobs as one stacked job: a list of Results, or the OOM (the pool splits the batch)."""
         pin = self.device != "cpu" and self.pool.compute is None
-        read = [self.pool.tensor_for(j, pin=pin) for j in jobs]
+        read = self.pool.tensors_for(jobs, pin=pin)
         out: dict[str, Result] = {
             j.name: error_result(j, self.pool.method, self.worker, err, 0.0, sec)
             for j, (_, sec, err) in zip(jobs, read)
@@ -318,6 +318,22 @@ class _Pool:
         del self.pending[i], self.keys[i]
         self.queued_cost -= job.cost
 
+    def take_many(self, jobs: list[Job]) -> None:
+        """``take`` each of JOBS (a batch: equal cost, so they sit in one run of the queue) in one pass over the
+        stretch of the queue they span, not one search from the start of the run per member."""
+        cost = jobs[0].cost
+        lo = bisect.bisect_left(self.keys, -cost)
+        wanted = {id(j) for j in jobs}
+        found, hi = 0, lo
+        while found < len(wanted):  # every member is in the run of their cost
+            found += id(self.pending[hi]) in wanted
+            hi += 1
+        kept = [j for j in self.pending[lo:hi] if id(j) not in wanted]
+        self.pending[lo:hi] = kept
+        self.keys[lo:hi] = [-cost] * len(kept)
+        for j in jobs:
+            self.queued_cost -= j.cost
+
     def feed(self, jobs: Iterable[Job], lookahead: int) -> None:
         """Pull jobs from a lazy iterable (e.g. shards still downloading) while the queue is short."""
         try:
@@ -416,6 +432,40 @@ class _Pool:
                 self.stats.read_bytes += job.nbytes
         return tensor, seconds, err
 
+    def tensors_for(self, jobs: list[Job], pin: bool) -> list[tuple[torch.Tensor | None, float, BaseException | None]]:
+        """``tensor_for`` of each of a batch's JOBS: the prefetched ones as prefetched, the others read together
+        (reader.read_many: one open per shard, one allocation), or one by one where that fails (each then gets
+        its own error)."""
+        got: dict[str, tuple] = {}
+        with self.cond:
+            for job in jobs:
+                while job.name in self.reading:
+                    self.cond.wait()
+                ready = self.ready.pop(job.name, None)
+                if ready is not None:
+                    self.stats.prefetched += 1
+                    got[job.name] = ready
+            self.cond.notify_all()
+        rest = [j for j in jobs if j.name not in got]
+        if len(rest) > 1 and all(j.part is None and not self._pieced(j) for j in rest):
+            start = time.perf_counter()
+            try:
+                tensors = read_many([j.tensor for j in rest], self.stored)
+                if pin:
+                    tensors = [t.pin_memory() for t in tensors]
+            except Exception:  # read one by one below: the member that fails gets the error
+                tensors = None
+            if tensors is not None:
+                share = (time.perf_counter() - start) / len(rest)
+                with self.cond:
+                    self.stats.read_seconds += share * len(rest)
+                    self.stats.read_bytes += sum(j.nbytes for j in rest)
+                got.update((j.name, (t, share, None)) for j, t in zip(rest, tensors))
+                rest = []
+        for job in rest:
+            got[job.name] = self.tensor_for(job, pin)
+        return [got[j.name] for j in jobs]
+
     # dispatch --------------------------------------------------------------------------------------
     def states(self) -> list[DeviceState]:
         out = []
@@ -507,8 +557,10 @@ class _Pool:
             self._add_device("cpu", 1)
         worker = self.idle[a.device].pop(0)
         members = self._batch(job, a.device)
-        for j in members:
-            self.take(j)
+        if len(members) == 1:
+            self.take(job)
+        else:
+            self.take_many(members)
         self.running[a.device] += 1
         threads = 0
         if a.device == "cpu":

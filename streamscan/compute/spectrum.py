@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -48,12 +48,22 @@ def mp_factor(m: int, n: int) -> float:
     return math.sqrt((1 + math.sqrt(beta)) ** 2)
 
 
-def snr_from_singular_values(S: torch.Tensor, shape: tuple[int, int], rtol: float = 0.0) -> SNR:
+def snr_from_singular_values(
+    S: torch.Tensor, shape: tuple[int, int], rtol: float = 0.0, *, keep: bool = False
+) -> SNR:
     """The reference's SNR from singular values S (any order), computed in S's dtype.
 
     ``rtol`` is the method's numerical floor relative to S[0]: when every value at or below the threshold
     is under it, the "noise" is rounding error of a rank-deficient matrix and the SNR is undefined.
+    With ``keep`` the result carries S as its ``singular_values``.
     """
+    out = _snr(S, shape, rtol)
+    if keep:  # set on the fresh result (dataclasses.replace would cost more than the SNR of a tiny matrix)
+        object.__setattr__(out, "singular_values", S)
+    return out
+
+
+def _snr(S: torch.Tensor, shape: tuple[int, int], rtol: float) -> SNR:
     m, n = shape
     if S.dtype == torch.float64 and S.device.type == "cpu":
         return _snr_float64(S.tolist(), shape, rtol)
@@ -228,7 +238,7 @@ def score_pieces(pieces, shape: tuple[int, int], device=None) -> SNR:
     del G
     S = torch.sqrt(torch.clamp(eig, min=0)).flip(0)
     rtol = math.sqrt(min(m, n) * torch.finfo(torch.float64).eps)
-    return replace(snr_from_singular_values(S, (m, n), rtol), singular_values=S)
+    return snr_from_singular_values(S, (m, n), rtol, keep=True)
 
 
 def _small_grams(stack: torch.Tensor) -> torch.Tensor:
@@ -311,7 +321,7 @@ def score(W: torch.Tensor, method: str = DEFAULT_METHOD, device=None, path: str 
     if not _all_finite(W):
         return SNR(None, "weights contain NaN or Inf")
     S, rtol = singular_values(W, method, device, path)
-    return replace(snr_from_singular_values(S, (m, n), rtol), singular_values=S)
+    return snr_from_singular_values(S, (m, n), rtol, keep=True)
 
 
 def score_batch(Ws, method: str = DEFAULT_METHOD, device=None, path: str = "gram64") -> list[SNR]:
@@ -355,7 +365,7 @@ def score_batch(Ws, method: str = DEFAULT_METHOD, device=None, path: str = "gram
     else:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     for j, i in enumerate(keep):
-        out[i] = replace(snr_from_singular_values(S_all[j], (m, n), rtol), singular_values=S_all[j])
+        out[i] = snr_from_singular_values(S_all[j], (m, n), rtol, keep=True)
     return out
 
 

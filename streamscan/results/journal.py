@@ -553,8 +553,11 @@ class Journal:
         self.close()
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # json.dumps with these makes one per call
+
+
 def _line(row: dict) -> bytes:
-    return json.dumps(row, allow_nan=False, separators=(",", ":")).encode() + b"\n"
+    return _ENCODER.encode(row).encode() + b"\n"
 
 
 def is_locked(out_dir: str | Path) -> bool:

@@ -214,7 +214,9 @@ class SpectraWriter:
         matrix has its spectrum on disk, at the cost of one segment per journal commit, not a file per matrix."""
         import torch
 
-        S = singular_values.detach().to("cpu", torch.float64).contiguous()
+        S = singular_values
+        if S.dtype != torch.float64 or S.device.type != "cpu" or not S.is_contiguous() or S.requires_grad:
+            S = S.detach().to("cpu", torch.float64).contiguous()
         with self._lock:
             self._buf.pop(name, None)  # a later record of the same name wins (kept last in the segment)
             self._buf[name] = S

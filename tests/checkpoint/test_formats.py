@@ -304,3 +304,40 @@ def test_a_shard_of_20k_tiny_matrices_reads_in_seconds(tmp_path):
     start = time.perf_counter()
     total = sum(float(st.read_tensor(i).sum()) for i in infos)
     assert time.perf_counter() - start < 10 and total != 0  # ~0.3 s here; the old path did not finish in 300 s
+
+
+def test_read_many_equals_reading_one_by_one_across_shards_and_fp8_scales(tmp_path):
+    """A batch's members are read together (one open per shard, one allocation): the same tensors, bit for
+    bit, as read_tensor / read_stored give them, FP8 weights with their scales, mixed dtypes and shards."""
+    from streamscan.checkpoint.reader import Stored, read_many, read_stored
+    from tests.fixtures.scale import write_deepseek_v3
+
+    ck = tmp_path / "ds"
+    write_deepseek_v3(ck, experts=4, layers=3, dense=1, shards=3, mtp=False)
+    jobs = inspect_model(ck)[1].jobs
+    infos = [j.tensor for j in jobs if j.part is None]
+    assert {i.shard for i in infos} == set(ck.glob("*.safetensors")) and any(i.quant for i in infos)
+    for stored in (False, True):
+        together = read_many(infos, stored)
+        for info, got in zip(infos, together):
+            alone = read_stored(info) if stored else read_tensor(info)
+            if isinstance(alone, Stored):
+                assert isinstance(got, Stored) and (got.scheme, got.block) == (alone.scheme, alone.block)
+                assert torch.equal(got.weight.view(torch.uint8), alone.weight.view(torch.uint8))
+                assert torch.equal(got.scale, alone.scale)
+            else:
+                assert got.dtype == alone.dtype and torch.equal(got, alone)
+
+
+def test_read_many_of_a_truncated_shard_is_a_one_line_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from streamscan.checkpoint.formats import safetensors as st
+    from streamscan.checkpoint.reader import read_many
+    from streamscan.errors import CheckpointError
+
+    save_file({"a": torch.randn(8, 8), "b": torch.randn(64, 64)}, tmp_path / "x.safetensors")
+    infos, _ = st.read_header(tmp_path / "x.safetensors")
+    os.truncate(tmp_path / "x.safetensors", max(i.end for i in infos) - 100)
+    with pytest.raises(CheckpointError, match="truncated since it was indexed.*re-download"):
+        read_many(infos)

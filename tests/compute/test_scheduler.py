@@ -19,19 +19,27 @@ def test_parallel_workers_give_identical_results_to_one_worker(sharded_llama):
 
 
 def test_a_failing_job_is_recorded_and_retried_on_resume(sharded_llama, tmp_path, monkeypatch):
-    real = scheduler.read_tensor
+    real, real_many = scheduler.read_tensor, scheduler.read_many
+    bad = "model.layers.1.mlp.up_proj.weight"
 
     def flaky(info):
-        if info.name == "model.layers.1.mlp.up_proj.weight":
+        if info.name == bad:
             raise OSError("simulated I/O error")
         return real(info)
 
+    def flaky_many(infos, stored=False):  # a batch with the bad tensor fails whole: its members are read one by one
+        if any(i.name == bad for i in infos):
+            raise OSError("simulated I/O error")
+        return real_many(infos, stored)
+
     monkeypatch.setattr(scheduler, "read_tensor", flaky)
+    monkeypatch.setattr(scheduler, "read_many", flaky_many)
     first = streamscan.scan(sharded_llama, tmp_path)
     failed = [r for r in first.results if r.status == "error"]
     assert [r.name for r in failed] == ["model.layers.1.mlp.up_proj"] and "simulated I/O error" in failed[0].reason
     assert first.summary["failed"] == 1 and first.summary["scored"] == 29
     monkeypatch.setattr(scheduler, "read_tensor", real)
+    monkeypatch.setattr(scheduler, "read_many", real_many)
     second = streamscan.scan(sharded_llama, tmp_path)
     assert second.summary["failed"] == 0 and second.summary["resumed_from_journal"] == 29
     assert second.snr["model.layers.1.mlp.up_proj"] is not None
