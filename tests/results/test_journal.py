@@ -129,3 +129,39 @@ def test_a_record_is_exactly_dataclasses_asdict_of_its_result():
     for r in (res("a"), res("b", None, "error"), full):
         assert r.to_dict() == dataclasses.asdict(r)
         assert list(r.to_dict()) == [f.name for f in dataclasses.fields(Result)]
+
+
+def test_records_read_back_are_the_results_written_field_for_field(tmp_path):
+    # the reader builds Results without their __init__: equal, same field order, same defaults, same checks
+    import dataclasses
+
+    full = Result("m.0.w", "w", (8, 2), "BF16", 0.25, "r", "null", "head", "gram64", 1.5, "cpu1", 3.0, 0.5, 2, 0.1, "n")
+    written = [res("a"), res("b", None, "error"), full, Result("c", "t", (), "F32", None)]
+    with Journal(tmp_path, HEADER) as j:
+        for r in written:
+            j.append(r)
+    _, back, _ = read_journal(tmp_path)
+    for r in written:
+        got = back[r.name]
+        assert got == r and list(vars(got)) == list(vars(r)) and dataclasses.asdict(got) == dataclasses.asdict(r)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"type": "t", "shape": [4, 4], "dtype": "F32", "snr": 1.0}',  # no name
+        b'{"name": "x", "type": "t", "shape": [4, true], "dtype": "F32", "snr": 1.0}',
+        b'{"name": "x", "type": 3, "shape": [4, 4], "dtype": "F32", "snr": 1.0}',
+        b'{"name": "x", "type": "t", "shape": [4, 4], "dtype": "F32", "snr": 1.0, "status": "done"}',
+        b'{"name": "x", "type": "t", "shape": [4, 4], "dtype": "F32", "snr": "1.0"}',
+        b'{"name": "x", "type": "t", "shape": [4, 4], "dtype": "F32", "snr": 1.0, "seconds": true}',
+        b'[1, 2]',
+    ],
+)
+def test_a_line_that_parses_but_is_no_record_is_set_aside(tmp_path, line):
+    with Journal(tmp_path, HEADER) as j:
+        j.append(res("a"))
+    with open(tmp_path / JOURNAL_NAME, "ab") as fh:
+        fh.write(line + b"\n")
+    _, back, _ = read_journal(tmp_path)
+    assert set(back) == {"a"}
