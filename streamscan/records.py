@@ -34,7 +34,7 @@ DTYPE_BYTES = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
     name: str
     shard: Path
@@ -60,7 +60,7 @@ class TensorInfo:
     @property
     def dequantized(self) -> bool:
         """Whether reading it yields float32 computed from a quantized form (not the stored dtype)."""
-        return self.quant is not None or (self.shard.suffix == ".gguf" and self.dtype not in DTYPE_BYTES)
+        return self.quant is not None or (self.dtype not in DTYPE_BYTES and str(self.shard).endswith(".gguf"))
 
     @property
     def element_size(self) -> int:
@@ -68,7 +68,7 @@ class TensorInfo:
         return 4 if self.dequantized else DTYPE_BYTES.get(self.dtype, 4)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Quant:
     """A quantized weight's scheme and the scale tensor read with it (quant.py pairs them).
 
@@ -80,14 +80,14 @@ class Quant:
     block: tuple[int, int] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ShardInfo:
     path: Path
     size: int
     header_sha256: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Part:
     """One expert's matrix inside a stored tensor: ``t[index, rows, cols]`` (``t[rows, cols]`` if 2-D),
     each range (start, stop, step), in the stored orientation (singular values do not care)."""
@@ -128,7 +128,7 @@ class ExpertRow:
         return cls(*row)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     """One matrix to score: a whole 2-D tensor, or one expert's slice (``part``) of a fused expert tensor."""
 
@@ -186,7 +186,7 @@ class Result:
         return dict(self.__dict__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Skipped:
     name: str
     type: str
