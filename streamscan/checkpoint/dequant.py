@@ -18,6 +18,8 @@ import math
 import torch
 
 CHUNK_ELEMENTS = 1 << 22  # float32 elements converted at a time (16 MiB)
+SMALL_ELEMENTS = 1 << 18  # up to here an FP8 matrix (or stack) is dequantized in one pass: its per-element
+# scales are a second float32 copy (1 MiB), less than the per-chunk steps cost at these sizes
 
 # FP4 E2M1 code -> value: sign bit 3, exponent bits 2..1, mantissa bit 0.
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
@@ -57,7 +59,7 @@ def fp8_block(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] 
             f"scale shape {tuple(scale.shape)} does not fit a {m}x{n} weight in {br}x{bc} blocks (expected {expected})"
         )
     scale = scale.to(device=weight.device, dtype=torch.float32)
-    if m * n <= CHUNK_ELEMENTS:  # small: the whole matrix at once (the same products, fewer operations)
+    if m * n <= SMALL_ELEMENTS:  # small: the whole matrix at once (the same products, fewer operations)
         per_element = scale.repeat_interleave(br, 0)[:m].repeat_interleave(bc, 1)[:, :n]
         return weight.to(torch.float32).mul_(per_element)
     out = torch.empty(m, n, dtype=torch.float32, device=weight.device)
@@ -77,7 +79,7 @@ def fp8_block_stack(weights: torch.Tensor, scales: torch.Tensor, block: tuple[in
             f"FP8 stack {tuple(weights.shape)} and scales {tuple(scales.shape)} are not [B, m, n], [B, R, C]"
         )
     B, m, n = weights.shape
-    if B == 0 or B * m * n > CHUNK_ELEMENTS:
+    if B == 0 or B * m * n > 4 * SMALL_ELEMENTS:  # (a batch of tiny matrices: at most 4 MiB of scales)
         return torch.stack([fp8_block(w, s, block) for w, s in zip(weights, scales)])
     br, bc = min(block[0], max(m, 1)), min(block[1], max(n, 1))
     expected = (math.ceil(m / br), math.ceil(n / bc))

@@ -58,7 +58,7 @@ def pair_quantized(
         ):
             out.append(_mxfp4(t, scales, skipped, consumed))
             continue
-        if t.shard.suffix == ".gguf":
+        if str(t.shard).endswith(".gguf"):  # (a Path's suffix costs more than the rest of the loop)
             from streamscan.checkpoint.formats.gguf import gguf_skip_reason
 
             reason = gguf_skip_reason(t)
@@ -69,12 +69,8 @@ def pair_quantized(
         if t.name not in quantized:
             out.append(t)
             continue
-        companions = {
-            s: by_name[t.name[: -len(".weight")] + s]
-            for s in SCALE_SUFFIXES
-            if t.name[: -len(".weight")] + s in by_name
-        }
         module = t.name[: -len(".weight")]
+        companions = {s: c for s in SCALE_SUFFIXES if (c := by_name.get(module + s)) is not None}
         if t.dtype in FP8:
             paired = _fp8(t, companions, block, skipped)
             out.append(paired)

@@ -50,7 +50,8 @@ def test_fp8_block_small_and_row_chunked_paths_agree_bit_for_bit(monkeypatch):
     w = (torch.randn(300, 200, generator=g) * 30).to(E4M3)
     s = torch.rand(3, 2, generator=g) + 0.5
     small = dequant.fp8_block(w, s)  # the whole matrix at once
-    monkeypatch.setattr(dequant, "CHUNK_ELEMENTS", 100 * 200)  # now it goes block row by block row
+    monkeypatch.setattr(dequant, "SMALL_ELEMENTS", 100)  # now it goes block row by block row
+    monkeypatch.setattr(dequant, "CHUNK_ELEMENTS", 100 * 200)
     assert torch.equal(dequant.fp8_block(w, s), small)
 
 
@@ -121,3 +122,19 @@ def test_gguf_support_by_type_name():
     assert not dequant.gguf_supported("Q4_0_4_4") and not dequant.gguf_supported("I32")
     with pytest.raises(ValueError, match="needs"):
         dequant.gguf_matrix(np.zeros(10, dtype=np.uint8), "Q8_0", (2, 32))
+
+
+@pytest.mark.parametrize(
+    "shape,block,count", [((32, 64), (128, 128), 64), ((300, 200), (128, 128), 3), ((5, 7), (2, 3), 4)]
+)
+def test_fp8_block_stack_is_each_matrix_dequantized_alone(monkeypatch, shape, block, count):
+    g = torch.Generator().manual_seed(2)
+    ws = (torch.randn(count, *shape, generator=g) * 20).to(E4M3)
+    grid = (math.ceil(shape[0] / min(block[0], shape[0])), math.ceil(shape[1] / min(block[1], shape[1])))
+    ss = torch.rand(count, *grid, generator=g) + 0.5
+    alone = torch.stack([dequant.fp8_block(w, s, block) for w, s in zip(ws, ss)])
+    assert torch.equal(dequant.fp8_block_stack(ws, ss, block), alone)  # one pass
+    monkeypatch.setattr(dequant, "SMALL_ELEMENTS", 1)
+    assert torch.equal(dequant.fp8_block_stack(ws, ss, block), alone)  # matrix by matrix
+    with pytest.raises(ValueError, match="does not fit"):
+        dequant.fp8_block_stack(ws, ss[:, :, :1].repeat(1, 1, grid[1] + 1), block)
