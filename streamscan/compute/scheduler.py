@@ -45,7 +45,7 @@ from streamscan.compute.placement import (
     cpu_threads,
     margin,
 )
-from streamscan.compute.spectrum import SHARED_BYTES, DEFAULT_METHOD, batch_member_bytes, chunk_step, memory_bytes
+from streamscan.compute.spectrum import DEFAULT_METHOD, SHARED_BYTES, batch_member_bytes, chunk_step, memory_bytes
 from streamscan.compute.staging import StagingPool
 from streamscan.records import Job, Result
 

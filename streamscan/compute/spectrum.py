@@ -48,9 +48,7 @@ def mp_factor(m: int, n: int) -> float:
     return math.sqrt((1 + math.sqrt(beta)) ** 2)
 
 
-def snr_from_singular_values(
-    S: torch.Tensor, shape: tuple[int, int], rtol: float = 0.0, *, keep: bool = False
-) -> SNR:
+def snr_from_singular_values(S: torch.Tensor, shape: tuple[int, int], rtol: float = 0.0, *, keep: bool = False) -> SNR:
     """The reference's SNR from singular values S (any order), computed in S's dtype.
 
     ``rtol`` is the method's numerical floor relative to S[0]: when every value at or below the threshold
@@ -161,7 +159,9 @@ def memory_bytes(
 SHARED_BYTES = CHUNK_ELEMENTS * 2  # the NaN/Inf check's chunk and small vectors: once per job, batched or not
 
 
-def batch_member_bytes(shape: tuple[int, int], element_size: int, method: str = DEFAULT_METHOD, kind: str = "cpu") -> int:
+def batch_member_bytes(
+    shape: tuple[int, int], element_size: int, method: str = DEFAULT_METHOD, kind: str = "cpu"
+) -> int:
     """What each further member of a batched job (score_batch) adds to :func:`memory_bytes` of its first."""
     return memory_bytes(shape, element_size, method, kind) - SHARED_BYTES
 
