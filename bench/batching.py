@@ -61,6 +61,34 @@ def run(device: str, scale: int, shapes=SHAPES, batches=BATCHES, budget: float =
     return rows
 
 
+def scan_rows(caps=(1, 16, 64, 256), rounds: int = 2) -> list[dict]:
+    """The scheduler's whole path (read, dequantize, batch, score, results) over the 10,127 matrices of the
+    16-layer DeepSeek-V3-shaped checkpoint of bench/scale.py (hidden 64: tiny FP8 matrices), 2 CPU workers,
+    with at most CAP tiny matrices per batched job; best of ROUNDS, the caps alternating."""
+    from bench.common import CACHE
+    from streamscan.api import inspect_model
+    from streamscan.compute import placement, scheduler
+    from tests.fixtures.scale import cached, write_deepseek_v3
+
+    ck = cached(write_deepseek_v3, CACHE / "scale", mtp=False, layers=16, shards=43)
+    jobs = inspect_model(ck)[1].jobs
+    saved = placement.SMALL_BATCH_MAX, dict(placement.BATCH_MAX)
+    best = {cap: float("inf") for cap in caps}
+    try:
+        for _ in range(rounds):
+            for cap in caps:
+                placement.SMALL_BATCH_MAX, placement.BATCH_MAX["cpu"] = cap, min(saved[1]["cpu"], cap)
+                start = time.perf_counter()
+                done = sum(1 for _ in scheduler.run_jobs(jobs, "gram64", workers=2, devices=["cpu"]))
+                best[cap] = min(best[cap], time.perf_counter() - start)
+                assert done == len(jobs)
+    finally:
+        placement.SMALL_BATCH_MAX, placement.BATCH_MAX = saved[0], saved[1]
+    return [
+        {"cap": c, "seconds": s, "per_matrix_us": 1e6 * s / len(jobs), "matrices": len(jobs)} for c, s in best.items()
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -83,6 +111,21 @@ per matrix (< 1: batching pays). SNR diff = max relative difference batched vs o
 | shape | B | one by one ms/matrix | batched ms/matrix | ratio | SNR diff |
 |---|---|---|---|---|---|
 {table}"""
+    if args.device == "cpu":
+        scans = scan_rows()
+        base = scans[0]["seconds"]
+        text += f"""
+
+Whole scheduler path (`bench.batching.scan_rows`: read, dequantize, batch, score, results) over the
+{scans[0]["matrices"]:,} tiny FP8 matrices of bench/scale.py's 16-layer DeepSeek-V3 shape, 2 CPU workers, best of 2,
+the batch caps alternating in one run (placement.SMALL_BATCH_MAX):
+
+| most tiny matrices per job | wall | µs per matrix | vs 1 |
+|---|---|---|---|
+""" + "\n".join(
+            f"| {r['cap']} | {r['seconds']:.2f} s | {r['per_matrix_us']:.0f} | {r['seconds'] / base:.2f} |"
+            for r in scans
+        )
     print(text)
     if not args.no_write:
         update_section("batching", text)
