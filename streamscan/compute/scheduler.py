@@ -449,10 +449,8 @@ class _Pool:
         rest = [j for j in jobs if j.name not in got]
         if len(rest) > 1 and all(j.part is None and not self._pieced(j) for j in rest):
             start = time.perf_counter()
-            try:
+            try:  # not pinned one by one: a batch is stacked into a pinned staging buffer (or dequantized) anyway
                 tensors = read_many([j.tensor for j in rest], self.stored)
-                if pin:
-                    tensors = [t.pin_memory() for t in tensors]
             except Exception:  # read one by one below: the member that fails gets the error
                 tensors = None
             if tensors is not None:
