@@ -116,6 +116,8 @@ def main() -> None:
         print(f"scan alone: {alone['wall']:.1f} s wall", flush=True)
         quarter = _scan(ds_quarter, f"{tmp}/q")
         print(f"scan of 16 layers: {quarter['wall']:.1f} s wall", flush=True)
+        kimi_scan = _scan(kimi, f"{tmp}/k")
+        print(f"scan of Kimi-K2 shape: {kimi_scan['wall']:.1f} s wall", flush=True)
         tiny = _scan(_tiny(SCALE), f"{tmp}/t")
         print(f"20k tiny matrices: {tiny['wall']:.1f} s wall", flush=True)
         kout = Path(tmp) / "kimi"
@@ -148,6 +150,8 @@ def main() -> None:
         f"≤ 3× floor = {3 * floor['seconds']:.1f} s | {alone['peak_rss_mb']:.0f} MB |",
         f"| `run`, 16 of 61 layers | {quarter['summary']['matrices']} | {quarter['wall']:.1f} s | RSS flat | "
         f"{quarter['peak_rss_mb']:.0f} MB |",
+        f"| `run`, Kimi-K2-shaped (384 experts, 61 shards, FP8) | {kimi_scan['summary']['matrices']} | "
+        f"{kimi_scan['wall']:.1f} s | RSS flat | {kimi_scan['peak_rss_mb']:.0f} MB |",
         f"| `run` of one 2 MB file of 20k 4x4 matrices | {tiny['summary']['matrices']} | {tiny['wall']:.1f} s | "
         f"(did not finish in 300 s before) | {tiny['peak_rss_mb']:.0f} MB |",
     ]
@@ -160,7 +164,10 @@ def main() -> None:
         f"Scan wall time over the floor: {alone['wall'] / floor['seconds']:.1f}×; overhead per matrix "
         f"(scan wall minus floor, over {n} matrices): **{per_matrix_ms:.2f} ms** (target ≤ 0.5 ms). "
         f"Peak RSS {quarter['peak_rss_mb']:.0f} MB at {quarter['summary']['matrices']} matrices, "
-        f"{alone['peak_rss_mb']:.0f} MB at {n}.",
+        f"{alone['peak_rss_mb']:.0f} MB at {n}, {kimi_scan['peak_rss_mb']:.0f} MB at "
+        f"{kimi_scan['summary']['matrices']}: "
+        f"{1e3 * (kimi_scan['peak_rss_mb'] - quarter['peak_rss_mb']) / (kimi_scan['summary']['matrices'] - quarter['summary']['matrices']):.1f} KB "
+        "more per matrix (names, plan and results kept for the outputs).",
         "",
         "### Projections for the real models",
         "streamscan's own time is (matrices × overhead per matrix, measured above) on top of reading the "
