@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import sys
 from dataclasses import dataclass
 
 from streamscan.checkpoint.index import CheckpointIndex
@@ -58,6 +59,11 @@ def classify(t: TensorInfo) -> str | None:
     return None
 
 
+def _type(name: str) -> str:
+    """type_key, one string per type (a type repeats in every layer: 45k expert matrices have 768 types)."""
+    return sys.intern(type_key(name))
+
+
 def make_plan(
     index: CheckpointIndex,
     include: tuple[str, ...] = (),
@@ -73,16 +79,16 @@ def make_plan(
         floating = t.dtype in FLOAT_DTYPES or t.dequantized
         split = split_experts(t.name, t.shape, moe) if floating and not quant_reason else None
         if isinstance(split, str):  # a fused expert tensor that config.json does not let us split safely
-            skipped.append(Skipped(name, type_key(name), split))
+            skipped.append(Skipped(name, _type(name), split))
             continue
         for label, part in split or [(name, None)]:
             reason = (quant_reason or classify(t)) if part is None else None
             reason = reason or _option_reason((label, name, t.name), include, exclude)
             if reason is None:
                 role = embedding_role(t.name, t.shape, index.source.config) if part is None else None
-                targets.append(Job(label, t, type_key(label), role, part))
+                targets.append(Job(label, t, _type(label), role, part))
             else:
-                skipped.append(Skipped(label, type_key(label), reason))
+                skipped.append(Skipped(label, _type(label), reason))
     jobs = sorted((j for j in targets if j.name not in done), key=lambda j: -j.cost)
-    used = tuple(Skipped(n, type_key(n), why) for n, why in sorted(consumed.items(), key=lambda kv: natural_key(kv[0])))
+    used = tuple(Skipped(n, _type(n), why) for n, why in sorted(consumed.items(), key=lambda kv: natural_key(kv[0])))
     return Plan(tuple(jobs), tuple(skipped), frozenset(j.name for j in targets if j.name in done), used)
