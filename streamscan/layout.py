@@ -35,8 +35,13 @@ def layer_index(name: str) -> int | None:
 
 @functools.lru_cache(maxsize=1 << 18)
 def natural_key(name: str) -> tuple:
-    """Sort `layers.2` before `layers.10`. Cached: the outputs of a scan sort the same names many times."""
-    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(name))
+    """Sort `layers.2` before `layers.10`. Cached: the outputs of a scan sort the same names many times.
+
+    The capturing split puts the digit runs at the odd indices: those become ints, the text between stays
+    (equal to converting every part for which ``str.isdigit`` holds; tested)."""
+    parts = _DIGITS.split(name)
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
 
 
 def embedding_role(name: str, shape: tuple[int, ...], config: dict) -> str | None:

@@ -15,10 +15,17 @@ from json.encoder import encode_basestring_ascii as _enc
 from pathlib import Path
 
 from streamscan.errors import UsageError
-from streamscan.layout import natural_key
 from streamscan.records import Result
 from streamscan.results.files import write_atomic
-from streamscan.results.selection import Group, rank_by_type, select_top, yaml_text
+from streamscan.results.selection import (
+    Group,
+    Prefixes,
+    natural_order,
+    rank_ordered,
+    select_ranked,
+    select_top,
+    yaml_text,
+)
 
 
 def _dumps(obj) -> str:
@@ -73,9 +80,10 @@ def _dumps_nested(obj: dict) -> str:
     return "".join(parts)
 
 
-def results_json(results: Iterable[Result]) -> dict:
+def results_json(results: Iterable[Result], ordered: bool = False) -> dict:
+    """The results JSON; ORDERED: RESULTS are already in natural order (``natural_order``)."""
     out = {}
-    for r in sorted(results, key=lambda r: natural_key(r.name)):
+    for r in results if ordered else natural_order(results):
         entry: dict = {"snr": r.snr, "type": r.type}
         if r.snr is None:
             entry["reason"] = r.reason
@@ -83,10 +91,13 @@ def results_json(results: Iterable[Result]) -> dict:
     return out
 
 
-def sorted_json(results: Iterable[Result]) -> dict:
-    results = list(results)
-    out = {t: {r.name: r.snr for r in members} for t, members in rank_by_type(results).items()}
-    for r in sorted(results, key=lambda r: natural_key(r.name)):
+def sorted_json(results: Iterable[Result], ranked: dict[str, list[Result]] | None = None) -> dict:
+    """The sorted JSON; RANKED: ``rank_by_type(results)`` when at hand."""
+    ordered = natural_order(results)
+    if ranked is None:
+        ranked = rank_ordered(ordered)
+    out = {t: {r.name: r.snr for r in members} for t, members in ranked.items()}
+    for r in ordered:
         if r.snr is None:
             out[r.type][r.name] = None
     return out
@@ -124,19 +135,24 @@ def write_yaml(
     slug: str,
     results: list[Result],
     percent: float,
-    all_names: list[str],
+    all_names: list[str] | Prefixes,
     model: str,
     group: Group | None = None,
     fused: dict[str, str] | None = None,
     grouping: str = "reference",
+    ranked: dict[str, list[Result]] | None = None,
 ) -> Path:
     """The YAML for PERCENT; ``group``/``grouping`` rank MoE experts another way (--moe-grouping),
-    ``fused`` names expert slices of fused tensors (see ``yaml_text``)."""
+    ``fused`` names expert slices of fused tensors (see ``yaml_text``); ``ranked``: ``rank_by_type(results,
+    group)`` when at hand (several percents share it)."""
     path = output_paths(out_dir, slug, [percent])[f"yaml{percent:g}"]
     header = f"streamscan: top {percent:g}% by Spectrum SNR per type, model {model}"
     if group is not None:
         header += f"\nMoE experts ranked with --moe-grouping {grouping}"
-    return write_atomic(path, yaml_text(select_top(results, percent, group), all_names, header, fused))
+    selection = (
+        select_top(results, percent, group) if ranked is None else select_ranked(results, ranked, percent, group)
+    )
+    return write_atomic(path, yaml_text(selection, all_names, header, fused))
 
 
 def write_outputs(
@@ -148,15 +164,26 @@ def write_outputs(
     summary: dict,
     **yaml_options,
 ) -> list[Path]:
-    """Write every output; returns their paths. Identical inputs give byte-identical files."""
+    """Write every output; returns their paths. Identical inputs give byte-identical files.
+
+    The results are put in natural order and ranked once (and once more for the YAMLs when MoE experts
+    are ranked in other groups), the prefix index of every name built once for all YAMLs."""
     results = list(results)
+    ordered = natural_order(results)
+    ranked = rank_ordered(ordered)
     paths = output_paths(out_dir, slug)
     written = [
-        write_atomic(paths["results"], _dumps(results_json(results))),
-        write_atomic(paths["sorted"], _dumps(sorted_json(results))),
+        write_atomic(paths["results"], _dumps(results_json(ordered, ordered=True))),
+        write_atomic(paths["sorted"], _dumps(sorted_json(ordered, ranked))),
     ]
-    written += [
-        write_yaml(out_dir, slug, results, p, all_names, summary.get("model", slug), **yaml_options) for p in percents
-    ]
+    percents = list(percents)
+    if percents:
+        group = yaml_options.get("group")
+        yaml_ranked = ranked if group is None else rank_ordered(ordered, group)
+        prefixes = Prefixes(all_names)
+        model = summary.get("model", slug)
+        written += [
+            write_yaml(out_dir, slug, results, p, prefixes, model, ranked=yaml_ranked, **yaml_options) for p in percents
+        ]
     written.append(write_atomic(Path(out_dir) / "streamscan_summary.json", _dumps(summary)))
     return written
