@@ -98,30 +98,38 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Result) if f.default 
 _REQUIRED = _FIELDS - _DEFAULTS.keys()
 _ORDER = tuple(f.name for f in dataclasses.fields(Result))
 _NUMBERS = ("snr", "sigma_max", "threshold", "seconds", "read_seconds")
+_INT = frozenset({int})
+_isfinite = math.isfinite
 
 
 def _result_from(row: dict) -> Result:
     """A journal line's record; ValueError if it is not one (wrong types, NaN scores, missing fields).
 
-    Equal to ``Result(**row)`` with its fields checked; built without the frozen dataclass's ``__init__``
-    (17 ``object.__setattr__`` calls), the third of reading a 70k-record journal."""
+    Equal to ``Result(**row)`` with its fields checked (ROW, a parsed line, becomes them); built without the
+    frozen dataclass's ``__init__`` (17 ``object.__setattr__`` calls), the third of reading a 70k-record journal."""
     if type(row) is not dict:
         raise ValueError("not a record")
-    if not row.keys() <= _FIELDS:
-        row = {k: v for k, v in row.items() if k in _FIELDS}
-    if not _REQUIRED <= row.keys():
-        raise ValueError(f"missing fields: {', '.join(sorted(_REQUIRED - row.keys()))}")
-    shape = row.get("shape", ())
-    if type(shape) is not list or not all(type(d) is int for d in shape):
+    if tuple(row) == _ORDER:  # every field in field order, as the journal writes them: ROW is the fields
+        fields = row
+        shape = row["shape"]
+    else:
+        if not row.keys() <= _FIELDS:
+            row = {k: v for k, v in row.items() if k in _FIELDS}
+        if not _REQUIRED <= row.keys():
+            raise ValueError(f"missing fields: {', '.join(sorted(_REQUIRED - row.keys()))}")
+        shape = row.get("shape", ())
+        fields = {f: row[f] if f in row else _DEFAULTS[f] for f in _ORDER}  # in field order, as __init__ sets them
+    if type(shape) is not list or not _INT.issuperset(map(type, shape)):
         raise ValueError("bad shape")
-    fields = {f: row[f] if f in row else _DEFAULTS[f] for f in _ORDER}  # in field order, as __init__ sets them
     fields["shape"] = tuple(shape)
     if not (type(fields["name"]) is type(fields["type"]) is type(fields["dtype"]) is str):
         raise ValueError("bad field types")
     if fields["status"] not in ("ok", "null", "error"):
         raise ValueError("bad field types")
-    if not all(_finite(fields[f]) for f in _NUMBERS):
-        raise ValueError("a number that is not finite")
+    for f in _NUMBERS:
+        v = fields[f]
+        if (not _isfinite(v)) if type(v) is float else (v is not None and not _finite(v)):
+            raise ValueError("a number that is not finite")
     result = object.__new__(Result)
     result.__dict__.update(fields)  # what Result(**fields) would set, in field order
     return result

@@ -166,16 +166,7 @@ def heatmap_svg(entries: list[dict], title: str, width: int = 1140) -> str:
         if i % rstep == 0:
             out.append(f'<text x="{left - 4}" y="{top + i * ch + ch / 2 + 4:.1f}" text-anchor="end">layer {x}</text>')
     out.append(f'<text x="{left + grid_w / 2:.0f}" y="{top - 18}" text-anchor="middle" fill="#555">expert</text>')
-    for e in entries:
-        x, y = left + col[e["expert"]] * cw, top + row[e["layer"]] * ch
-        fill = _color((math.log(e["snr"]) - lo) / (hi - lo) if hi > lo else 0.5) if e["snr"] else "#bbbbbb"
-        stroke = ' stroke="#e00000" stroke-width="1"' if e["flag"] else ""
-        snr = "no SNR" if e["snr"] is None else f"SNR {e['snr']:.4g}"
-        tip = f"layer {e['layer']}, expert {e['expert']}: {e['name']}: {snr}" + (f", {e['flag']}" if e["flag"] else "")
-        out.append(
-            f'<rect x="{x:.2f}" y="{y:.2f}" width="{max(cw - gap, 0.6):.2f}" height="{max(ch - gap, 0.6):.2f}" '
-            f'fill="{fill}"{stroke}><title>{html.escape(tip)}</title></rect>'
-        )
+    out += _cells(entries, col, row, left, top, cw, ch, gap, lo, hi)
     ybar, bar_w = top + grid_h + 16, min(360.0, max(grid_w, 200.0))
     for k in range(60):
         out.append(f'<rect x="{left + k * bar_w / 60:.1f}" y="{ybar:.1f}" width="{bar_w / 60 + 0.3:.2f}" height="10" '
@@ -186,6 +177,54 @@ def heatmap_svg(entries: list[dict], title: str, width: int = 1140) -> str:
                "outlier in its layer</text>")  # fmt: skip
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _cell(e: dict, x: float, y: float, cw: float, ch: float, gap: int, lo: float, hi: float) -> str:
+    """One heatmap cell as ``heatmap_svg`` draws it (the plain form ``_cells`` is tested against)."""
+    fill = _color((math.log(e["snr"]) - lo) / (hi - lo) if hi > lo else 0.5) if e["snr"] else "#bbbbbb"
+    stroke = ' stroke="#e00000" stroke-width="1"' if e["flag"] else ""
+    snr = "no SNR" if e["snr"] is None else f"SNR {e['snr']:.4g}"
+    tip = f"layer {e['layer']}, expert {e['expert']}: {e['name']}: {snr}" + (f", {e['flag']}" if e["flag"] else "")
+    return (
+        f'<rect x="{x:.2f}" y="{y:.2f}" width="{max(cw - gap, 0.6):.2f}" height="{max(ch - gap, 0.6):.2f}" '
+        f'fill="{fill}"{stroke}><title>{html.escape(tip)}</title></rect>'
+    )
+
+
+def _cells(
+    entries: list[dict], col: dict, row: dict, left: int, top: int, cw: float, ch: float, gap: int, lo: float, hi: float
+) -> list[str]:
+    """``[_cell(e, left + col[e["expert"]] * cw, top + row[e["layer"]] * ch, ...) for e in entries]``, with
+    what a row, a column or every cell shares formatted once and the colour computed inline (tested equal)."""
+    xs = {k: f'<rect x="{left + i * cw:.2f}" y="' for k, i in col.items()}
+    ys = {k: f'{top + i * ch:.2f}" ' for k, i in row.items()}
+    ys_esc = {k: html.escape(f"layer {k}, expert ") for k in row}
+    ex_esc = {k: html.escape(f"{k}") for k in col}
+    size = f'width="{max(cw - gap, 0.6):.2f}" height="{max(ch - gap, 0.6):.2f}" fill="'
+    stroke, plain = '" stroke="#e00000" stroke-width="1"><title>', '"><title>'
+    span = hi - lo
+    steps = len(VIRIDIS) - 1
+    escape = html.escape
+    log = math.log
+    out = []
+    append = out.append
+    for e in entries:
+        snr, flag, expert, layer = e["snr"], e["flag"], e["expert"], e["layer"]
+        if snr:
+            t = (log(snr) - lo) / span if hi > lo else 0.5
+            t = min(max(t, 0.0), 1.0) * steps
+            i = min(int(t), steps - 1)
+            f = t - i
+            (r0, g0, b0), (r1, g1, b1) = VIRIDIS[i], VIRIDIS[i + 1]
+            fill = f"#{round(r0 + (r1 - r0) * f):02x}{round(g0 + (g1 - g0) * f):02x}{round(b0 + (b1 - b0) * f):02x}"
+        else:
+            fill = "#bbbbbb"
+        tip = escape(f"{e['name']}: {'no SNR' if snr is None else f'SNR {snr:.4g}'}")
+        append(
+            f"{xs[expert]}{ys[layer]}{size}{fill}{stroke if flag else plain}{ys_esc[layer]}{ex_esc[expert]}: "
+            f"{tip}{', ' + escape(flag) if flag else ''}</title></rect>"
+        )
+    return out
 
 
 def _fmt(v: float | None) -> str:

@@ -29,19 +29,26 @@ from streamscan.results.selection import (
 
 
 def _dumps(obj) -> str:
-    """``json.dumps(obj, indent=4, allow_nan=False)`` + newline. A dict of flat dicts (the results and
-    sorted JSON) is laid out here with the C string encoder: with ``indent`` json falls back to its pure
-    Python encoder, 1 s per 70k-matrix file. Byte-identical either way (tested)."""
-    if isinstance(obj, dict) and obj and all(isinstance(v, dict) and all(map(_flat, v.values())) for v in obj.values()):
+    """``json.dumps(obj, indent=4, allow_nan=False)`` + newline. A dict of flat values and dicts of flat
+    values (the results, sorted and summary JSON) is laid out here with the C string encoder: with
+    ``indent`` json falls back to its pure Python encoder, 1 s per 70k-matrix file. Byte-identical either
+    way (tested); anything else (deeper nesting, a key json would coerce) is left to json."""
+    if isinstance(obj, dict) and obj:
         try:
             return _dumps_nested(obj)
-        except TypeError:  # a key json would coerce (not a str): leave it to json
+        except _NotFlat:
             pass
     return json.dumps(obj, indent=4, allow_nan=False) + "\n"
 
 
-def _flat(v) -> bool:
-    return v is None or isinstance(v, str | int | float)
+class _NotFlat(Exception):
+    """A value or key ``_dumps_nested`` does not lay out (json does)."""
+
+
+def _float(v: float) -> str:
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"Out of range float values are not JSON compliant: {v!r}")
+    return float.__repr__(v)
 
 
 def _scalar(v) -> str:
@@ -54,30 +61,42 @@ def _scalar(v) -> str:
     if v is False:
         return "false"
     if isinstance(v, float):
-        if v != v or v in (float("inf"), float("-inf")):
-            raise ValueError(f"Out of range float values are not JSON compliant: {v!r}")
-        return float.__repr__(v)
-    return int.__repr__(v)
+        return _float(v)
+    if isinstance(v, int):
+        return int.__repr__(v)
+    raise _NotFlat(v)
+
+
+# the exact types a parsed or computed output holds, laid out without _scalar's checks in turn
+_SCALARS = {str: _enc, float: _float, int: int.__repr__, bool: _scalar, type(None): _scalar}
 
 
 def _key(k) -> str:
+    if type(k) is str:
+        return _enc(k)
     if not isinstance(k, str):
-        raise TypeError(k)
+        raise _NotFlat(k)
     return _enc(k)
 
 
+def _inner(inner: dict) -> str:
+    kinds, enc = _SCALARS, _enc
+    items = []
+    append = items.append
+    for ik, iv in inner.items():
+        f = kinds.get(type(iv), _scalar)
+        append(f"\n        {enc(ik) if type(ik) is str else _key(ik)}: {f(iv)}")
+    return ",".join(items)
+
+
 def _dumps_nested(obj: dict) -> str:
-    parts = ["{"]
     outer = []
-    for k, inner in obj.items():
-        if not inner:
-            outer.append(f"\n    {_key(k)}: {{}}")
-            continue
-        body = ",".join(f"\n        {_key(ik)}: {_scalar(iv)}" for ik, iv in inner.items())
-        outer.append(f"\n    {_key(k)}: {{{body}\n    }}")
-    parts.append(",".join(outer))
-    parts.append("\n}\n")
-    return "".join(parts)
+    for k, v in obj.items():
+        if type(v) is dict or isinstance(v, dict):
+            outer.append(f"\n    {_key(k)}: {{{_inner(v)}\n    }}" if v else f"\n    {_key(k)}: {{}}")
+        else:
+            outer.append(f"\n    {_key(k)}: {_scalar(v)}")
+    return "{" + ",".join(outer) + "\n}\n"
 
 
 def results_json(results: Iterable[Result], ordered: bool = False) -> dict:
