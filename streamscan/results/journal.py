@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import gc
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from typing import IO
 from streamscan.errors import JournalError, StreamscanError
 from streamscan.records import JOURNAL_FORMAT, Fingerprint, Result, ScanHeader
 from streamscan.results.files import open_nofollow, os_error, prepare_dir, write_atomic
+from streamscan.results.no_gc import no_gc
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +154,12 @@ def _header_line(path: Path, line: bytes) -> ScanHeader:
     reading a journal's header and then the whole journal parses its (megabytes of) header JSON once."""
     if _last_header is not None and _last_header[0] == line:
         return _last_header[1]
-    try:
-        row = json.loads(line)
-    except ValueError:
-        row = None
-    return _remember(line, _header_from(path, row))
+    with no_gc():  # a header of 70k targets and experts: no garbage either
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        return _remember(line, _header_from(path, row))
 
 
 def _remember(line: bytes, header: ScanHeader) -> ScanHeader:
@@ -175,7 +176,8 @@ def _read_fast(path: Path, data: bytes) -> tuple[ScanHeader, list[Result], int] 
         return None
     try:
         body = data[first : last - 1]
-        rows = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+        with no_gc():  # 70k new dicts, no garbage
+            rows = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
     except ValueError:
         return None
     if len(rows) != body.count(b"\n") + 1 or not all(isinstance(r, dict) for r in rows):
@@ -183,15 +185,11 @@ def _read_fast(path: Path, data: bytes) -> tuple[ScanHeader, list[Result], int] 
     header = _header_line(path, data[:first])
     if last < len(data):
         log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - last)
-    paused = gc.isenabled()
-    gc.disable()  # 70k new records, no garbage: the collector's passes over them cost a third of the read
-    try:
-        return header, [_result_from(r) for r in rows], last
-    except ValueError:  # a line that parses but is no record: the line-by-line read sets it aside
-        return None
-    finally:
-        if paused:
-            gc.enable()
+    with no_gc():  # 70k new records, no garbage: the collector's passes over them cost a third of the read
+        try:
+            return header, [_result_from(r) for r in rows], last
+        except ValueError:  # a line that parses but is no record: the line-by-line read sets it aside
+            return None
 
 
 def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:
