@@ -26,7 +26,7 @@ from streamscan.layout import layer_index, natural_key
 from streamscan.planning.experts import pooled_type
 from streamscan.records import ExpertRow, Result
 from streamscan.results.files import write_atomic
-from streamscan.results.moe_report import expert_table, heatmap_svg
+from streamscan.results.moe_report import CellCache, expert_table, heatmap_svg
 from streamscan.results.selection import select_top
 
 REPORT_NAME = "report.html"
@@ -224,7 +224,11 @@ def html_text(
     metric_rows: list[dict] | None = None,
     spectra: dict | None = None,
     source: str = "",
+    table: list[dict] | None = None,
+    cells: CellCache | None = None,
 ) -> str:
+    """The page; TABLE: ``expert_table(results, experts)`` when at hand, CELLS: heatmap cells shared with
+    moe_report.html (``CellCache``)."""
     results = list(results)
     chosen = set(select_top(results, percent).names())
     scored = [r for r in results if r.snr is not None]
@@ -284,12 +288,15 @@ def html_text(
         out.append(f'<script type="application/json" id="hist-data">{data}</script>')
     else:
         out.append('<p class="note">No spectra kept (run the scan without --no-spectra).</p>')
-    table = expert_table(results, experts) if experts else []
+    if table is None:
+        table = expert_table(results, experts) if experts else []
     moe = [e for e in table if e["kind"] in ("expert", "shared")]
     if moe:
         out.append("<h2>MoE experts: SNR per layer and expert</h2>")
         for proj in sorted({e["projection"] for e in moe}):
-            out.append(heatmap_svg([e for e in moe if e["projection"] == proj], f"{proj} projection", PAGE_WIDTH))
+            out.append(
+                heatmap_svg([e for e in moe if e["projection"] == proj], f"{proj} projection", PAGE_WIDTH, cells)
+            )
     out.append(f"<script>{_SCRIPT}</script>" if hist else "")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
