@@ -46,7 +46,7 @@ class _NotFlat(Exception):
 
 
 def _float(v: float) -> str:
-    if v != v or v in (float("inf"), float("-inf")):
+    if v - v != 0.0:  # NaN or an infinity (x - x is 0.0 for every finite x)
         raise ValueError(f"Out of range float values are not JSON compliant: {v!r}")
     return float.__repr__(v)
 

@@ -33,7 +33,12 @@ def _group(r: Result, group: Group | None) -> str:
 
 def natural_order(results: Iterable[Result]) -> list[Result]:
     """RESULTS sorted by the natural order of their names (stable: equal keys keep their order)."""
-    return sorted(results, key=lambda r: natural_key(r.name))
+    results = list(results)
+    keys = list(map(natural_key, map(_name, results)))
+    return [results[i] for i in sorted(range(len(results)), key=keys.__getitem__)]
+
+
+_name = attrgetter("name")
 
 
 def rank_by_type(results: Iterable[Result], group: Group | None = None) -> dict[str, list[Result]]:
@@ -99,6 +104,7 @@ class Prefixes:
 
     def __init__(self, all_names: Iterable[str]):
         self.names = sorted(set(all_names))
+        self._patterns: dict[str, str] = {}  # name -> pattern, for the YAMLs of several percents
 
     def collides(self, name: str) -> bool:
         """True if another name starts with NAME other than as ``NAME.…`` (``mlp.gate`` vs ``mlp.gate_proj``)."""
@@ -113,7 +119,10 @@ class Prefixes:
     def pattern(self, name: str) -> str:
         """The reference writes a module name, which Axolotl applies as a prefix `re.match` (dots literal).
         Where that prefix would also catch another module (`mlp.gate` vs `mlp.gate_proj`), end it with '.'."""
-        return name + "." if self.collides(name) else name
+        pattern = self._patterns.get(name)
+        if pattern is None:
+            pattern = self._patterns[name] = name + "." if self.collides(name) else name
+        return pattern
 
 
 def module_pattern(name: str, all_names: Iterable[str] | Prefixes) -> str:
