@@ -104,8 +104,8 @@ def expert_table(results: Iterable[Result], rows: Iterable[ExpertRow]) -> list[d
     for e in table:
         if e["kind"] != "expert":
             e["flag"] = _flag(e["snr"], e["reason"], None)
-    table.sort(
-        key=lambda e: (
+    keys = [
+        (
             e["layer"] if e["layer"] is not None else -1,
             KIND_ORDER[e["kind"]],
             PROJECTION_ORDER.get(e["projection"], 9),
@@ -113,8 +113,9 @@ def expert_table(results: Iterable[Result], rows: Iterable[ExpertRow]) -> list[d
             e["expert"] if isinstance(e["expert"], int) else 1 << 30,
             natural_key(e["name"]),
         )
-    )
-    return table
+        for e in table
+    ]
+    return [table[i] for i in sorted(range(len(table)), key=keys.__getitem__)]  # stable, as table.sort(key=...)
 
 
 def csv_text(table: list[dict]) -> str:
@@ -360,7 +361,7 @@ def html_text(table: list[dict], model: str, cells: CellCache | None = None) -> 
             ranked.setdefault((e["layer"], e["projection"]), []).append(e)
     for (layer, proj), members in ranked.items():
         order = sorted(members, key=lambda e: (e["rank_in_layer"] is None, e["rank_in_layer"] or 0, e["expert"]))
-        text = " › ".join(f"{e['expert']} ({_fmt(e['snr'])})" for e in order)
+        text = " › ".join([f"{e['expert']} ({'—' if (v := e['snr']) is None else f'{v:.4g}'})" for e in order])
         parts.append(
             f"<tr><td>{layer}</td><td>{html.escape(proj)}</td><td>{_fmt(members[0]['layer_median'])}</td>"
             f"<td class=rank>{html.escape(text)}</td></tr>"

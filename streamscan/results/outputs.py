@@ -67,10 +67,6 @@ def _scalar(v) -> str:
     raise _NotFlat(v)
 
 
-# the exact types a parsed or computed output holds, laid out without _scalar's checks in turn
-_SCALARS = {str: _enc, float: _float, int: int.__repr__, bool: _scalar, type(None): _scalar}
-
-
 def _key(k) -> str:
     if type(k) is str:
         return _enc(k)
@@ -80,12 +76,18 @@ def _key(k) -> str:
 
 
 def _inner(inner: dict) -> str:
-    kinds, enc = _SCALARS, _enc
+    enc, scalar, float_repr = _enc, _scalar, float.__repr__
     items = []
     append = items.append
     for ik, iv in inner.items():
-        f = kinds.get(type(iv), _scalar)
-        append(f"\n        {enc(ik) if type(ik) is str else _key(ik)}: {f(iv)}")
+        t = type(iv)
+        if t is float and iv - iv == 0.0:  # finite
+            v = float_repr(iv)
+        elif t is str:
+            v = enc(iv)
+        else:
+            v = scalar(iv)
+        append(f"\n        {enc(ik) if type(ik) is str else _key(ik)}: {v}")
     return ",".join(items)
 
 
@@ -110,9 +112,12 @@ def results_json(results: Iterable[Result], ordered: bool = False) -> dict:
     return out
 
 
-def sorted_json(results: Iterable[Result], ranked: dict[str, list[Result]] | None = None) -> dict:
-    """The sorted JSON; RANKED: ``rank_by_type(results)`` when at hand."""
-    ordered = natural_order(results)
+def sorted_json(
+    results: Iterable[Result], ranked: dict[str, list[Result]] | None = None, ordered: bool = False
+) -> dict:
+    """The sorted JSON; RANKED: ``rank_by_type(results)`` when at hand, ORDERED: RESULTS are already in
+    natural order."""
+    ordered = list(results) if ordered else natural_order(results)
     if ranked is None:
         ranked = rank_ordered(ordered)
     out = {t: {r.name: r.snr for r in members} for t, members in ranked.items()}
@@ -193,7 +198,7 @@ def write_outputs(
     paths = output_paths(out_dir, slug)
     written = [
         write_atomic(paths["results"], _dumps(results_json(ordered, ordered=True))),
-        write_atomic(paths["sorted"], _dumps(sorted_json(ordered, ranked))),
+        write_atomic(paths["sorted"], _dumps(sorted_json(ordered, ranked, ordered=True))),
     ]
     percents = list(percents)
     if percents:
