@@ -252,8 +252,14 @@ def _tails(entries: list[dict], lo: float, hi: float) -> list[str]:
         snr, flag, expert, layer, name = e["snr"], e["flag"], e["expert"], e["layer"], e["name"]
         if snr:
             t = (log(snr) - lo) / span if hi > lo else 0.5
-            t = min(max(t, 0.0), 1.0) * steps
-            i = min(int(t), steps - 1)
+            if t < 0.0:  # min(max(t, 0.0), 1.0) without the calls (keeps a -0.0 as max(-0.0, 0.0) does)
+                t = 0.0
+            elif t > 1.0:
+                t = 1.0
+            t *= steps
+            i = int(t)
+            if i > steps - 1:
+                i = steps - 1
             f = t - i
             (r0, g0, b0), (r1, g1, b1) = VIRIDIS[i], VIRIDIS[i + 1]
             fill = (
