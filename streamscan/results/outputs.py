@@ -112,6 +112,34 @@ def results_json(results: Iterable[Result], ordered: bool = False) -> dict:
     return out
 
 
+def results_text(ordered: list[Result]) -> str:
+    """``_dumps(results_json(ordered, ordered=True))`` for results in natural order, each record laid out
+    in one piece without the dicts (tested equal); through the dicts where names repeat or a field is not
+    what a journal holds."""
+    names = {r.name for r in ordered}
+    if not ordered or len(names) != len(ordered):
+        return _dumps(results_json(ordered, ordered=True))
+    enc, float_repr = _enc, float.__repr__
+    parts = []
+    append = parts.append
+    try:
+        for r in ordered:
+            name, type_, snr = r.name, r.type, r.snr
+            if type(name) is not str or type(type_) is not str:
+                raise _NotFlat(name)
+            if snr is None:
+                append(
+                    f'\n    {enc(name)}: {{\n        "snr": null,\n        "type": {enc(type_)},\n        '
+                    f'"reason": {_scalar(r.reason)}\n    }}'
+                )
+            else:
+                value = float_repr(snr) if type(snr) is float and snr - snr == 0.0 else _scalar(snr)
+                append(f'\n    {enc(name)}: {{\n        "snr": {value},\n        "type": {enc(type_)}\n    }}')
+    except _NotFlat:
+        return _dumps(results_json(ordered, ordered=True))
+    return "{" + ",".join(parts) + "\n}\n"
+
+
 def sorted_json(
     results: Iterable[Result], ranked: dict[str, list[Result]] | None = None, ordered: bool = False
 ) -> dict:
@@ -197,7 +225,7 @@ def write_outputs(
     ranked = rank_ordered(ordered)
     paths = output_paths(out_dir, slug)
     written = [
-        write_atomic(paths["results"], _dumps(results_json(ordered, ordered=True))),
+        write_atomic(paths["results"], results_text(ordered)),
         write_atomic(paths["sorted"], _dumps(sorted_json(ordered, ranked, ordered=True))),
     ]
     percents = list(percents)

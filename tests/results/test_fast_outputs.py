@@ -130,13 +130,23 @@ def test_selection_from_a_shared_ranking_equals_the_old_selection(rs, group, per
 @settings(max_examples=200, deadline=None)
 @given(results())
 def test_the_result_jsons_equal_the_old_ones_byte_for_byte(rs):
-    from streamscan.results.outputs import results_json, sorted_json
+    from streamscan.results.outputs import results_json, results_text, sorted_json
 
     assert _dumps(results_json(rs)) == dumps(old_results_json(rs))
     assert _dumps(sorted_json(rs)) == dumps(old_sorted_json(rs))
     ordered = natural_order(rs)
     assert _dumps(results_json(ordered, ordered=True)) == dumps(old_results_json(rs))
     assert _dumps(sorted_json(ordered, rank_ordered(ordered), ordered=True)) == dumps(old_sorted_json(rs))
+    assert results_text(ordered) == dumps(old_results_json(rs))
+
+
+def test_results_text_of_repeated_names_or_odd_fields_goes_through_the_dicts():
+    from streamscan.results.outputs import results_json, results_text
+
+    a, b = Result("x.1", "t", (2, 2), "F32", 1.5), Result("x.1", "t", (2, 2), "F32", None, reason="r")
+    c = Result("x.2", "t", (2, 2), "F32", 7)  # an int SNR
+    for rs in ([a, b], [b, a], [a, c], [c], []):
+        assert results_text(rs) == dumps(results_json(rs, ordered=True)) == dumps(old_results_json(rs))
 
 
 @settings(max_examples=60, deadline=None)
