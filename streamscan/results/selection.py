@@ -103,7 +103,7 @@ class Prefixes:
     YAML of k lines over n names costs O((n + k) log n) (a scan over every name per line was quadratic)."""
 
     def __init__(self, all_names: Iterable[str]):
-        self.names = sorted(set(all_names))
+        self.names = list(dict.fromkeys(sorted(all_names)))  # = sorted(set(...)); a scan's names come nearly sorted
         self._patterns: dict[str, str] = {}  # name -> pattern, for the YAMLs of several percents
 
     def collides(self, name: str) -> bool:

@@ -173,6 +173,7 @@ def test_write_outputs_writes_what_the_old_code_wrote(tmp_path_factory, rs, grou
 @given(st.lists(NAMES, max_size=20), st.lists(NAMES, max_size=10))
 def test_patterns_kept_across_calls_equal_fresh_ones(names, asked):
     prefixes = Prefixes(names)
+    assert prefixes.names == sorted(set(names))
     for name in asked + asked:
         assert prefixes.pattern(name) == Prefixes(names).pattern(name)
 
