@@ -232,7 +232,6 @@ def _cells(
 
 
 _HEX = [f"{i:02x}" for i in range(256)]
-_HTML_SPECIAL = ("&", "<", ">", '"', "'")
 
 
 def _tails(entries: list[dict], lo: float, hi: float) -> list[str]:

@@ -155,7 +155,7 @@ def test_records_read_back_are_the_results_written_field_for_field(tmp_path):
         b'{"name": "x", "type": "t", "shape": [4, 4], "dtype": "F32", "snr": 1.0, "status": "done"}',
         b'{"name": "x", "type": "t", "shape": [4, 4], "dtype": "F32", "snr": "1.0"}',
         b'{"name": "x", "type": "t", "shape": [4, 4], "dtype": "F32", "snr": 1.0, "seconds": true}',
-        b'[1, 2]',
+        b"[1, 2]",
     ],
 )
 def test_a_line_that_parses_but_is_no_record_is_set_aside(tmp_path, line):
