@@ -27,6 +27,7 @@ import fcntl
 import json
 import logging
 import math
+import operator
 import os
 import socket
 import threading
@@ -99,6 +100,7 @@ _REQUIRED = _FIELDS - _DEFAULTS.keys()
 _ORDER = tuple(f.name for f in dataclasses.fields(Result))
 _NUMBERS = ("snr", "sigma_max", "threshold", "seconds", "read_seconds")
 _INT = frozenset({int})
+_numbers = operator.itemgetter(*_NUMBERS)
 _isfinite = math.isfinite
 
 
@@ -126,12 +128,11 @@ def _result_from(row: dict) -> Result:
         raise ValueError("bad field types")
     if fields["status"] not in ("ok", "null", "error"):
         raise ValueError("bad field types")
-    for f in _NUMBERS:
-        v = fields[f]
+    for v in _numbers(fields):
         if (not _isfinite(v)) if type(v) is float else (v is not None and not _finite(v)):
             raise ValueError("a number that is not finite")
     result = object.__new__(Result)
-    result.__dict__.update(fields)  # what Result(**fields) would set, in field order
+    object.__setattr__(result, "__dict__", fields)  # what Result(**fields) would set, in field order
     return result
 
 
