@@ -6,6 +6,7 @@ import functools
 import re
 
 _DIGITS = re.compile(r"(\d+)")
+_ASCII_DIGITS = re.compile(r"([0-9]+)")
 
 # Module names (last component) that hold token embeddings or the output head in common families.
 EMBEDDING_LEAVES = {"embed_tokens", "wte", "word_embeddings", "tok_embeddings", "embed_in", "embeddings"}
@@ -35,8 +36,13 @@ def layer_index(name: str) -> int | None:
 
 @functools.lru_cache(maxsize=1 << 18)
 def natural_key(name: str) -> tuple:
-    """Sort `layers.2` before `layers.10`. Cached: the outputs of a scan sort the same names many times."""
-    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(name))
+    """Sort `layers.2` before `layers.10`. Cached: the outputs of a scan sort the same names many times.
+
+    The capturing split puts the digit runs at the odd indices: those become ints, the text between stays
+    (equal to converting every part for which ``str.isdigit`` holds; tested)."""
+    parts = (_ASCII_DIGITS if name.isascii() else _DIGITS).split(name)  # the same runs in ASCII, found faster
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
 
 
 def embedding_role(name: str, shape: tuple[int, ...], config: dict) -> str | None:

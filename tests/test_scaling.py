@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from streamscan.api import moe_report, select, status
+from streamscan.api import moe_report, report, select, status
 from streamscan.pipeline import merge
 from streamscan.records import ExpertRow, Fingerprint, Result, ScanHeader, Skipped
 from streamscan.results.journal import Journal, read_journals
@@ -106,6 +106,7 @@ def dirs(tmp_path_factory) -> tuple[Path, Path]:
         pytest.param(lambda out: merge(out, [25, 50]), id="merge-and-outputs"),
         pytest.param(status, id="status"),
         pytest.param(moe_report, id="moe-report"),
+        pytest.param(report, id="report"),
         pytest.param(read_journals, id="resume-replay"),
     ],
 )

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import gc
 import json
 import logging
 import math
+import operator
 import os
 import socket
 import threading
@@ -39,6 +39,7 @@ from typing import IO
 from streamscan.errors import JournalError, StreamscanError
 from streamscan.records import JOURNAL_FORMAT, Fingerprint, Result, ScanHeader
 from streamscan.results.files import open_nofollow, os_error, prepare_dir, write_atomic
+from streamscan.results.no_gc import no_gc
 
 log = logging.getLogger(__name__)
 
@@ -98,32 +99,40 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Result) if f.default 
 _REQUIRED = _FIELDS - _DEFAULTS.keys()
 _ORDER = tuple(f.name for f in dataclasses.fields(Result))
 _NUMBERS = ("snr", "sigma_max", "threshold", "seconds", "read_seconds")
+_INT = frozenset({int})
+_numbers = operator.itemgetter(*_NUMBERS)
+_isfinite = math.isfinite
 
 
 def _result_from(row: dict) -> Result:
     """A journal line's record; ValueError if it is not one (wrong types, NaN scores, missing fields).
 
-    Equal to ``Result(**row)`` with its fields checked; built without the frozen dataclass's ``__init__``
-    (17 ``object.__setattr__`` calls), the third of reading a 70k-record journal."""
+    Equal to ``Result(**row)`` with its fields checked (ROW, a parsed line, becomes them); built without the
+    frozen dataclass's ``__init__`` (17 ``object.__setattr__`` calls), the third of reading a 70k-record journal."""
     if type(row) is not dict:
         raise ValueError("not a record")
-    if not row.keys() <= _FIELDS:
-        row = {k: v for k, v in row.items() if k in _FIELDS}
-    if not _REQUIRED <= row.keys():
-        raise ValueError(f"missing fields: {', '.join(sorted(_REQUIRED - row.keys()))}")
-    shape = row.get("shape", ())
-    if type(shape) is not list or not all(type(d) is int for d in shape):
+    if tuple(row) == _ORDER:  # every field in field order, as the journal writes them: ROW is the fields
+        fields = row
+        shape = row["shape"]
+    else:
+        if not row.keys() <= _FIELDS:
+            row = {k: v for k, v in row.items() if k in _FIELDS}
+        if not _REQUIRED <= row.keys():
+            raise ValueError(f"missing fields: {', '.join(sorted(_REQUIRED - row.keys()))}")
+        shape = row.get("shape", ())
+        fields = {f: row[f] if f in row else _DEFAULTS[f] for f in _ORDER}  # in field order, as __init__ sets them
+    if type(shape) is not list or not _INT.issuperset(map(type, shape)):
         raise ValueError("bad shape")
-    fields = {f: row[f] if f in row else _DEFAULTS[f] for f in _ORDER}  # in field order, as __init__ sets them
     fields["shape"] = tuple(shape)
     if not (type(fields["name"]) is type(fields["type"]) is type(fields["dtype"]) is str):
         raise ValueError("bad field types")
     if fields["status"] not in ("ok", "null", "error"):
         raise ValueError("bad field types")
-    if not all(_finite(fields[f]) for f in _NUMBERS):
-        raise ValueError("a number that is not finite")
+    for v in _numbers(fields):
+        if (not _isfinite(v)) if type(v) is float else (v is not None and not _finite(v)):
+            raise ValueError("a number that is not finite")
     result = object.__new__(Result)
-    result.__dict__.update(fields)  # what Result(**fields) would set, in field order
+    object.__setattr__(result, "__dict__", fields)  # what Result(**fields) would set, in field order
     return result
 
 
@@ -146,11 +155,12 @@ def _header_line(path: Path, line: bytes) -> ScanHeader:
     reading a journal's header and then the whole journal parses its (megabytes of) header JSON once."""
     if _last_header is not None and _last_header[0] == line:
         return _last_header[1]
-    try:
-        row = json.loads(line)
-    except ValueError:
-        row = None
-    return _remember(line, _header_from(path, row))
+    with no_gc():  # a header of 70k targets and experts: no garbage either
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        return _remember(line, _header_from(path, row))
 
 
 def _remember(line: bytes, header: ScanHeader) -> ScanHeader:
@@ -167,7 +177,8 @@ def _read_fast(path: Path, data: bytes) -> tuple[ScanHeader, list[Result], int] 
         return None
     try:
         body = data[first : last - 1]
-        rows = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+        with no_gc():  # 70k new dicts, no garbage
+            rows = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
     except ValueError:
         return None
     if len(rows) != body.count(b"\n") + 1 or not all(isinstance(r, dict) for r in rows):
@@ -175,15 +186,11 @@ def _read_fast(path: Path, data: bytes) -> tuple[ScanHeader, list[Result], int] 
     header = _header_line(path, data[:first])
     if last < len(data):
         log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - last)
-    paused = gc.isenabled()
-    gc.disable()  # 70k new records, no garbage: the collector's passes over them cost a third of the read
-    try:
-        return header, [_result_from(r) for r in rows], last
-    except ValueError:  # a line that parses but is no record: the line-by-line read sets it aside
-        return None
-    finally:
-        if paused:
-            gc.enable()
+    with no_gc():  # 70k new records, no garbage: the collector's passes over them cost a third of the read
+        try:
+            return header, [_result_from(r) for r in rows], last
+        except ValueError:  # a line that parses but is no record: the line-by-line read sets it aside
+            return None
 
 
 def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:

@@ -15,26 +15,40 @@ from json.encoder import encode_basestring_ascii as _enc
 from pathlib import Path
 
 from streamscan.errors import UsageError
-from streamscan.layout import natural_key
 from streamscan.records import Result
 from streamscan.results.files import write_atomic
-from streamscan.results.selection import Group, rank_by_type, select_top, yaml_text
+from streamscan.results.selection import (
+    Group,
+    Prefixes,
+    natural_order,
+    rank_ordered,
+    select_ranked,
+    select_top,
+    yaml_text,
+)
 
 
 def _dumps(obj) -> str:
-    """``json.dumps(obj, indent=4, allow_nan=False)`` + newline. A dict of flat dicts (the results and
-    sorted JSON) is laid out here with the C string encoder: with ``indent`` json falls back to its pure
-    Python encoder, 1 s per 70k-matrix file. Byte-identical either way (tested)."""
-    if isinstance(obj, dict) and obj and all(isinstance(v, dict) and all(map(_flat, v.values())) for v in obj.values()):
+    """``json.dumps(obj, indent=4, allow_nan=False)`` + newline. A dict of flat values and dicts of flat
+    values (the results, sorted and summary JSON) is laid out here with the C string encoder: with
+    ``indent`` json falls back to its pure Python encoder, 1 s per 70k-matrix file. Byte-identical either
+    way (tested); anything else (deeper nesting, a key json would coerce) is left to json."""
+    if isinstance(obj, dict) and obj:
         try:
             return _dumps_nested(obj)
-        except TypeError:  # a key json would coerce (not a str): leave it to json
+        except _NotFlat:
             pass
     return json.dumps(obj, indent=4, allow_nan=False) + "\n"
 
 
-def _flat(v) -> bool:
-    return v is None or isinstance(v, str | int | float)
+class _NotFlat(Exception):
+    """A value or key ``_dumps_nested`` does not lay out (json does)."""
+
+
+def _float(v: float) -> str:
+    if v - v != 0.0:  # NaN or an infinity (x - x is 0.0 for every finite x)
+        raise ValueError(f"Out of range float values are not JSON compliant: {v!r}")
+    return float.__repr__(v)
 
 
 def _scalar(v) -> str:
@@ -47,35 +61,50 @@ def _scalar(v) -> str:
     if v is False:
         return "false"
     if isinstance(v, float):
-        if v != v or v in (float("inf"), float("-inf")):
-            raise ValueError(f"Out of range float values are not JSON compliant: {v!r}")
-        return float.__repr__(v)
-    return int.__repr__(v)
+        return _float(v)
+    if isinstance(v, int):
+        return int.__repr__(v)
+    raise _NotFlat(v)
 
 
 def _key(k) -> str:
+    if type(k) is str:
+        return _enc(k)
     if not isinstance(k, str):
-        raise TypeError(k)
+        raise _NotFlat(k)
     return _enc(k)
 
 
+def _inner(inner: dict) -> str:
+    enc, scalar, float_repr = _enc, _scalar, float.__repr__
+    items = []
+    append = items.append
+    for ik, iv in inner.items():
+        t = type(iv)
+        if t is float and iv - iv == 0.0:  # finite
+            v = float_repr(iv)
+        elif t is str:
+            v = enc(iv)
+        else:
+            v = scalar(iv)
+        append(f"\n        {enc(ik) if type(ik) is str else _key(ik)}: {v}")
+    return ",".join(items)
+
+
 def _dumps_nested(obj: dict) -> str:
-    parts = ["{"]
     outer = []
-    for k, inner in obj.items():
-        if not inner:
-            outer.append(f"\n    {_key(k)}: {{}}")
-            continue
-        body = ",".join(f"\n        {_key(ik)}: {_scalar(iv)}" for ik, iv in inner.items())
-        outer.append(f"\n    {_key(k)}: {{{body}\n    }}")
-    parts.append(",".join(outer))
-    parts.append("\n}\n")
-    return "".join(parts)
+    for k, v in obj.items():
+        if type(v) is dict or isinstance(v, dict):
+            outer.append(f"\n    {_key(k)}: {{{_inner(v)}\n    }}" if v else f"\n    {_key(k)}: {{}}")
+        else:
+            outer.append(f"\n    {_key(k)}: {_scalar(v)}")
+    return "{" + ",".join(outer) + "\n}\n"
 
 
-def results_json(results: Iterable[Result]) -> dict:
+def results_json(results: Iterable[Result], ordered: bool = False) -> dict:
+    """The results JSON; ORDERED: RESULTS are already in natural order (``natural_order``)."""
     out = {}
-    for r in sorted(results, key=lambda r: natural_key(r.name)):
+    for r in results if ordered else natural_order(results):
         entry: dict = {"snr": r.snr, "type": r.type}
         if r.snr is None:
             entry["reason"] = r.reason
@@ -83,10 +112,44 @@ def results_json(results: Iterable[Result]) -> dict:
     return out
 
 
-def sorted_json(results: Iterable[Result]) -> dict:
-    results = list(results)
-    out = {t: {r.name: r.snr for r in members} for t, members in rank_by_type(results).items()}
-    for r in sorted(results, key=lambda r: natural_key(r.name)):
+def results_text(ordered: list[Result]) -> str:
+    """``_dumps(results_json(ordered, ordered=True))`` for results in natural order, each record laid out
+    in one piece without the dicts (tested equal); through the dicts where names repeat or a field is not
+    what a journal holds."""
+    names = {r.name for r in ordered}
+    if not ordered or len(names) != len(ordered):
+        return _dumps(results_json(ordered, ordered=True))
+    enc, float_repr = _enc, float.__repr__
+    parts = []
+    append = parts.append
+    try:
+        for r in ordered:
+            name, type_, snr = r.name, r.type, r.snr
+            if type(name) is not str or type(type_) is not str:
+                raise _NotFlat(name)
+            if snr is None:
+                append(
+                    f'\n    {enc(name)}: {{\n        "snr": null,\n        "type": {enc(type_)},\n        '
+                    f'"reason": {_scalar(r.reason)}\n    }}'
+                )
+            else:
+                value = float_repr(snr) if type(snr) is float and snr - snr == 0.0 else _scalar(snr)
+                append(f'\n    {enc(name)}: {{\n        "snr": {value},\n        "type": {enc(type_)}\n    }}')
+    except _NotFlat:
+        return _dumps(results_json(ordered, ordered=True))
+    return "{" + ",".join(parts) + "\n}\n"
+
+
+def sorted_json(
+    results: Iterable[Result], ranked: dict[str, list[Result]] | None = None, ordered: bool = False
+) -> dict:
+    """The sorted JSON; RANKED: ``rank_by_type(results)`` when at hand, ORDERED: RESULTS are already in
+    natural order."""
+    ordered = list(results) if ordered else natural_order(results)
+    if ranked is None:
+        ranked = rank_ordered(ordered)
+    out = {t: {r.name: r.snr for r in members} for t, members in ranked.items()}
+    for r in ordered:
         if r.snr is None:
             out[r.type][r.name] = None
     return out
@@ -124,19 +187,24 @@ def write_yaml(
     slug: str,
     results: list[Result],
     percent: float,
-    all_names: list[str],
+    all_names: list[str] | Prefixes,
     model: str,
     group: Group | None = None,
     fused: dict[str, str] | None = None,
     grouping: str = "reference",
+    ranked: dict[str, list[Result]] | None = None,
 ) -> Path:
     """The YAML for PERCENT; ``group``/``grouping`` rank MoE experts another way (--moe-grouping),
-    ``fused`` names expert slices of fused tensors (see ``yaml_text``)."""
+    ``fused`` names expert slices of fused tensors (see ``yaml_text``); ``ranked``: ``rank_by_type(results,
+    group)`` when at hand (several percents share it)."""
     path = output_paths(out_dir, slug, [percent])[f"yaml{percent:g}"]
     header = f"streamscan: top {percent:g}% by Spectrum SNR per type, model {model}"
     if group is not None:
         header += f"\nMoE experts ranked with --moe-grouping {grouping}"
-    return write_atomic(path, yaml_text(select_top(results, percent, group), all_names, header, fused))
+    selection = (
+        select_top(results, percent, group) if ranked is None else select_ranked(results, ranked, percent, group)
+    )
+    return write_atomic(path, yaml_text(selection, all_names, header, fused))
 
 
 def write_outputs(
@@ -148,15 +216,26 @@ def write_outputs(
     summary: dict,
     **yaml_options,
 ) -> list[Path]:
-    """Write every output; returns their paths. Identical inputs give byte-identical files."""
+    """Write every output; returns their paths. Identical inputs give byte-identical files.
+
+    The results are put in natural order and ranked once (and once more for the YAMLs when MoE experts
+    are ranked in other groups), the prefix index of every name built once for all YAMLs."""
     results = list(results)
+    ordered = natural_order(results)
+    ranked = rank_ordered(ordered)
     paths = output_paths(out_dir, slug)
     written = [
-        write_atomic(paths["results"], _dumps(results_json(results))),
-        write_atomic(paths["sorted"], _dumps(sorted_json(results))),
+        write_atomic(paths["results"], results_text(ordered)),
+        write_atomic(paths["sorted"], _dumps(sorted_json(ordered, ranked, ordered=True))),
     ]
-    written += [
-        write_yaml(out_dir, slug, results, p, all_names, summary.get("model", slug), **yaml_options) for p in percents
-    ]
+    percents = list(percents)
+    if percents:
+        group = yaml_options.get("group")
+        yaml_ranked = ranked if group is None else rank_ordered(ordered, group)
+        prefixes = Prefixes(all_names)
+        model = summary.get("model", slug)
+        written += [
+            write_yaml(out_dir, slug, results, p, prefixes, model, ranked=yaml_ranked, **yaml_options) for p in percents
+        ]
     written.append(write_atomic(Path(out_dir) / "streamscan_summary.json", _dumps(summary)))
     return written

@@ -18,7 +18,7 @@ import html
 import json
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from streamscan.compute.metrics import mp_threshold
@@ -26,8 +26,8 @@ from streamscan.layout import layer_index, natural_key
 from streamscan.planning.experts import pooled_type
 from streamscan.records import ExpertRow, Result
 from streamscan.results.files import write_atomic
-from streamscan.results.moe_report import expert_table, heatmap_svg
-from streamscan.results.selection import select_top
+from streamscan.results.moe_report import CellCache, expert_table, heatmap_svg
+from streamscan.results.selection import natural_order, rank_ordered, select_ranked
 
 REPORT_NAME = "report.html"
 PAGE_WIDTH = 1320  # content width in px (fits a 1400 px window)
@@ -122,20 +122,37 @@ def _range(values: list[float], log: bool) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def snr_by_depth_svg(ptype: str, results: list[Result], chosen: set[str], percent: float, width: int) -> str:
-    pts = [(layer_index(r.name), r) for r in results if r.snr is not None and r.snr > 0]
+def snr_by_depth_svg(
+    ptype: str,
+    results: list[Result],
+    chosen: set[str],
+    percent: float,
+    width: int,
+    layers: Mapping[str, int | None] | None = None,
+) -> str:
+    """SNR against layer for RESULTS (one pooled type), CHOSEN marked; LAYERS: ``layer_index`` of every
+    name when at hand. A point's x is formatted once per layer, a name escaped only where html.escape
+    would change it (same text, tested)."""
+    where = layers.__getitem__ if layers is not None else layer_index
+    pts = [(where(r.name), r) for r in results if r.snr is not None and r.snr > 0]
     pts = [(lay, r) for lay, r in pts if lay is not None]
-    layers = [lay for lay, _ in pts] or [0]
+    lays = [lay for lay, _ in pts] or [0]
     lo, hi = _range([r.snr for _, r in pts], True)
-    ax = _Axes(width, 240, min(layers) - 0.5, max(layers) + 0.5, lo, hi, True, ptype, "layer", "SNR (log)")
+    ax = _Axes(width, 240, min(lays) - 0.5, max(lays) + 0.5, lo, hi, True, ptype, "layer", "SNR (log)")
+    picked = f'" r="3.2" fill="{SELECTED}" fill-opacity="0.95"><title>'
+    other = f'" r="2.4" fill="{OTHER}" fill-opacity="0.55"><title>'
+    note = " (selected at " + format(percent, "g") + "%)"
+    xs: dict[int, str] = {}
+    append, y = ax.parts.append, ax.y
     for lay, r in sorted(pts, key=lambda p: p[1].name in chosen):
-        sel = r.name in chosen
-        ax.parts.append(
-            f'<circle cx="{ax.x(lay):.1f}" cy="{ax.y(r.snr):.1f}" r="{3.2 if sel else 2.4}" '
-            f'fill="{SELECTED if sel else OTHER}" fill-opacity="{0.95 if sel else 0.55}">'
-            f"<title>{_esc(r.name)}: SNR {r.snr:.4g}{' (selected at ' + format(percent, 'g') + '%)' if sel else ''}"
-            "</title></circle>"
-        )
+        name, snr = r.name, r.snr
+        sel = name in chosen
+        cx = xs.get(lay)
+        if cx is None:
+            cx = xs[lay] = f'<circle cx="{ax.x(lay):.1f}" cy="'
+        if "&" in name or "<" in name or ">" in name or '"' in name or "'" in name:
+            name = _esc(name)
+        append(f"{cx}{y(snr):.1f}{picked if sel else other}{name}: SNR {snr:.4g}{note if sel else ''}</title></circle>")
     return ax.svg()
 
 
@@ -224,14 +241,24 @@ def html_text(
     metric_rows: list[dict] | None = None,
     spectra: dict | None = None,
     source: str = "",
+    table: list[dict] | None = None,
+    cells: CellCache | None = None,
 ) -> str:
+    """The page; TABLE: ``expert_table(results, experts)`` when at hand, CELLS: heatmap cells shared with
+    moe_report.html (``CellCache``)."""
     results = list(results)
-    chosen = set(select_top(results, percent).names())
+    ordered = natural_order(results)
+    chosen = set(select_ranked(results, rank_ordered(ordered), percent).names())
     scored = [r for r in results if r.snr is not None]
+    layers = {r.name: layer_index(r.name) for r in results}
+    pooled_of: dict[str, str] = {}  # type -> pooled type (a few dozen types)
     pooled: dict[str, list[Result]] = {}
-    for r in sorted(results, key=lambda r: natural_key(r.name)):
-        if layer_index(r.name) is not None:
-            pooled.setdefault(pooled_type(r.type), []).append(r)
+    for r in ordered:
+        if layers[r.name] is not None:
+            ptype = pooled_of.get(r.type)
+            if ptype is None:
+                ptype = pooled_of[r.type] = pooled_type(r.type)
+            pooled.setdefault(ptype, []).append(r)
     half = (PAGE_WIDTH - 24) // 2
     out = [
         "<!DOCTYPE html>",
@@ -250,9 +277,9 @@ def html_text(
         '<div class="grid">',
     ]
     for ptype, members in pooled.items():
-        out.append(snr_by_depth_svg(ptype, members, chosen, percent, half))
+        out.append(snr_by_depth_svg(ptype, members, chosen, percent, half, layers))
     out.append("</div>")
-    flat = [r for r in results if layer_index(r.name) is None]
+    flat = [r for r in results if layers[r.name] is None]
     if flat:
         out.append("<h3>Matrices outside the layers</h3><table><tr><th>name</th><th>SNR</th><th>selected</th></tr>")
         for r in flat:
@@ -284,12 +311,15 @@ def html_text(
         out.append(f'<script type="application/json" id="hist-data">{data}</script>')
     else:
         out.append('<p class="note">No spectra kept (run the scan without --no-spectra).</p>')
-    table = expert_table(results, experts) if experts else []
+    if table is None:
+        table = expert_table(results, experts) if experts else []
     moe = [e for e in table if e["kind"] in ("expert", "shared")]
     if moe:
         out.append("<h2>MoE experts: SNR per layer and expert</h2>")
         for proj in sorted({e["projection"] for e in moe}):
-            out.append(heatmap_svg([e for e in moe if e["projection"] == proj], f"{proj} projection", PAGE_WIDTH))
+            out.append(
+                heatmap_svg([e for e in moe if e["projection"] == proj], f"{proj} projection", PAGE_WIDTH, cells)
+            )
     out.append(f"<script>{_SCRIPT}</script>" if hist else "")
     out.append("</body></html>")
     return "\n".join(out) + "\n"

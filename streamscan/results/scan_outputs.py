@@ -11,6 +11,7 @@ from streamscan.layout import module_name
 from streamscan.planning.experts import fused_tensor, group_function
 from streamscan.records import Result, ScanHeader, ScanSummary
 from streamscan.results.moe_report import write_moe_outputs
+from streamscan.results.no_gc import no_gc
 from streamscan.results.outputs import write_outputs
 
 
@@ -93,15 +94,16 @@ def write_scan_outputs(
                 "grouping": moe_grouping,
             }
         )
-    paths = write_outputs(
-        out_dir,
-        header.slug,
-        results,
-        percents,
-        all_names(header),
-        summary.to_dict(),
-        **yaml_options(header, moe_grouping),
-    )
-    if experts:
-        paths += write_moe_outputs(out_dir, results, experts, header.model)
+    with no_gc():
+        paths = write_outputs(
+            out_dir,
+            header.slug,
+            results,
+            percents,
+            all_names(header),
+            summary.to_dict(),
+            **yaml_options(header, moe_grouping),
+        )
+        if experts:
+            paths += write_moe_outputs(out_dir, results, experts, header.model)
     return summary, paths

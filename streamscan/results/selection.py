@@ -6,6 +6,7 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 
 from streamscan.layout import natural_key
 from streamscan.records import Result
@@ -30,16 +31,43 @@ def _group(r: Result, group: Group | None) -> str:
     return group(r.name, r.type) if group else r.type
 
 
+def natural_order(results: Iterable[Result]) -> list[Result]:
+    """RESULTS sorted by the natural order of their names (stable: equal keys keep their order)."""
+    results = list(results)
+    keys = list(map(natural_key, map(_name, results)))
+    return [results[i] for i in sorted(range(len(results)), key=keys.__getitem__)]
+
+
+_name = attrgetter("name")
+
+
 def rank_by_type(results: Iterable[Result], group: Group | None = None) -> dict[str, list[Result]]:
     """Per type (or per ``group``, in first-seen natural order), its scored results by descending SNR, ties by name."""
+    return rank_ordered(natural_order(results), group)
+
+
+def rank_ordered(ordered: list[Result], group: Group | None = None) -> dict[str, list[Result]]:
+    """``rank_by_type`` of results already in natural order (``natural_order``): the ranking sorts each
+    group by SNR alone, the sort being stable (and reverse keeping it so) leaves ties in name order."""
     ranked: dict[str, list[Result]] = {}
-    for r in sorted(results, key=lambda r: natural_key(r.name)):
-        key = _group(r, group)
-        ranked.setdefault(key, [])
-        if r.snr is not None:
-            ranked[key].append(r)
+    if group is None:
+        for r in ordered:
+            members = ranked.get(r.type)
+            if members is None:
+                members = ranked[r.type] = []
+            if r.snr is not None:
+                members.append(r)
+    else:
+        for r in ordered:
+            key = group(r.name, r.type)
+            members = ranked.get(key)
+            if members is None:
+                members = ranked[key] = []
+            if r.snr is not None:
+                members.append(r)
+    snr = attrgetter("snr")
     for members in ranked.values():
-        members.sort(key=lambda r: (-r.snr, natural_key(r.name)))
+        members.sort(key=snr, reverse=True)
     return ranked
 
 
@@ -48,14 +76,25 @@ def select_top(results: Iterable[Result], percent: float, group: Group | None = 
     if not 0 < percent <= 100:
         raise ValueError(f"top percent must be in (0, 100], got {percent}")
     results = list(results)
-    ranked = rank_by_type(results, group)
+    return select_ranked(results, rank_by_type(results, group), percent, group)
+
+
+def select_ranked(
+    results: list[Result], ranked: dict[str, list[Result]], percent: float, group: Group | None = None
+) -> Selection:
+    """``select_top(results, percent, group)`` from RANKED = ``rank_by_type(results, group)``, which several
+    percents can share."""
+    if not 0 < percent <= 100:
+        raise ValueError(f"top percent must be in (0, 100], got {percent}")
     chosen = {t: tuple(r.name for r in members[: int(len(members) * percent / 100)]) for t, members in ranked.items()}
     unscored: dict[str, int] = {}
     for r in results:
         if r.snr is None:
             key = _group(r, group)
             unscored[key] = unscored.get(key, 0) + 1
-    always = tuple(f"{r.name}.weight" for r in sorted(results, key=lambda r: (r.role != "head", r.name)) if r.role)
+    always = tuple(
+        f"{r.name}.weight" for r in sorted((r for r in results if r.role), key=lambda r: (r.role != "head", r.name))
+    )
     return Selection(percent, always, chosen, {t: len(m) for t, m in ranked.items()}, unscored)
 
 
@@ -64,7 +103,8 @@ class Prefixes:
     YAML of k lines over n names costs O((n + k) log n) (a scan over every name per line was quadratic)."""
 
     def __init__(self, all_names: Iterable[str]):
-        self.names = sorted(set(all_names))
+        self.names = list(dict.fromkeys(sorted(all_names)))  # = sorted(set(...)); a scan's names come nearly sorted
+        self._patterns: dict[str, str] = {}  # name -> pattern, for the YAMLs of several percents
 
     def collides(self, name: str) -> bool:
         """True if another name starts with NAME other than as ``NAME.…`` (``mlp.gate`` vs ``mlp.gate_proj``)."""
@@ -79,7 +119,10 @@ class Prefixes:
     def pattern(self, name: str) -> str:
         """The reference writes a module name, which Axolotl applies as a prefix `re.match` (dots literal).
         Where that prefix would also catch another module (`mlp.gate` vs `mlp.gate_proj`), end it with '.'."""
-        return name + "." if self.collides(name) else name
+        pattern = self._patterns.get(name)
+        if pattern is None:
+            pattern = self._patterns[name] = name + "." if self.collides(name) else name
+        return pattern
 
 
 def module_pattern(name: str, all_names: Iterable[str] | Prefixes) -> str:
