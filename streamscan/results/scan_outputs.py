@@ -10,7 +10,8 @@ from streamscan._version import __version__
 from streamscan.layout import module_name
 from streamscan.planning.experts import fused_tensor, group_function
 from streamscan.records import Result, ScanHeader, ScanSummary
-from streamscan.results.moe_report import write_moe_outputs
+from streamscan.results.beside import beside
+from streamscan.results.moe_report import CSV_NAME, HTML_NAME, write_moe_outputs
 from streamscan.results.no_gc import no_gc
 from streamscan.results.outputs import write_outputs
 
@@ -95,6 +96,8 @@ def write_scan_outputs(
             }
         )
     with no_gc():
+        # the per-expert CSV and HTML (as costly as the rest at 70k matrices) in a child beside the rest
+        moe = beside(lambda: write_moe_outputs(out_dir, results, experts, header.model)) if experts else None
         paths = write_outputs(
             out_dir,
             header.slug,
@@ -104,6 +107,7 @@ def write_scan_outputs(
             summary.to_dict(),
             **yaml_options(header, moe_grouping),
         )
-        if experts:
-            paths += write_moe_outputs(out_dir, results, experts, header.model)
+        if moe is not None:
+            moe()
+            paths += [Path(out_dir) / CSV_NAME, Path(out_dir) / HTML_NAME]
     return summary, paths
