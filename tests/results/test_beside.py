@@ -1,13 +1,17 @@
 """beside: outputs written by a forked child while the parent writes the others."""
 
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from streamscan.results import beside as beside_mod
 from streamscan.results.beside import beside, can_fork
 
+ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
@@ -76,10 +80,15 @@ def test_merge_writes_the_same_moe_outputs_forked_or_not(tmp_path, monkeypatch):
     inline = {n: (tmp_path / "scan" / n).read_bytes() for n in outputs if (tmp_path / "scan" / n).exists()}
     for n in inline:
         (tmp_path / "scan" / n).unlink()
-    monkeypatch.setenv("STREAMSCAN_NO_FORK", "0")
-    forks = []
-    real_fork = os.fork
-    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real_fork())
-    merge(tmp_path / "scan", top_percent=[25])
-    assert forks == [1]  # written by a child (the scan above leaves no thread behind)
+    # in a fresh process (this one may hold other tests' threads, which turn forking off), counting forks
+    code = (
+        "import os, sys; from streamscan.pipeline import merge; real = os.fork; n = []; "
+        "os.fork = lambda: n.append(1) or real(); merge(sys.argv[1], top_percent=[25]); print(len(n))"
+    )
+    env = {**os.environ, "STREAMSCAN_NO_FORK": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "scan")], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]  # the MoE outputs were written by a child
     assert inline and {n: (tmp_path / "scan" / n).read_bytes() for n in inline} == inline
