@@ -3,6 +3,7 @@ alike), bytes to read and fetch, ETA."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 
@@ -13,6 +14,7 @@ from streamscan.planning.plan import Plan
 _EXPERT = re.compile(r"(experts?)\.(\d+)\.")
 
 
+@functools.lru_cache(maxsize=1 << 14)  # a type repeats in every layer: a few thousand distinct at 70k matrices
 def folded(type_: str) -> tuple[str, int | None]:
     """(the type with its expert index as ``*``, that index or None): ``mlp.experts.17.down_proj`` ->
     ``mlp.experts.*.down_proj``."""

@@ -77,3 +77,23 @@ def test_corrupt_headers_are_reported_with_the_file(tmp_path, damage):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=str(path)):
         read_header(path)
+
+
+def test_the_weight_map_is_read_once_while_its_file_is_unchanged(tmp_path, monkeypatch):
+    import json
+
+    from streamscan.checkpoint import config
+
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a.weight": "model-1.safetensors"}}))
+    reads = []
+    real = config._read_weight_map
+    monkeypatch.setattr(config, "_read_weight_map", lambda p: reads.append(p) or real(p))
+    first = config.read_weight_map(index)
+    assert config.read_weight_map(index) is first and len(reads) == 1  # unchanged: not parsed again
+    index.write_text(json.dumps({"weight_map": {"b.weight": "model-2.safetensors", "c.weight": "model-2.safetensors"}}))
+    assert config.read_weight_map(index) == {"b.weight": "model-2.safetensors", "c.weight": "model-2.safetensors"}
+    assert len(reads) == 2
+    index.write_text(json.dumps({"weight_map": {"x": "../outside.safetensors"}}))
+    with pytest.raises(SourceError, match="not a file name in the checkpoint directory"):
+        config.read_weight_map(index)  # a rewritten index is checked again
