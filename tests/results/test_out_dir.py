@@ -174,8 +174,9 @@ def test_kill_9_while_a_full_disk_stops_the_scan_then_resume_loses_nothing(tmpfs
     alive = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate()
-    assert os.statvfs(tmpfs).f_bavail == 0, "the disk never filled"
-    assert alive or b"no space left on device" in err.lower(), err  # killed while stopping, or it stopped cleanly
+    full = b"no space left on device" in err.lower()  # a write found no room (its pages may still be free)
+    assert os.statvfs(tmpfs).f_bavail == 0 or full, "the disk never filled"
+    assert alive or full, err  # killed while stopping, or it stopped cleanly
     kept = [json.loads(line)["name"] for line in (out / JOURNAL_NAME).read_text().splitlines()[1:] if line.strip()]
     filler.unlink()
     subprocess.run([*args, str(out)], check=True)
