@@ -4,7 +4,6 @@ and the weight map of an index (checked: it may only name files in the checkpoin
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from streamscan.errors import SourceError
@@ -26,30 +25,9 @@ def read_config(root: Path | None) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-_last_map: tuple[tuple, dict[str, str]] | None = None  # (the index file's identity, its checked weight map)
-
-
 def read_weight_map(index: Path) -> dict[str, str]:
     """An index's weight map, checked: a JSON object of tensor name -> a plain file name in the checkpoint
-    directory (never absolute, never ``..``, never a subdirectory), so no index can point outside it.
-
-    The last one read is kept while its file is unchanged (same inode, size and times): finding the shards
-    and checking them against their headers read a 70k-entry index once, not twice. Do not modify it."""
-    global _last_map
-    try:
-        st = os.stat(index)
-        identity = (os.fspath(index), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    except OSError:
-        identity = None
-    if identity is not None and _last_map is not None and _last_map[0] == identity:
-        return _last_map[1]
-    weight_map = _read_weight_map(index)
-    if identity is not None:
-        _last_map = (identity, weight_map)
-    return weight_map
-
-
-def _read_weight_map(index: Path) -> dict[str, str]:
+    directory (never absolute, never ``..``, never a subdirectory), so no index can point outside it."""
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (ValueError, KeyError, TypeError) as err:

@@ -80,7 +80,7 @@ def build_index(source: ModelSource) -> CheckpointIndex:
             seen[t.name] = path
             tensors.append(t)
     if source.index_file is not None:
-        weight_map = read_weight_map(source.index_file)
+        weight_map = source.weight_map if source.weight_map is not None else read_weight_map(source.index_file)
         where = {f: source.root / f for f in set(weight_map.values())}  # a Path per file, not per tensor
         absent = [n for n, f in weight_map.items() if seen.get(n) != where[f]]
         if absent:

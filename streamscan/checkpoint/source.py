@@ -27,6 +27,7 @@ class ModelSource:
     index_file: Path | None = None
     config: dict = field(default_factory=dict, compare=False)
     hub: HubSource | None = field(default=None, compare=False)  # a Hub repo: files appear as they are downloaded
+    weight_map: dict[str, str] | None = field(default=None, compare=False, repr=False)  # index_file's, as read
 
     @property
     def slug(self) -> str:
@@ -74,7 +75,7 @@ def resolve(model: str | Path, *, revision: str | None = None, offline: bool | N
     model_id = path.resolve().name
     index = path / INDEX_NAME
     if index.is_file():
-        return ModelSource(model_id, path, tuple(_shards_of(index)), index, read_config(path))
+        return _indexed(model_id, path, index)
     single = path / SINGLE_NAME
     if single.is_file():
         return ModelSource(model_id, path, (single,), None, read_config(path))
@@ -122,7 +123,7 @@ def _other_format(path: Path) -> ModelSource | None:
     model_id = path.resolve().name
     index = path / TORCH_INDEX_NAME
     if index.is_file():
-        return ModelSource(model_id, path, tuple(_shards_of(index)), index, read_config(path))
+        return _indexed(model_id, path, index)
     bins = sorted(path.glob("pytorch_model*.bin"))
     if bins:
         return ModelSource(model_id, path, tuple(bins), None, read_config(path))
@@ -134,8 +135,14 @@ def _other_format(path: Path) -> ModelSource | None:
     return None
 
 
-def _shards_of(index: Path) -> list[Path]:
+def _indexed(model_id: str, path: Path, index: Path) -> ModelSource:
+    """A sharded checkpoint: its shards from INDEX, whose weight map it keeps (build_index checks the shards'
+    headers against it without reading a 70k-entry index again)."""
     weight_map = read_weight_map(index)
+    return ModelSource(model_id, path, tuple(_shards_of(index, weight_map)), index, read_config(path), None, weight_map)
+
+
+def _shards_of(index: Path, weight_map: dict[str, str]) -> list[Path]:
     shards, missing = [], []
     for name in dict.fromkeys(weight_map.values()):
         shard = index.parent / name

@@ -79,21 +79,23 @@ def test_corrupt_headers_are_reported_with_the_file(tmp_path, damage):
         read_header(path)
 
 
-def test_the_weight_map_is_read_once_while_its_file_is_unchanged(tmp_path, monkeypatch):
-    import json
-
+def test_the_weight_map_is_read_once_per_scan(sharded_llama, monkeypatch):
+    # resolve finds the shards from the index and keeps its weight map; build_index checks the headers
+    # against that one instead of parsing the (70k-entry) index again
     from streamscan.checkpoint import config
+    from streamscan.checkpoint import index as index_mod
+    from streamscan.checkpoint import source as source_mod
 
-    index = tmp_path / "model.safetensors.index.json"
-    index.write_text(json.dumps({"weight_map": {"a.weight": "model-1.safetensors"}}))
     reads = []
-    real = config._read_weight_map
-    monkeypatch.setattr(config, "_read_weight_map", lambda p: reads.append(p) or real(p))
-    first = config.read_weight_map(index)
-    assert config.read_weight_map(index) is first and len(reads) == 1  # unchanged: not parsed again
-    index.write_text(json.dumps({"weight_map": {"b.weight": "model-2.safetensors", "c.weight": "model-2.safetensors"}}))
-    assert config.read_weight_map(index) == {"b.weight": "model-2.safetensors", "c.weight": "model-2.safetensors"}
-    assert len(reads) == 2
-    index.write_text(json.dumps({"weight_map": {"x": "../outside.safetensors"}}))
-    with pytest.raises(SourceError, match="not a file name in the checkpoint directory"):
-        config.read_weight_map(index)  # a rewritten index is checked again
+    real = config.read_weight_map
+
+    def counted(path):
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(source_mod, "read_weight_map", counted)
+    monkeypatch.setattr(index_mod, "read_weight_map", counted)
+    src = resolve(sharded_llama)
+    assert src.weight_map == real(src.index_file)
+    build_index(src)
+    assert reads == [src.index_file]
