@@ -48,22 +48,12 @@ def fp8_block(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] 
     if weight.ndim != 2:
         raise ValueError(f"block-scaled FP8 weight must be 2-D, got shape {tuple(weight.shape)}")
     m, n = weight.shape
-    br, bc = (
-        min(block[0], max(weight.shape[0], 1)),
-        min(block[1], max(weight.shape[1], 1)),
-    )  # a block larger than the weight covers it whole: same tiling, and a scale is never expanded past the
-    # weight (a hostile weight_block_size [256, 1.5e9] would otherwise allocate gigabytes)
-    expected = (math.ceil(m / br), math.ceil(n / bc))
-    if tuple(scale.shape) != expected:
-        raise ValueError(
-            f"scale shape {tuple(scale.shape)} does not fit a {m}x{n} weight in {br}x{bc} blocks (expected {expected})"
-        )
+    br, bc = _tiling(m, n, block, tuple(scale.shape))
     scale = scale.to(device=weight.device, dtype=torch.float32)
     if m * n <= SMALL_ELEMENTS:  # small: the whole matrix at once (the same products, fewer operations)
-        per_element = scale.repeat_interleave(br, 0)[:m].repeat_interleave(bc, 1)[:, :n]
-        return weight.to(torch.float32).mul_(per_element)
+        return _scaled(weight, scale, br, bc)
     out = torch.empty(m, n, dtype=torch.float32, device=weight.device)
-    for b in range(expected[0]):
+    for b in range(scale.shape[0]):
         rows = slice(b * br, min((b + 1) * br, m))
         per_column = scale[b].repeat_interleave(bc)[:n]  # this block row's scale for every column
         out[rows] = weight[rows].to(torch.float32)
@@ -81,16 +71,29 @@ def fp8_block_stack(weights: torch.Tensor, scales: torch.Tensor, block: tuple[in
     B, m, n = weights.shape
     if B == 0 or B * m * n > 4 * SMALL_ELEMENTS:  # (a batch of tiny matrices: at most 4 MiB of scales)
         return torch.stack([fp8_block(w, s, block) for w, s in zip(weights, scales)])
+    br, bc = _tiling(m, n, block, tuple(scales.shape[1:]))
+    return _scaled(weights, scales.to(device=weights.device, dtype=torch.float32), br, bc)
+
+
+def _tiling(m: int, n: int, block: tuple[int, int], scale_shape: tuple[int, ...]) -> tuple[int, int]:
+    """The (rows, cols) block of an m x n FP8 weight, checked against its scale grid SCALE_SHAPE. A block
+    larger than the weight covers it whole: same tiling, and a scale is never expanded past the weight (a
+    hostile weight_block_size [256, 1.5e9] would otherwise allocate gigabytes)."""
     br, bc = min(block[0], max(m, 1)), min(block[1], max(n, 1))
     expected = (math.ceil(m / br), math.ceil(n / bc))
-    if tuple(scales.shape[1:]) != expected:
+    if scale_shape != expected:
         raise ValueError(
-            f"scale shape {tuple(scales.shape[1:])} does not fit a {m}x{n} weight in {br}x{bc} blocks "
-            f"(expected {expected})"
+            f"scale shape {scale_shape} does not fit a {m}x{n} weight in {br}x{bc} blocks (expected {expected})"
         )
-    scales = scales.to(device=weights.device, dtype=torch.float32)
-    per_element = scales.repeat_interleave(br, 1)[:, :m].repeat_interleave(bc, 2)[:, :, :n]
-    return weights.to(torch.float32).mul_(per_element)
+    return br, bc
+
+
+def _scaled(weight: torch.Tensor, scale: torch.Tensor, br: int, bc: int) -> torch.Tensor:
+    """WEIGHT ([..., m, n] FP8) times its float32 block scales ([..., R, C]) expanded to every element, in one
+    pass: the same products as the row-chunked loop."""
+    m, n = weight.shape[-2:]
+    per_element = scale.repeat_interleave(br, -2)[..., :m, :].repeat_interleave(bc, -1)[..., :n]
+    return weight.to(torch.float32).mul_(per_element)
 
 
 def fp8_scaled(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -165,19 +165,10 @@ def read_range(info: TensorInfo, offset: int, shape: tuple[int, ...]) -> torch.T
     import torch
 
     buf = torch.empty(nbytes, dtype=torch.uint8)
-    view = memoryview(buf.numpy())
     try:
         fd = os.open(info.shard, os.O_RDONLY)
         try:
-            got = 0
-            while got < nbytes:
-                n = os.preadv(fd, [view[got:]], offset + got)
-                if n == 0:
-                    raise CheckpointError(
-                        f"{info.shard}: ends inside {info.stored_name!r} (truncated since it was indexed?); "
-                        "re-download the shard"
-                    )
-                got += n
+            _pread_into(fd, memoryview(buf.numpy()), offset, info)
         finally:
             os.close(fd)
     except OSError as err:
@@ -185,6 +176,20 @@ def read_range(info: TensorInfo, offset: int, shape: tuple[int, ...]) -> torch.T
             f"{info.shard}: cannot read {info.stored_name!r} ({err}); re-download the shard"
         ) from None
     return buf.view(torch_dtype(info.dtype)).reshape(shape)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int, info: TensorInfo) -> None:
+    """Fill VIEW from byte OFFSET of the open shard FD (INFO's): a short read is a shard truncated since it
+    was indexed."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n == 0:
+            raise CheckpointError(
+                f"{info.shard}: ends inside {info.stored_name!r} (truncated since it was indexed?); "
+                "re-download the shard"
+            )
+        got += n
 
 
 def read_whole_many(infos: list[TensorInfo]) -> list[torch.Tensor]:
@@ -216,15 +221,7 @@ def read_whole_many(infos: list[TensorInfo]) -> list[torch.Tensor]:
             raise CheckpointError(f"{shard}: cannot read ({err}); re-download the shard") from None
         try:
             for i in members:
-                got, end = 0, sizes[i]
-                while got < end:
-                    n = os.preadv(fd, [view[starts[i] + got : starts[i] + end]], spans[i] + got)
-                    if n == 0:
-                        raise CheckpointError(
-                            f"{shard}: ends inside {infos[i].stored_name!r} (truncated since it was indexed?); "
-                            "re-download the shard"
-                        )
-                    got += n
+                _pread_into(fd, view[starts[i] : starts[i] + sizes[i]], spans[i], infos[i])
         except OSError as err:
             raise CheckpointError(f"{shard}: cannot read ({err}); re-download the shard") from None
         finally:
