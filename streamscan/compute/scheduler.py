@@ -311,16 +311,9 @@ class _Pool:
         self.pending.insert(i, job)
         self.queued_cost += job.cost
 
-    def take(self, job: Job) -> None:
-        i = bisect.bisect_left(self.keys, -job.cost)  # first job of equal cost; the job itself is near
-        while self.pending[i] is not job:
-            i += 1
-        del self.pending[i], self.keys[i]
-        self.queued_cost -= job.cost
-
-    def take_many(self, jobs: list[Job]) -> None:
-        """``take`` each of JOBS (a batch: equal cost, so they sit in one run of the queue) in one pass over the
-        stretch of the queue they span, not one search from the start of the run per member."""
+    def take(self, jobs: list[Job]) -> None:
+        """Remove JOBS (one job, or a batch: equal cost, so they sit in one run of the queue) in one pass over
+        the stretch of the queue they span, from the first job of their cost."""
         cost = jobs[0].cost
         lo = bisect.bisect_left(self.keys, -cost)
         wanted = {id(j) for j in jobs}
@@ -398,9 +391,7 @@ class _Pool:
             tensor, seconds, err = _read(job, pin, self.stored, pieced)
             with self.cond:
                 self.reading.discard(job.name)
-                self.stats.read_seconds += seconds
-                if err is None:
-                    self.stats.read_bytes += job.nbytes
+                self._count_read(seconds, job.nbytes if err is None else 0)
                 self.ready[job.name] = (tensor, seconds, err)
                 self.cond.notify_all()
 
@@ -415,21 +406,30 @@ class _Pool:
             return None  # the head does not fit yet: wait rather than read around it
         return None
 
+    def _claim(self, job: Job) -> tuple | None:
+        """With ``cond`` held: the job's prefetched read (waiting while the prefetcher reads it), or None."""
+        while job.name in self.reading:
+            self.cond.wait()
+        got = self.ready.pop(job.name, None)
+        if got is not None:
+            self.stats.prefetched += 1
+        return got
+
+    def _count_read(self, seconds: float, nbytes: int) -> None:
+        """With ``cond`` held: a read's seconds and the bytes it delivered in the stats."""
+        self.stats.read_seconds += seconds
+        self.stats.read_bytes += nbytes
+
     def tensor_for(self, job: Job, pin: bool) -> tuple[torch.Tensor | None, float, BaseException | None]:
         """The job's tensor: prefetched, being prefetched (wait), or read now."""
         with self.cond:
-            while job.name in self.reading:
-                self.cond.wait()
-            got = self.ready.pop(job.name, None)
+            got = self._claim(job)
             if got is not None:
-                self.stats.prefetched += 1
                 self.cond.notify_all()
                 return got
         tensor, seconds, err = _read(job, pin, self.stored, self._pieced(job))
         with self.cond:
-            self.stats.read_seconds += seconds
-            if err is None:
-                self.stats.read_bytes += job.nbytes
+            self._count_read(seconds, job.nbytes if err is None else 0)
         return tensor, seconds, err
 
     def tensors_for(self, jobs: list[Job], pin: bool) -> list[tuple[torch.Tensor | None, float, BaseException | None]]:
@@ -439,11 +439,7 @@ class _Pool:
         got: dict[str, tuple] = {}
         with self.cond:
             for job in jobs:
-                while job.name in self.reading:
-                    self.cond.wait()
-                ready = self.ready.pop(job.name, None)
-                if ready is not None:
-                    self.stats.prefetched += 1
+                if (ready := self._claim(job)) is not None:
                     got[job.name] = ready
             self.cond.notify_all()
         rest = [j for j in jobs if j.name not in got]
@@ -456,8 +452,7 @@ class _Pool:
             if tensors is not None:
                 share = (time.perf_counter() - start) / len(rest)
                 with self.cond:
-                    self.stats.read_seconds += share * len(rest)
-                    self.stats.read_bytes += sum(j.nbytes for j in rest)
+                    self._count_read(share * len(rest), sum(j.nbytes for j in rest))
                 got.update((j.name, (t, share, None)) for j, t in zip(rest, tensors))
                 rest = []
         for job in rest:
@@ -555,10 +550,7 @@ class _Pool:
             self._add_device("cpu", 1)
         worker = self.idle[a.device].pop(0)
         members = self._batch(job, a.device)
-        if len(members) == 1:
-            self.take(job)
-        else:
-            self.take_many(members)
+        self.take(members)
         self.running[a.device] += 1
         threads = 0
         if a.device == "cpu":
