@@ -24,6 +24,7 @@ import torch
 from streamscan.records import DEFAULT_METHOD, METHODS
 
 CHUNK_ELEMENTS = 1 << 22  # float64 elements converted at a time (32 MiB)
+BLOCKED_FROM = 512  # a Gram of this small side or more is built by row blocks (its upper block triangle)
 MIN_DIM = 2
 GRAM_PATHS = ("gram64", "gram64-magma", "gram64-host-eig")  # where gram64's eigenvalues are found (solver.py)
 _magma = threading.Lock()  # preferred_linalg_library is process-wide
@@ -166,6 +167,11 @@ def batch_member_bytes(
     return memory_bytes(shape, element_size, method, kind) - SHARED_BYTES
 
 
+def _one_product(shape: tuple[int, int]) -> bool:
+    """Whether the Gram of SHAPE is one float64 chunk in one block."""
+    return min(shape) < BLOCKED_FROM and max(shape) <= chunk_step(shape)
+
+
 def chunk_step(shape: tuple[int, int]) -> int:
     """Rows (m > n) or columns (m <= n) of W per float64 chunk of the Gram: CHUNK_ELEMENTS // min(m, n)."""
     return max(1, CHUNK_ELEMENTS // min(shape))
@@ -194,7 +200,7 @@ def gram_from_pieces(
     order (see :func:`_chunks`): the matrix need never be in memory whole. Bit-identical to :func:`gram`."""
     k = min(shape)
     G = torch.zeros((k, k), dtype=torch.float64, device=device)
-    nb = blocks if k >= 512 else 1
+    nb = blocks if k >= BLOCKED_FROM else 1
     cuts = [i * k // nb for i in range(nb + 1)]
     for X in _chunks(pieces, shape, device):
         for a, b in zip(cuts[:-1], cuts[1:]):
@@ -206,7 +212,7 @@ def gram_from_pieces(
 def gram(W: torch.Tensor, device: torch.device | str | None = None, blocks: int = 4) -> torch.Tensor:
     """Upper block triangle of the float64 Gram matrix on W's smaller side (lower part is garbage-free zeros)."""
     m, n = W.shape
-    if min(m, n) < 512 and max(m, n) <= chunk_step((m, n)):
+    if _one_product((m, n)):
         # one chunk and one block: gram_from_pieces' zeros + X Xᵀ (the + 0.0 keeps its signs of zero), without
         # its per-chunk steps, which cost more than the product at these sizes
         X = W.to(device=device, dtype=torch.float64)
@@ -247,7 +253,7 @@ def _small_grams(stack: torch.Tensor) -> torch.Tensor:
     tensor is 64-byte aligned) share that conversion and one + 0.0; the others go one by one through gram()."""
     B, m, n = stack.shape
     k = min(m, n)
-    if not (k < 512 and max(m, n) <= chunk_step((m, n)) and (m * n) % 8 == 0):
+    if not (_one_product((m, n)) and (m * n) % 8 == 0):
         return torch.stack([gram(W) for W in stack])
     X = stack.to(torch.float64)
     X = X if m <= n else X.transpose(1, 2)
@@ -262,7 +268,7 @@ def gram_batch(Ws: torch.Tensor, device: torch.device | str | None = None, block
     B, m, n = Ws.shape
     k = min(m, n)
     G = torch.zeros((B, k, k), dtype=torch.float64, device=device)
-    nb = blocks if k >= 512 else 1
+    nb = blocks if k >= BLOCKED_FROM else 1
     cuts = [i * k // nb for i in range(nb + 1)]
     step = max(1, CHUNK_ELEMENTS // k)
     for c in range(0, max(m, n), step):
