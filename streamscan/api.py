@@ -164,8 +164,7 @@ def report(out: str | Path, dest: str | Path | None = None, top_percent: float =
     """Write report.html (SNR by depth with the TOP_PERCENT selection, metric curves, eigenvalue histograms,
     MoE heatmaps) and, for an MoE model, moe_experts.csv and moe_report.html, from the scan in OUT or a
     published results JSON, into DEST (default: OUT, or the JSON's directory). No rescan."""
-    from streamscan.results.beside import beside
-    from streamscan.results.moe_report import CSV_NAME, HTML_NAME, CellCache, expert_table
+    from streamscan.results.moe_report import CellCache, expert_table, moe_outputs_beside
     from streamscan.results.no_gc import no_gc
     from streamscan.results.report import write_report
     from streamscan.results.spectra import load_spectra
@@ -179,7 +178,7 @@ def report(out: str | Path, dest: str | Path | None = None, top_percent: float =
         table = expert_table(results, header.experts) if header.experts else []
         cells = CellCache()
         # moe_experts.csv and moe_report.html in a child beside report.html (results/beside.py)
-        moe = beside(lambda: write_moe_outputs(where, results, header.experts, header.model, table)) if table else None
+        moe = moe_outputs_beside(where, results, header.experts, header.model, table, cells) if header.experts else None
         paths = [
             write_report(
                 where,
@@ -195,10 +194,7 @@ def report(out: str | Path, dest: str | Path | None = None, top_percent: float =
             )
         ]
         if moe is not None:
-            moe()
-            paths += [Path(where) / CSV_NAME, Path(where) / HTML_NAME]
-        elif header.experts:
-            paths += write_moe_outputs(where, results, header.experts, header.model, table, cells)
+            paths += moe()
     return paths
 
 

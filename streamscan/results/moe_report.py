@@ -16,12 +16,13 @@ import html
 import io
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from operator import itemgetter
 from pathlib import Path
 
 from streamscan.layout import natural_key
 from streamscan.records import ExpertRow, Result
+from streamscan.results.beside import beside
 from streamscan.results.files import write_atomic
 
 CSV_NAME = "moe_experts.csv"
@@ -392,3 +393,23 @@ def write_moe_outputs(
         write_atomic(out_dir / CSV_NAME, csv_text(table)),
         write_atomic(out_dir / HTML_NAME, html_text(table, model, cells)),
     ]
+
+
+def moe_outputs_beside(
+    out_dir: Path,
+    results: Iterable[Result],
+    rows: Iterable[ExpertRow],
+    model: str,
+    table: list[dict] | None = None,
+    cells: CellCache | None = None,
+) -> Callable[[], list[Path]]:
+    """:func:`write_moe_outputs` in a forked child while the caller writes its other outputs (results/beside.py;
+    here and now where forking is not safe). The returned function waits for the files and gives their paths."""
+    out_dir = Path(out_dir)
+    wait = beside(lambda: write_moe_outputs(out_dir, results, rows, model, table, cells))
+
+    def done() -> list[Path]:
+        wait()
+        return [out_dir / CSV_NAME, out_dir / HTML_NAME]
+
+    return done

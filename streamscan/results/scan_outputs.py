@@ -10,8 +10,7 @@ from streamscan._version import __version__
 from streamscan.layout import module_name
 from streamscan.planning.experts import fused_tensor, group_function
 from streamscan.records import Result, ScanHeader, ScanSummary
-from streamscan.results.beside import beside
-from streamscan.results.moe_report import CSV_NAME, HTML_NAME, write_moe_outputs
+from streamscan.results.moe_report import moe_outputs_beside
 from streamscan.results.no_gc import no_gc
 from streamscan.results.outputs import write_outputs
 
@@ -97,7 +96,7 @@ def write_scan_outputs(
         )
     with no_gc():
         # the per-expert CSV and HTML (as costly as the rest at 70k matrices) in a child beside the rest
-        moe = beside(lambda: write_moe_outputs(out_dir, results, experts, header.model)) if experts else None
+        moe = moe_outputs_beside(out_dir, results, experts, header.model) if experts else None
         paths = write_outputs(
             out_dir,
             header.slug,
@@ -108,6 +107,5 @@ def write_scan_outputs(
             **yaml_options(header, moe_grouping),
         )
         if moe is not None:
-            moe()
-            paths += [Path(out_dir) / CSV_NAME, Path(out_dir) / HTML_NAME]
+            paths += moe()
     return summary, paths
