@@ -68,8 +68,6 @@ def _scalar(v) -> str:
 
 
 def _key(k) -> str:
-    if type(k) is str:
-        return _enc(k)
     if not isinstance(k, str):
         raise _NotFlat(k)
     return _enc(k)

@@ -38,7 +38,7 @@ def natural_order(results: Iterable[Result]) -> list[Result]:
     return [results[i] for i in sorted(range(len(results)), key=keys.__getitem__)]
 
 
-_name = attrgetter("name")
+_name, _type = attrgetter("name"), attrgetter("type")
 
 
 def rank_by_type(results: Iterable[Result], group: Group | None = None) -> dict[str, list[Result]]:
@@ -50,21 +50,13 @@ def rank_ordered(ordered: list[Result], group: Group | None = None) -> dict[str,
     """``rank_by_type`` of results already in natural order (``natural_order``): the ranking sorts each
     group by SNR alone, the sort being stable (and reverse keeping it so) leaves ties in name order."""
     ranked: dict[str, list[Result]] = {}
-    if group is None:
-        for r in ordered:
-            members = ranked.get(r.type)
-            if members is None:
-                members = ranked[r.type] = []
-            if r.snr is not None:
-                members.append(r)
-    else:
-        for r in ordered:
-            key = group(r.name, r.type)
-            members = ranked.get(key)
-            if members is None:
-                members = ranked[key] = []
-            if r.snr is not None:
-                members.append(r)
+    key_of = _type if group is None else (lambda r: group(r.name, r.type))
+    for r in ordered:
+        members = ranked.get(key := key_of(r))
+        if members is None:
+            members = ranked[key] = []
+        if r.snr is not None:
+            members.append(r)
     snr = attrgetter("snr")
     for members in ranked.values():
         members.sort(key=snr, reverse=True)
