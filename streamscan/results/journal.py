@@ -263,10 +263,7 @@ def _set_aside(path: Path, header: ScanHeader, rows: list[Result], rejected: lis
         fh.write(b"".join(line for _, line in rejected))
         fh.flush()
         os.fsync(fh.fileno())
-    text = "".join(
-        json.dumps(row, allow_nan=False, separators=(",", ":")) + "\n"
-        for row in [header.to_dict()] + [r.to_dict() for r in rows]
-    )
+    text = "".join(_ENCODER.encode(row) + "\n" for row in [header.to_dict()] + [r.to_dict() for r in rows])
     write_atomic(path, text)
     return len(text.encode())
 
