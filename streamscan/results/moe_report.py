@@ -144,12 +144,22 @@ def _csv_text(table: list[dict]) -> str:
     return buf.getvalue()
 
 
+_HEX = [f"{i:02x}" for i in range(256)]
+
+
 def _color(t: float) -> str:
-    t = min(max(t, 0.0), 1.0) * (len(VIRIDIS) - 1)
-    i = min(int(t), len(VIRIDIS) - 2)
+    """The viridis colour at T (clamped to [0, 1]) as #rrggbb; drawn once per heatmap cell, so without calls."""
+    if t < 0.0:  # min(max(t, 0.0), 1.0) (a -0.0 stays, as max(-0.0, 0.0) keeps it)
+        t = 0.0
+    elif t > 1.0:
+        t = 1.0
+    t *= len(VIRIDIS) - 1
+    i = int(t)
+    if i > len(VIRIDIS) - 2:
+        i = len(VIRIDIS) - 2
     f = t - i
     (r0, g0, b0), (r1, g1, b1) = VIRIDIS[i], VIRIDIS[i + 1]
-    return f"#{round(r0 + (r1 - r0) * f):02x}{round(g0 + (g1 - g0) * f):02x}{round(b0 + (b1 - b0) * f):02x}"
+    return "#" + _HEX[round(r0 + (r1 - r0) * f)] + _HEX[round(g0 + (g1 - g0) * f)] + _HEX[round(b0 + (b1 - b0) * f)]
 
 
 def heatmap_svg(entries: list[dict], title: str, width: int = 1140, cache: CellCache | None = None) -> str:
@@ -232,9 +242,6 @@ def _cells(
     return [f"{xs[e['expert']]}{ys[e['layer']]}{size}{tail}" for e, tail in zip(entries, tails, strict=True)]
 
 
-_HEX = [f"{i:02x}" for i in range(256)]
-
-
 def _tails(entries: list[dict], lo: float, hi: float) -> list[str]:
     """Per entry, its cell from the fill colour on: colour computed inline, the hover text escaped only
     where it holds a character html.escape changes (escaping is per character, so pieces escape apart)."""
@@ -242,34 +249,13 @@ def _tails(entries: list[dict], lo: float, hi: float) -> list[str]:
     ex_esc = {}
     stroke, plain = '" stroke="#e00000" stroke-width="1"><title>', '"><title>'
     span = hi - lo
-    steps = len(VIRIDIS) - 1
     escape = html.escape
     log = math.log
-    hexes = _HEX
     out = []
     append = out.append
     for e in entries:
         snr, flag, expert, layer, name = e["snr"], e["flag"], e["expert"], e["layer"], e["name"]
-        if snr:
-            t = (log(snr) - lo) / span if hi > lo else 0.5
-            if t < 0.0:  # min(max(t, 0.0), 1.0) without the calls (keeps a -0.0 as max(-0.0, 0.0) does)
-                t = 0.0
-            elif t > 1.0:
-                t = 1.0
-            t *= steps
-            i = int(t)
-            if i > steps - 1:
-                i = steps - 1
-            f = t - i
-            (r0, g0, b0), (r1, g1, b1) = VIRIDIS[i], VIRIDIS[i + 1]
-            fill = (
-                "#"
-                + hexes[round(r0 + (r1 - r0) * f)]
-                + hexes[round(g0 + (g1 - g0) * f)]
-                + hexes[round(b0 + (b1 - b0) * f)]
-            )
-        else:
-            fill = "#bbbbbb"
+        fill = _color((log(snr) - lo) / span if hi > lo else 0.5) if snr else "#bbbbbb"
         if "&" in name or "<" in name or ">" in name or '"' in name or "'" in name:
             name = escape(name)
         lead = ys_esc.get(layer)
