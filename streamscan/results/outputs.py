@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from json.encoder import encode_basestring_ascii as _enc
 from pathlib import Path
 
 from streamscan.errors import UsageError
@@ -29,74 +28,8 @@ from streamscan.results.selection import (
 
 
 def _dumps(obj) -> str:
-    """``json.dumps(obj, indent=4, allow_nan=False)`` + newline. A dict of flat values and dicts of flat
-    values (the results, sorted and summary JSON) is laid out here with the C string encoder: with
-    ``indent`` json falls back to its pure Python encoder, 1 s per 70k-matrix file. Byte-identical either
-    way (tested); anything else (deeper nesting, a key json would coerce) is left to json."""
-    if isinstance(obj, dict) and obj:
-        try:
-            return _dumps_nested(obj)
-        except _NotFlat:
-            pass
+    """Strict JSON (no NaN or Infinity), indented as the reference's ``json.dump(..., indent=4)``."""
     return json.dumps(obj, indent=4, allow_nan=False) + "\n"
-
-
-class _NotFlat(Exception):
-    """A value or key ``_dumps_nested`` does not lay out (json does)."""
-
-
-def _float(v: float) -> str:
-    if v - v != 0.0:  # NaN or an infinity (x - x is 0.0 for every finite x)
-        raise ValueError(f"Out of range float values are not JSON compliant: {v!r}")
-    return float.__repr__(v)
-
-
-def _scalar(v) -> str:
-    if isinstance(v, str):
-        return _enc(v)
-    if v is None:
-        return "null"
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, float):
-        return _float(v)
-    if isinstance(v, int):
-        return int.__repr__(v)
-    raise _NotFlat(v)
-
-
-def _key(k) -> str:
-    if not isinstance(k, str):
-        raise _NotFlat(k)
-    return _enc(k)
-
-
-def _inner(inner: dict) -> str:
-    enc, scalar, float_repr = _enc, _scalar, float.__repr__
-    items = []
-    append = items.append
-    for ik, iv in inner.items():
-        t = type(iv)
-        if t is float and iv - iv == 0.0:  # finite
-            v = float_repr(iv)
-        elif t is str:
-            v = enc(iv)
-        else:
-            v = scalar(iv)
-        append(f"\n        {enc(ik) if type(ik) is str else _key(ik)}: {v}")
-    return ",".join(items)
-
-
-def _dumps_nested(obj: dict) -> str:
-    outer = []
-    for k, v in obj.items():
-        if type(v) is dict or isinstance(v, dict):
-            outer.append(f"\n    {_key(k)}: {{{_inner(v)}\n    }}" if v else f"\n    {_key(k)}: {{}}")
-        else:
-            outer.append(f"\n    {_key(k)}: {_scalar(v)}")
-    return "{" + ",".join(outer) + "\n}\n"
 
 
 def results_json(results: Iterable[Result], ordered: bool = False) -> dict:
@@ -108,34 +41,6 @@ def results_json(results: Iterable[Result], ordered: bool = False) -> dict:
             entry["reason"] = r.reason
         out[r.name] = entry
     return out
-
-
-def results_text(ordered: list[Result]) -> str:
-    """``_dumps(results_json(ordered, ordered=True))`` for results in natural order, each record laid out
-    in one piece without the dicts (tested equal); through the dicts where names repeat or a field is not
-    what a journal holds."""
-    names = {r.name for r in ordered}
-    if not ordered or len(names) != len(ordered):
-        return _dumps(results_json(ordered, ordered=True))
-    enc, float_repr = _enc, float.__repr__
-    parts = []
-    append = parts.append
-    try:
-        for r in ordered:
-            name, type_, snr = r.name, r.type, r.snr
-            if type(name) is not str or type(type_) is not str:
-                raise _NotFlat(name)
-            if snr is None:
-                append(
-                    f'\n    {enc(name)}: {{\n        "snr": null,\n        "type": {enc(type_)},\n        '
-                    f'"reason": {_scalar(r.reason)}\n    }}'
-                )
-            else:
-                value = float_repr(snr) if type(snr) is float and snr - snr == 0.0 else _scalar(snr)
-                append(f'\n    {enc(name)}: {{\n        "snr": {value},\n        "type": {enc(type_)}\n    }}')
-    except _NotFlat:
-        return _dumps(results_json(ordered, ordered=True))
-    return "{" + ",".join(parts) + "\n}\n"
 
 
 def sorted_json(
@@ -223,7 +128,7 @@ def write_outputs(
     ranked = rank_ordered(ordered)
     paths = output_paths(out_dir, slug)
     written = [
-        write_atomic(paths["results"], results_text(ordered)),
+        write_atomic(paths["results"], _dumps(results_json(ordered, ordered=True))),
         write_atomic(paths["sorted"], _dumps(sorted_json(ordered, ranked, ordered=True))),
     ]
     percents = list(percents)

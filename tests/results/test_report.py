@@ -99,19 +99,84 @@ def test_module_pattern_by_bisection_equals_the_rule_over_every_name(names, othe
         assert module_pattern(name, names) == (name + "." if collides else name)
 
 
-_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.text(), st.dictionaries(st.text(), _SCALARS) | _SCALARS))
-def test_output_json_layout_is_byte_identical_to_json_dumps_indent_4(obj):
-    from streamscan.results.outputs import _dumps
-
-    assert _dumps(obj) == json.dumps(obj, indent=4, allow_nan=False) + "\n"
-
-
 def test_output_json_refuses_nan_like_json_does():
     from streamscan.results.outputs import _dumps
 
     with pytest.raises(ValueError):
         _dumps({"m": {"snr": float("nan")}})
+
+
+# --- ranking, selection and the JSON outputs against their plain definitions (hypothesis) ------------
+
+# names with equal natural keys ("a7" and "a07"), prefixes of one another, digit runs anywhere
+NAMES = st.text(alphabet="ab.07_[]", min_size=1, max_size=8)
+SNRS = st.none() | st.sampled_from([0.5, 1.0, 2.0]) | st.floats(0.0, 10.0, allow_nan=False)
+
+
+@st.composite
+def results(draw):
+    out = []
+    for name in draw(st.lists(NAMES, min_size=0, max_size=25, unique=True)):
+        snr = draw(SNRS)
+        role = draw(st.sampled_from([None, None, None, "embedding", "head"]))
+        out.append(r(name, draw(st.sampled_from(["t.a", "t.b", name])), snr, role, None if snr is not None else "x"))
+    return draw(st.permutations(out))
+
+
+def by_first_letter(name, type_):
+    return f"{type_}/{name[:1]}"
+
+
+def spec_ranking(results, group=None):
+    """Per type (or group), in order of first appearance by natural name: its scored members by descending
+    SNR, ties by natural name."""
+    from streamscan.layout import natural_key
+
+    ranked = {}
+    for x in sorted(results, key=lambda x: natural_key(x.name)):
+        members = ranked.setdefault(group(x.name, x.type) if group else x.type, [])
+        if x.snr is not None:
+            members.append(x)
+    for members in ranked.values():
+        members.sort(key=lambda x: (-x.snr, natural_key(x.name)))
+    return ranked
+
+
+@settings(max_examples=200, deadline=None)
+@given(results(), st.sampled_from([None, by_first_letter]), st.sampled_from([0.5, 25, 33.3, 50, 100]))
+def test_ranking_and_selection_follow_the_reference_rule(rs, group, percent):
+    from streamscan.results.selection import natural_order, rank_by_type, rank_ordered, select_ranked
+
+    spec = spec_ranking(rs, group)
+    assert rank_by_type(rs, group) == spec and list(rank_by_type(rs, group)) == list(spec)
+    assert rank_ordered(natural_order(rs), group) == spec
+    sel = select_top(rs, percent, group)
+    assert sel.chosen == {t: tuple(x.name for x in m[: int(len(m) * percent / 100)]) for t, m in spec.items()}
+    assert select_ranked(rs, rank_by_type(rs, group), percent, group) == sel
+
+
+@settings(max_examples=60, deadline=None)
+@given(results())
+def test_the_json_outputs_are_json_dumps_indent_4_of_their_definition(tmp_path_factory, rs):
+    from streamscan.layout import natural_key
+    from streamscan.results.outputs import output_paths
+
+    out = tmp_path_factory.mktemp("o")
+    summary = {"model": "m", "seconds": 1.5, "skipped_tensors": {"x": "why"}, "failures": {}, "ranks": 1}
+    write_outputs(out, "m", rs, [25], [x.name for x in rs], summary)
+    natural = sorted(rs, key=lambda x: natural_key(x.name))
+    results_doc = {
+        x.name: {"snr": x.snr, "type": x.type, **({"reason": x.reason} if x.snr is None else {})} for x in natural
+    }
+    sorted_doc = {t: {x.name: x.snr for x in m} for t, m in spec_ranking(rs).items()}
+    for x in natural:
+        if x.snr is None:
+            sorted_doc[x.type][x.name] = None
+    paths = output_paths(out, "m")
+
+    def dumps(doc):
+        return json.dumps(doc, indent=4, allow_nan=False) + "\n"
+
+    assert paths["results"].read_text() == dumps(results_doc)
+    assert paths["sorted"].read_text() == dumps(sorted_doc)
+    assert (out / "streamscan_summary.json").read_text() == dumps(summary)
