@@ -164,37 +164,30 @@ def report(out: str | Path, dest: str | Path | None = None, top_percent: float =
     """Write report.html (SNR by depth with the TOP_PERCENT selection, metric curves, eigenvalue histograms,
     MoE heatmaps) and, for an MoE model, moe_experts.csv and moe_report.html, from the scan in OUT or a
     published results JSON, into DEST (default: OUT, or the JSON's directory). No rescan."""
-    from streamscan.results.moe_report import CellCache, expert_table, moe_outputs_beside
-    from streamscan.results.no_gc import no_gc
+    from streamscan.results.moe_report import expert_table, write_moe_outputs
     from streamscan.results.report import write_report
     from streamscan.results.spectra import load_spectra
 
-    with no_gc():  # 70k records, table rows and SVG strings, no cycles (results/no_gc.py)
-        header, results = load_results(out)
-        where = destination(out, dest)
-        spectra = None if is_results_json(out) else load_spectra(out, [r.name for r in results])
-        source = f"Published Spectrum scan {Path(out).name} (no spectra)." if is_results_json(out) else ""
-        # the per-expert table and the heatmap cells serve report.html and moe_report.html alike
-        table = expert_table(results, header.experts) if header.experts else []
-        cells = CellCache()
-        # moe_experts.csv and moe_report.html in a child beside report.html (results/beside.py)
-        moe = moe_outputs_beside(where, results, header.experts, header.model, table, cells) if header.experts else None
-        paths = [
-            write_report(
-                where,
-                header.model,
-                results,
-                check_percent(top_percent),
-                experts=header.experts,
-                metric_rows=_metric_rows(Path(out), where, results),
-                spectra=spectra,
-                source=source,
-                table=table,
-                cells=cells,
-            )
-        ]
-        if moe is not None:
-            paths += moe()
+    header, results = load_results(out)
+    where = destination(out, dest)
+    spectra = None if is_results_json(out) else load_spectra(out, [r.name for r in results])
+    source = f"Published Spectrum scan {Path(out).name} (no spectra)." if is_results_json(out) else ""
+    table = expert_table(results, header.experts) if header.experts else []  # for report.html and moe_report.html
+    paths = [
+        write_report(
+            where,
+            header.model,
+            results,
+            check_percent(top_percent),
+            experts=header.experts,
+            metric_rows=_metric_rows(Path(out), where, results),
+            spectra=spectra,
+            source=source,
+            table=table,
+        )
+    ]
+    if header.experts:
+        paths += write_moe_outputs(where, results, header.experts, header.model, table)
     return paths
 
 

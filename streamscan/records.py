@@ -125,17 +125,7 @@ class ExpertRow:
 
     @classmethod
     def from_list(cls, row: list) -> ExpertRow:
-        """``cls(*row)``; built without the frozen dataclass's ``__init__`` (six ``object.__setattr__``
-        calls: a 70k-expert header spends most of its parse there), same fields in the same order (tested)."""
-        values = tuple(row)
-        if cls is not ExpertRow or len(values) != len(_EXPERT_FIELDS):
-            return cls(*values)  # the dataclass's own error for a wrong length
-        expert = object.__new__(ExpertRow)
-        expert.__dict__.update(zip(_EXPERT_FIELDS, values))
-        return expert
-
-
-_EXPERT_FIELDS = tuple(f.name for f in dataclasses.fields(ExpertRow))
+        return cls(*row)
 
 
 @dataclass(frozen=True, slots=True)

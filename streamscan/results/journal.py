@@ -27,7 +27,6 @@ import fcntl
 import json
 import logging
 import math
-import operator
 import os
 import socket
 import threading
@@ -39,7 +38,6 @@ from typing import IO
 from streamscan.errors import JournalError, StreamscanError
 from streamscan.records import JOURNAL_FORMAT, Fingerprint, Result, ScanHeader
 from streamscan.results.files import open_nofollow, os_error, prepare_dir, write_atomic
-from streamscan.results.no_gc import no_gc
 
 log = logging.getLogger(__name__)
 
@@ -95,44 +93,29 @@ def _finite(value) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
 
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Result) if f.default is not dataclasses.MISSING}
-_REQUIRED = _FIELDS - _DEFAULTS.keys()
-_ORDER = tuple(f.name for f in dataclasses.fields(Result))
 _NUMBERS = ("snr", "sigma_max", "threshold", "seconds", "read_seconds")
-_INT = frozenset({int})
-_numbers = operator.itemgetter(*_NUMBERS)
-_isfinite = math.isfinite
 
 
-def _result_from(row: dict) -> Result:
+def _result_from(row) -> Result:
     """A journal line's record; ValueError if it is not one (wrong types, NaN scores, missing fields).
-
-    Equal to ``Result(**row)`` with its fields checked (ROW, a parsed line, becomes them); built without the
-    frozen dataclass's ``__init__`` (17 ``object.__setattr__`` calls), the third of reading a 70k-record journal."""
+    Fields a newer or older streamscan wrote that this one does not know are left out."""
     if type(row) is not dict:
         raise ValueError("not a record")
-    if tuple(row) == _ORDER:  # every field in field order, as the journal writes them: ROW is the fields
-        fields = row
-        shape = row["shape"]
-    else:
-        if not row.keys() <= _FIELDS:
-            row = {k: v for k, v in row.items() if k in _FIELDS}
-        if not _REQUIRED <= row.keys():
-            raise ValueError(f"missing fields: {', '.join(sorted(_REQUIRED - row.keys()))}")
-        shape = row.get("shape", ())
-        fields = {f: row[f] if f in row else _DEFAULTS[f] for f in _ORDER}  # in field order, as __init__ sets them
-    if type(shape) is not list or not _INT.issuperset(map(type, shape)):
+    fields = {k: v for k, v in row.items() if k in _FIELDS}
+    shape = fields.get("shape", [])
+    if type(shape) is not list or not all(type(d) is int for d in shape):
         raise ValueError("bad shape")
     fields["shape"] = tuple(shape)
-    if not (type(fields["name"]) is type(fields["type"]) is type(fields["dtype"]) is str):
+    try:
+        result = Result(**fields)
+    except TypeError as err:  # a required field missing
+        raise ValueError(str(err)) from None
+    if not (type(result.name) is type(result.type) is type(result.dtype) is str):
         raise ValueError("bad field types")
-    if fields["status"] not in ("ok", "null", "error"):
+    if result.status not in ("ok", "null", "error"):
         raise ValueError("bad field types")
-    for v in _numbers(fields):
-        if (not _isfinite(v)) if type(v) is float else (v is not None and not _finite(v)):
-            raise ValueError("a number that is not finite")
-    result = object.__new__(Result)
-    object.__setattr__(result, "__dict__", fields)  # what Result(**fields) would set, in field order
+    if not all(_finite(getattr(result, k)) for k in _NUMBERS):
+        raise ValueError("a number that is not finite")
     return result
 
 
@@ -147,50 +130,13 @@ def _header_from(path: Path, row) -> ScanHeader:
         ) from None
 
 
-_last_header: tuple[bytes, ScanHeader] | None = None  # (first line, its header): `merge` reads it twice
-
-
 def _header_line(path: Path, line: bytes) -> ScanHeader:
-    """The header of a journal whose first line (newline included) is LINE; the last one parsed is kept, so
-    reading a journal's header and then the whole journal parses its (megabytes of) header JSON once."""
-    if _last_header is not None and _last_header[0] == line:
-        return _last_header[1]
-    with no_gc():  # a header of 70k targets and experts: no garbage either
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
-        return _remember(line, _header_from(path, row))
-
-
-def _remember(line: bytes, header: ScanHeader) -> ScanHeader:
-    global _last_header
-    _last_header = (bytes(line), header)
-    return header
-
-
-def _read_fast(path: Path, data: bytes) -> tuple[ScanHeader, list[Result], int] | None:
-    """``_read`` for a journal whose whole lines all parse: every record in one JSON parse (a parse per
-    line costs 3x as much at 70k records). None where a line does not parse (``_read`` then finds it)."""
-    first, last = data.find(b"\n") + 1, data.rfind(b"\n") + 1
-    if not 0 < first < last:
-        return None
+    """The header of a journal whose first line (newline included) is LINE."""
     try:
-        body = data[first : last - 1]
-        with no_gc():  # 70k new dicts, no garbage
-            rows = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+        row = json.loads(line)
     except ValueError:
-        return None
-    if len(rows) != body.count(b"\n") + 1 or not all(isinstance(r, dict) for r in rows):
-        return None
-    header = _header_line(path, data[:first])
-    if last < len(data):
-        log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - last)
-    with no_gc():  # 70k new records, no garbage: the collector's passes over them cost a third of the read
-        try:
-            return header, [_result_from(r) for r in rows], last
-        except ValueError:  # a line that parses but is no record: the line-by-line read sets it aside
-            return None
+        row = None
+    return _header_from(path, row)
 
 
 def _read(path: Path) -> tuple[ScanHeader, list[Result], int]:
@@ -217,9 +163,6 @@ def _scan(path: Path) -> tuple[ScanHeader, list[Result], int, list[tuple[int, by
         data = path.read_bytes()
     except OSError as err:
         raise os_error(path, err, "cannot read") from None
-    fast = _read_fast(path, data)
-    if fast is not None:
-        return (*fast, [])
     header: ScanHeader | None = None
     rows: list[Result] = []
     rejected: list[tuple[int, bytes]] = []

@@ -16,13 +16,11 @@ import html
 import io
 import math
 import statistics
-from collections.abc import Callable, Iterable
-from operator import itemgetter
+from collections.abc import Iterable
 from pathlib import Path
 
 from streamscan.layout import natural_key
 from streamscan.records import ExpertRow, Result
-from streamscan.results.beside import beside
 from streamscan.results.files import write_atomic
 
 CSV_NAME = "moe_experts.csv"
@@ -105,8 +103,8 @@ def expert_table(results: Iterable[Result], rows: Iterable[ExpertRow]) -> list[d
     for e in table:
         if e["kind"] != "expert":
             e["flag"] = _flag(e["snr"], e["reason"], None)
-    keys = [
-        (
+    table.sort(
+        key=lambda e: (
             e["layer"] if e["layer"] is not None else -1,
             KIND_ORDER[e["kind"]],
             PROJECTION_ORDER.get(e["projection"], 9),
@@ -114,29 +112,13 @@ def expert_table(results: Iterable[Result], rows: Iterable[ExpertRow]) -> list[d
             e["expert"] if isinstance(e["expert"], int) else 1 << 30,
             natural_key(e["name"]),
         )
-        for e in table
-    ]
-    return [table[i] for i in sorted(range(len(table)), key=keys.__getitem__)]  # stable, as table.sort(key=...)
+    )
+    return table
 
 
 def csv_text(table: list[dict]) -> str:
-    """The CSV of TABLE: lines joined here where no field holds a comma, quote or line break (``csv``
-    would write each of them as is), else by ``csv`` (tested equal)."""
-    get = itemgetter(*COLUMNS)
-    lines = [
-        ",".join(["" if v is None else (f"{v:.10g}" if isinstance(v, float) else f"{v}") for v in get(e)])
-        for e in table
-    ]
-    text = "\n".join([",".join(COLUMNS), *lines, ""])
-    if text.count(",") == (len(COLUMNS) - 1) * (len(lines) + 1) and '"' not in text and "\r" not in text:
-        if text.count("\n") == len(lines) + 1:
-            return text
-    return _csv_text(table)
-
-
-def _csv_text(table: list[dict]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")  # rows as lists: a DictWriter's per-row dict costs a third
+    writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     writer.writerows(
         ["" if (v := e[k]) is None else (f"{v:.10g}" if isinstance(v, float) else v) for k in COLUMNS] for e in table
@@ -144,25 +126,16 @@ def _csv_text(table: list[dict]) -> str:
     return buf.getvalue()
 
 
-_HEX = [f"{i:02x}" for i in range(256)]
-
-
 def _color(t: float) -> str:
-    """The viridis colour at T (clamped to [0, 1]) as #rrggbb; drawn once per heatmap cell, so without calls."""
-    if t < 0.0:  # min(max(t, 0.0), 1.0) (a -0.0 stays, as max(-0.0, 0.0) keeps it)
-        t = 0.0
-    elif t > 1.0:
-        t = 1.0
-    t *= len(VIRIDIS) - 1
-    i = int(t)
-    if i > len(VIRIDIS) - 2:
-        i = len(VIRIDIS) - 2
+    """The viridis colour at T (clamped to [0, 1]) as #rrggbb."""
+    t = min(max(t, 0.0), 1.0) * (len(VIRIDIS) - 1)
+    i = min(int(t), len(VIRIDIS) - 2)
     f = t - i
-    (r0, g0, b0), (r1, g1, b1) = VIRIDIS[i], VIRIDIS[i + 1]
-    return "#" + _HEX[round(r0 + (r1 - r0) * f)] + _HEX[round(g0 + (g1 - g0) * f)] + _HEX[round(b0 + (b1 - b0) * f)]
+    rgb = (round(c0 + (c1 - c0) * f) for c0, c1 in zip(VIRIDIS[i], VIRIDIS[i + 1], strict=True))
+    return "#" + "".join(f"{c:02x}" for c in rgb)
 
 
-def heatmap_svg(entries: list[dict], title: str, width: int = 1140, cache: CellCache | None = None) -> str:
+def heatmap_svg(entries: list[dict], title: str, width: int = 1140) -> str:
     """Layers (rows) x experts (columns, 'shared' last) of one projection, scaled to WIDTH px: colour = log
     SNR in this projection's range, grey = no SNR, outliers outlined; hover a cell for its detail."""
     layers = sorted({e["layer"] for e in entries}, key=lambda x: -1 if x is None else x)
@@ -194,7 +167,7 @@ def heatmap_svg(entries: list[dict], title: str, width: int = 1140, cache: CellC
         if i % rstep == 0:
             out.append(f'<text x="{left - 4}" y="{top + i * ch + ch / 2 + 4:.1f}" text-anchor="end">layer {x}</text>')
     out.append(f'<text x="{left + grid_w / 2:.0f}" y="{top - 18}" text-anchor="middle" fill="#555">expert</text>')
-    out += _cells(entries, col, row, left, top, cw, ch, gap, lo, hi, cache)
+    out += [_cell(e, left + col[e["expert"]] * cw, top + row[e["layer"]] * ch, cw, ch, gap, lo, hi) for e in entries]
     ybar, bar_w = top + grid_h + 16, min(360.0, max(grid_w, 200.0))
     for k in range(60):
         out.append(f'<rect x="{left + k * bar_w / 60:.1f}" y="{ybar:.1f}" width="{bar_w / 60 + 0.3:.2f}" height="10" '
@@ -208,7 +181,7 @@ def heatmap_svg(entries: list[dict], title: str, width: int = 1140, cache: CellC
 
 
 def _cell(e: dict, x: float, y: float, cw: float, ch: float, gap: int, lo: float, hi: float) -> str:
-    """One heatmap cell as ``heatmap_svg`` draws it (the plain form ``_cells`` is tested against)."""
+    """One heatmap cell at (X, Y): its colour, outline and hover text."""
     fill = _color((math.log(e["snr"]) - lo) / (hi - lo) if hi > lo else 0.5) if e["snr"] else "#bbbbbb"
     stroke = ' stroke="#e00000" stroke-width="1"' if e["flag"] else ""
     snr = "no SNR" if e["snr"] is None else f"SNR {e['snr']:.4g}"
@@ -219,79 +192,11 @@ def _cell(e: dict, x: float, y: float, cw: float, ch: float, gap: int, lo: float
     )
 
 
-def _cells(
-    entries: list[dict],
-    col: dict,
-    row: dict,
-    left: int,
-    top: int,
-    cw: float,
-    ch: float,
-    gap: int,
-    lo: float,
-    hi: float,
-    cache: CellCache | None = None,
-) -> list[str]:
-    """``[_cell(e, left + col[e["expert"]] * cw, top + row[e["layer"]] * ch, ...) for e in entries]``, with
-    what a row, a column or every cell shares formatted once (tested equal); the part that does not depend
-    on the picture's size (colour, outline, hover text) from CACHE when it drew these entries before."""
-    xs = {k: f'<rect x="{left + i * cw:.2f}" y="' for k, i in col.items()}
-    ys = {k: f'{top + i * ch:.2f}" ' for k, i in row.items()}
-    size = f'width="{max(cw - gap, 0.6):.2f}" height="{max(ch - gap, 0.6):.2f}" fill="'
-    tails = cache.tails(entries, lo, hi) if cache is not None else _tails(entries, lo, hi)
-    return [f"{xs[e['expert']]}{ys[e['layer']]}{size}{tail}" for e, tail in zip(entries, tails, strict=True)]
-
-
-def _tails(entries: list[dict], lo: float, hi: float) -> list[str]:
-    """Per entry, its cell from the fill colour on: colour computed inline, the hover text escaped only
-    where it holds a character html.escape changes (escaping is per character, so pieces escape apart)."""
-    ys_esc = {}
-    ex_esc = {}
-    stroke, plain = '" stroke="#e00000" stroke-width="1"><title>', '"><title>'
-    span = hi - lo
-    escape = html.escape
-    log = math.log
-    out = []
-    append = out.append
-    for e in entries:
-        snr, flag, expert, layer, name = e["snr"], e["flag"], e["expert"], e["layer"], e["name"]
-        fill = _color((log(snr) - lo) / span if hi > lo else 0.5) if snr else "#bbbbbb"
-        if "&" in name or "<" in name or ">" in name or '"' in name or "'" in name:
-            name = escape(name)
-        lead = ys_esc.get(layer)
-        if lead is None:
-            lead = ys_esc[layer] = escape(f"layer {layer}, expert ")
-        label = ex_esc.get(expert)
-        if label is None:
-            label = ex_esc[expert] = escape(f"{expert}")
-        append(
-            f"{fill}{stroke if flag else plain}{lead}{label}: {name}: "
-            f"{'no SNR' if snr is None else f'SNR {snr:.4g}'}{', ' + escape(flag) if flag else ''}</title></rect>"
-        )
-    return out
-
-
-class CellCache:
-    """Heatmap cells' size-independent parts (``_tails``) per list of entries, so report.html and
-    moe_report.html, drawing the same projection's entries at two sizes, compute them once. The entries
-    are kept with them (their ids stay theirs); they must not change while the cache is in use."""
-
-    def __init__(self) -> None:
-        self._kept: dict[tuple, tuple[list[dict], list[str]]] = {}
-
-    def tails(self, entries: list[dict], lo: float, hi: float) -> list[str]:
-        key = (tuple(map(id, entries)), lo, hi)
-        kept = self._kept.get(key)
-        if kept is None:
-            kept = self._kept[key] = (entries, _tails(entries, lo, hi))
-        return kept[1]
-
-
 def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.4g}"
 
 
-def html_text(table: list[dict], model: str, cells: CellCache | None = None) -> str:
+def html_text(table: list[dict], model: str) -> str:
     experts = [e for e in table if e["kind"] in ("expert", "shared")]
     routers = [e for e in table if e["kind"] == "router"]
     projections = sorted({e["projection"] for e in experts}, key=lambda p: (PROJECTION_ORDER.get(p, 9), p))
@@ -312,9 +217,7 @@ def html_text(table: list[dict], model: str, cells: CellCache | None = None) -> 
     ]
     parts.append("<h2>Heatmaps</h2>")
     for proj in projections:
-        parts.append(
-            heatmap_svg([e for e in experts if e["projection"] == proj], f"{proj}: layer x expert", cache=cells)
-        )
+        parts.append(heatmap_svg([e for e in experts if e["projection"] == proj], f"{proj}: layer x expert"))
     parts.append("<h2>Outliers</h2>")
     if outliers:
         parts.append(
@@ -368,34 +271,13 @@ def write_moe_outputs(
     rows: Iterable[ExpertRow],
     model: str,
     table: list[dict] | None = None,
-    cells: CellCache | None = None,
 ) -> list[Path]:
     """Write moe_experts.csv and moe_report.html (atomically); returns their paths. TABLE:
-    ``expert_table(results, rows)`` when at hand; CELLS: heatmap cells another page drew (``CellCache``)."""
+    ``expert_table(results, rows)`` when at hand."""
     if table is None:
         table = expert_table(results, rows)
     out_dir = Path(out_dir)
     return [
         write_atomic(out_dir / CSV_NAME, csv_text(table)),
-        write_atomic(out_dir / HTML_NAME, html_text(table, model, cells)),
+        write_atomic(out_dir / HTML_NAME, html_text(table, model)),
     ]
-
-
-def moe_outputs_beside(
-    out_dir: Path,
-    results: Iterable[Result],
-    rows: Iterable[ExpertRow],
-    model: str,
-    table: list[dict] | None = None,
-    cells: CellCache | None = None,
-) -> Callable[[], list[Path]]:
-    """:func:`write_moe_outputs` in a forked child while the caller writes its other outputs (results/beside.py;
-    here and now where forking is not safe). The returned function waits for the files and gives their paths."""
-    out_dir = Path(out_dir)
-    wait = beside(lambda: write_moe_outputs(out_dir, results, rows, model, table, cells))
-
-    def done() -> list[Path]:
-        wait()
-        return [out_dir / CSV_NAME, out_dir / HTML_NAME]
-
-    return done

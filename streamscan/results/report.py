@@ -26,7 +26,7 @@ from streamscan.layout import layer_index, natural_key
 from streamscan.planning.experts import pooled_type
 from streamscan.records import ExpertRow, Result
 from streamscan.results.files import write_atomic
-from streamscan.results.moe_report import CellCache, expert_table, heatmap_svg
+from streamscan.results.moe_report import expert_table, heatmap_svg
 from streamscan.results.selection import natural_order, rank_ordered, select_ranked
 
 REPORT_NAME = "report.html"
@@ -242,10 +242,8 @@ def html_text(
     spectra: dict | None = None,
     source: str = "",
     table: list[dict] | None = None,
-    cells: CellCache | None = None,
 ) -> str:
-    """The page; TABLE: ``expert_table(results, experts)`` when at hand, CELLS: heatmap cells shared with
-    moe_report.html (``CellCache``)."""
+    """The page; TABLE: ``expert_table(results, experts)`` when at hand."""
     results = list(results)
     ordered = natural_order(results)
     chosen = set(select_ranked(results, rank_ordered(ordered), percent).names())
@@ -317,9 +315,7 @@ def html_text(
     if moe:
         out.append("<h2>MoE experts: SNR per layer and expert</h2>")
         for proj in sorted({e["projection"] for e in moe}):
-            out.append(
-                heatmap_svg([e for e in moe if e["projection"] == proj], f"{proj} projection", PAGE_WIDTH, cells)
-            )
+            out.append(heatmap_svg([e for e in moe if e["projection"] == proj], f"{proj} projection", PAGE_WIDTH))
     out.append(f"<script>{_SCRIPT}</script>" if hist else "")
     out.append("</body></html>")
     return "\n".join(out) + "\n"

@@ -10,8 +10,7 @@ from streamscan._version import __version__
 from streamscan.layout import module_name
 from streamscan.planning.experts import fused_tensor, group_function
 from streamscan.records import Result, ScanHeader, ScanSummary
-from streamscan.results.moe_report import moe_outputs_beside
-from streamscan.results.no_gc import no_gc
+from streamscan.results.moe_report import write_moe_outputs
 from streamscan.results.outputs import write_outputs
 
 
@@ -94,18 +93,15 @@ def write_scan_outputs(
                 "grouping": moe_grouping,
             }
         )
-    with no_gc():
-        # the per-expert CSV and HTML (as costly as the rest at 70k matrices) in a child beside the rest
-        moe = moe_outputs_beside(out_dir, results, experts, header.model) if experts else None
-        paths = write_outputs(
-            out_dir,
-            header.slug,
-            results,
-            percents,
-            all_names(header),
-            summary.to_dict(),
-            **yaml_options(header, moe_grouping),
-        )
-        if moe is not None:
-            paths += moe()
+    paths = write_outputs(
+        out_dir,
+        header.slug,
+        results,
+        percents,
+        all_names(header),
+        summary.to_dict(),
+        **yaml_options(header, moe_grouping),
+    )
+    if experts:
+        paths += write_moe_outputs(out_dir, results, experts, header.model)
     return summary, paths

@@ -1,4 +1,5 @@
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -308,3 +309,19 @@ def test_shards_of_a_fused_moe_merge_into_the_same_report(scans, tmp_path):
     assert (out / "moe_experts.csv").read_text() == (whole.out_dir / "moe_experts.csv").read_text()
     text = (out / "snr_results_v5-fused_unfrozenparameters_50percent.yaml").read_text()
     assert "# mlp.experts.gate_up_proj[*].gate layers" in text
+
+
+def test_the_expert_csv_quotes_fields_that_need_it():
+    from streamscan.records import ExpertRow, Result
+    from streamscan.results.moe_report import csv_text, expert_table
+
+    rows = [ExpertRow(f"model.layers.1.e{i}.gate", 1, i, "gate", f"w{i}", "expert") for i in (0, 1)]
+    results = [
+        Result(rows[0].name, "gate", (2, 2), "F32", None, reason='a, "b"\nc', status="null"),
+        Result(rows[1].name, "gate", (2, 2), "F32", 1.0),
+    ]
+    parsed = list(csv.DictReader(io.StringIO(csv_text(expert_table(results, rows)))))
+    assert [(r["name"], r["reason"], r["snr"]) for r in parsed] == [
+        (rows[0].name, 'a, "b"\nc', ""),
+        (rows[1].name, "", "1"),
+    ]

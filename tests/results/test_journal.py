@@ -1,7 +1,10 @@
+import dataclasses
 import json
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamscan.errors import JournalError
 from streamscan.records import Fingerprint, Result, ScanHeader
@@ -123,7 +126,6 @@ def test_an_exception_inside_the_journal_still_commits_the_batch(tmp_path):
 
 def test_a_record_is_exactly_dataclasses_asdict_of_its_result():
     # the journal writes Result.to_dict() (a copy of the fields) instead of the ten times slower asdict
-    import dataclasses
 
     full = Result("m.0.w", "w", (8, 2), "BF16", 0.25, "r", "null", "head", "gram64", 1.5, "cpu1", 3.0, 0.5, 2, 0.1, "n")
     for r in (res("a"), res("b", None, "error"), full):
@@ -132,8 +134,6 @@ def test_a_record_is_exactly_dataclasses_asdict_of_its_result():
 
 
 def test_records_read_back_are_the_results_written_field_for_field(tmp_path):
-    # the reader builds Results without their __init__: equal, same field order, same defaults, same checks
-    import dataclasses
 
     full = Result("m.0.w", "w", (8, 2), "BF16", 0.25, "r", "null", "head", "gram64", 1.5, "cpu1", 3.0, 0.5, 2, 0.1, "n")
     written = [res("a"), res("b", None, "error"), full, Result("c", "t", (), "F32", None)]
@@ -165,3 +165,21 @@ def test_a_line_that_parses_but_is_no_record_is_set_aside(tmp_path, line):
         fh.write(line + b"\n")
     _, back, _ = read_journal(tmp_path)
     assert set(back) == {"a"}
+
+
+_VALUES = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=True) | st.text(max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from([*(f.name for f in dataclasses.fields(Result)), "extra"]), _VALUES, max_size=4))
+def test_a_journal_line_is_read_as_its_record_or_refused_with_a_value_error(over):
+    # what any JSON object becomes: the Result it spells (unknown fields left out), or a ValueError
+    from streamscan.results.journal import _result_from
+
+    row = json.loads(json.dumps({**res("a").to_dict(), **over}))
+    try:
+        got = _result_from(dict(row))
+    except ValueError:
+        return
+    assert got == Result(**{k: v for k, v in row.items() if k != "extra"} | {"shape": tuple(row["shape"])})
+    assert isinstance(got.name, str) and got.status in ("ok", "null", "error") and isinstance(got.shape, tuple)
