@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from streamscan._aliases import install as _install_aliases
 from streamscan._version import __version__
 
 _EXPORTS = {
@@ -70,8 +69,6 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-_install_aliases()
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from streamscan.api import (  # noqa: F401
