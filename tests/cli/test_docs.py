@@ -1,11 +1,11 @@
 """The docs stay true to the command line: docs/cli.md is its --help, every command shows an example, the
-README fits on a screen with its two quick-start commands, and `streamscan --help` answers at once."""
+README fits on a screen with its two quick-start commands, and `streamscan --help` imports neither torch nor
+the library (how fast it answers is bench's business, not a test's)."""
 
 import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,9 +15,6 @@ from streamscan.cli.docs import REGENERATE, cli_markdown, commands
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK_START = ["bash scripts/demo.sh", "bash scripts/test.sh"]
-HELP_SECONDS = 0.3
-# what the `streamscan` console script runs, against this checkout (the installed script may point elsewhere)
-CONSOLE = "import sys; from streamscan.cli import main; sys.exit(main())"
 
 
 def test_cli_page_is_the_help_of_every_command():
@@ -77,21 +74,3 @@ def test_help_imports_neither_torch_nor_the_library():
         "print(sorted(m for m in ('torch', 'numpy', 'streamscan.pipeline', 'streamscan.compute') if m in sys.modules))"
     )
     assert _run(code).stdout.strip().splitlines()[-1] == "[]"
-
-
-def _help_seconds() -> float:
-    start = time.perf_counter()
-    out = _run(CONSOLE, "--help").stdout
-    seconds = time.perf_counter() - start
-    assert "Usage:" in out and "Commands:" in out
-    return seconds
-
-
-def test_help_answers_within_a_third_of_a_second():
-    # best of 3; on a loaded machine up to 5 more tries, keeping the fastest (a slow import stays slow)
-    best = min(_help_seconds() for _ in range(3))
-    for _ in range(5):
-        if best <= HELP_SECONDS:
-            break
-        best = min(best, _help_seconds())
-    assert best <= HELP_SECONDS, f"`streamscan --help` took {best:.2f} s at best (limit {HELP_SECONDS} s)"
