@@ -136,8 +136,6 @@ def scan(
     source = index.source
     header = scan_header(index, full, opts)
     check_names(out_dir, header.slug, percents)
-    if opts.fresh and not opts.shard and (ranks is None or ranks.rank == 0):
-        clear(out_dir)  # before any rank writes (a shard refuses --fresh below)
     if ranks is not None:
         if source.hub is not None and hub_only:
             raise UsageError(
@@ -161,7 +159,9 @@ def scan(
         )
     workers = opts.cpu_workers or default_workers()
     stats = PoolStats()
-    with Journal(out_dir, header, fresh=opts.fresh) as journal:
+    with Journal(out_dir, header, fresh=opts.fresh) as journal:  # nothing touches OUT before its lock is held
+        if opts.fresh:
+            clear(out_dir)
         plan = full.without(_redo_missing(out_dir, journal.results, opts.spectra))
         resumed = len(plan.done)
         feed = (
@@ -251,14 +251,18 @@ def _execute(
             spectra.close()
 
 
-def _redo_missing(out_dir: Path, results: dict[str, Result], keep_spectra: bool) -> frozenset[str]:
-    """The names done, less those scored whose kept spectrum a kill lost (rescanned when spectra are kept)."""
+def _redo_missing(
+    out_dir: Path, results: dict[str, Result], keep_spectra: bool, locked: bool = True
+) -> frozenset[str]:
+    """The names done, less those scored whose kept spectrum a kill lost or that is bad (rescanned when
+    spectra are kept). LOCKED: the caller holds OUT's lock (an unreadable segment is set aside)."""
     done = _done(results)
     if not keep_spectra:
         return done
-    lost = missing(out_dir, done, (n for n, r in results.items() if r.status == "ok"))
+    scored = {n: r.shape for n, r in results.items() if r.status == "ok"}
+    lost = missing(out_dir, done, scored, set_aside=locked)
     if lost:
-        log.info("%s: %d scored matrices have no stored spectrum (killed run); rescanning them", out_dir, len(lost))
+        log.info("%s: %d scored matrices have no good stored spectrum; rescanning them", out_dir, len(lost))
     return done - lost
 
 
@@ -350,7 +354,7 @@ def _scan_shard(full: Plan, header: ScanHeader, out_dir: Path, rank: Rank, fresh
     if fresh:
         raise UsageError("--fresh with --shard: shards share --out; empty it once before starting them instead")
     _, found = read_journals(out_dir, header.fingerprint)
-    done = _redo_missing(out_dir, found, run.get("spectra", True))
+    done = _redo_missing(out_dir, found, run.get("spectra", True), locked=False)
     missing = [j for j in full.jobs if j.name not in done]
     return _run_share(header, out_dir, rank, done, share(rank, missing, full.jobs), **run)
 
@@ -370,6 +374,8 @@ def _scan_ranks(
 
     def lead() -> list[str]:  # rank 0, before anyone writes: fold what earlier runs left, refuse a busy dir
         with Journal(out_dir, header, fresh=fresh) as journal:
+            if fresh:
+                clear(out_dir)  # under the lock, before any rank writes
             return sorted(_redo_missing(out_dir, journal.results, run.get("spectra", True)))
 
     with Group(rank, timeout) as group:

@@ -9,6 +9,11 @@ written under a temporary name, fsync'd and renamed (a kill leaves whole files o
 ``<rank>`` is ``main`` for a single-process scan, the 5-digit rank or shard otherwise. Ranks write side by
 side in the shared directory, so a merge needs no copying.
 
+Every spectrum read is checked: float64, one dimension, at most min(m, n) of its matrix's values (from the
+header, before its data is read), each finite, >= 0 and <= MAX_VALUE. A bad spectrum or an unreadable
+segment is skipped with one warning; its matrices count as without a spectrum. A ``spectra`` directory
+or segment that is a symlink is never followed (lstat checks); writers refuse it in one line.
+
 A scan that finds journaled scores without a spectrum (an older scan, or one run with --no-spectra before)
 rescans them when it keeps spectra and the directory already held spectra (``missing``); ``streamscan
 metrics`` marks any still missing as such.
@@ -23,11 +28,14 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open
+
+from streamscan.errors import OutputError
+from streamscan.results.files import os_error
 
 if TYPE_CHECKING:
     import torch
@@ -36,11 +44,42 @@ log = logging.getLogger(__name__)
 
 SPECTRA_DIR = "spectra"
 FORMAT = "streamscan-spectra-1"
+MAX_VALUE = 1e150  # a kept singular value's bound: sums of squares of min(m, n) of them stay finite
 _SEGMENT = re.compile(r"^segment-(main|\d{5})-(\d{6})\.safetensors$")
 
 
 def spectra_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / SPECTRA_DIR
+
+
+def _root(out_dir: str | Path) -> Path | None:
+    """OUT_DIR's spectra directory for reading, or None when there is none; a ``spectra`` that is a symlink
+    (or not a directory) is never followed: a one-line warning, and no spectra."""
+    root = spectra_dir(out_dir)
+    try:
+        mode = os.lstat(root).st_mode
+    except OSError:
+        return None
+    if not stat.S_ISDIR(mode):
+        log.warning("%s: not a directory (a symlink?); no spectra are read through it: remove it", root)
+        return None
+    return root
+
+
+def _writable_root(out_dir: str | Path) -> Path:
+    """OUT_DIR's spectra directory for writing, made if need be; a symlink there is refused in one line."""
+    root = spectra_dir(out_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise os_error(root, err, "cannot create the directory") from None
+    if not stat.S_ISDIR(os.lstat(root).st_mode):
+        raise OutputError(
+            f"{root}: not a directory (a symlink?); streamscan never writes through one, remove it and rerun"
+        )
+    return root
 
 
 def _regular(path: Path) -> bool:
@@ -56,69 +95,165 @@ def _regular(path: Path) -> bool:
 
 def segments(out_dir: str | Path) -> list[Path]:
     """The complete segment files in OUT_DIR, in reading order (rank, then number); symlinks are ignored."""
-    root = spectra_dir(out_dir)
-    if not root.is_dir():
+    root = _root(out_dir)
+    if root is None:
         return []
     found = [(m.group(1), int(m.group(2)), p) for p in root.iterdir() if (m := _SEGMENT.match(p.name))]
     ordered = sorted(found, key=lambda t: (t[0] != "main", t[0], t[1]))
     return [p for *_, p in ordered if _regular(p)]
 
 
-def _readable(path: Path) -> bool:
-    """Whether PATH opens as a safetensors file; a corrupt or truncated segment is skipped with a one-line
-    warning (its matrices count as without a spectrum: the next scan recomputes them)."""
-    try:
-        with safe_open(path, framework="pt") as f:
-            f.keys()
-        return True
-    except (SafetensorError, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        log.warning("%s: unreadable spectra segment (%s); ignored: rerun the scan to recompute them", path, first)
-        return False
-
-
 def kept(out_dir: str | Path) -> bool:
     """True if a scan in OUT_DIR keeps spectra (the directory is made when such a scan starts)."""
-    return spectra_dir(out_dir).is_dir()
+    return _root(out_dir) is not None
 
 
-def stored_names(out_dir: str | Path) -> set[str]:
-    """Names with a stored spectrum (headers only)."""
-    names: set[str] = set()
-    for path in filter(_readable, segments(out_dir)):
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_spectrum(S: torch.Tensor, shape: tuple[int, ...] | None) -> str | None:
+    """Why S cannot be the kept spectrum of a matrix of SHAPE (None when it can): float64, one dimension,
+    1 to min(m, n) values, each finite, >= 0 and <= MAX_VALUE (so sums of squares stay finite)."""
+    import torch
+
+    if S.dtype != torch.float64:
+        return f"dtype {str(S.dtype).split('.')[-1]}, not float64"
+    if S.dim() != 1 or S.numel() == 0:
+        return f"shape {list(S.shape)}, not a non-empty vector"
+    if shape is not None and len(shape) == 2 and S.numel() > min(shape):
+        return f"{S.numel()} values for a {shape[0]}x{shape[1]} matrix (at most {min(shape)})"
+    if not bool(((S >= 0) & (S <= MAX_VALUE)).all()):  # also False for NaN
+        return f"values outside [0, {MAX_VALUE:g}] or not finite"
+    return None
+
+
+def _read_segment(
+    path: Path, wanted: Mapping[str, tuple[int, ...] | None] | None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(good spectra, {name: why bad}) of the WANTED names (all when None) in one segment; a length over
+    the matrix's min(m, n) is refused from the header, before the data is read. Raises _Unreadable."""
+    good: dict[str, torch.Tensor] = {}
+    bad: dict[str, str] = {}
+    try:
         with safe_open(path, framework="pt") as f:
-            names.update(f.keys())
-    return names
+            for key in f.keys():
+                if wanted is not None and key not in wanted:
+                    continue
+                shape = wanted.get(key) if wanted is not None else None
+                head = f.get_slice(key)
+                dims = head.get_shape()
+                if head.get_dtype() != "F64" or len(dims) != 1:
+                    bad[key] = f"dtype {head.get_dtype()}, shape {list(dims)}: not a float64 vector"
+                    continue
+                if shape is not None and len(shape) == 2 and dims[0] > min(shape):
+                    bad[key] = f"{dims[0]} values for a {shape[0]}x{shape[1]} matrix (at most {min(shape)})"
+                    continue
+                S = f.get_tensor(key)
+                why = check_spectrum(S, shape)
+                if why is None:
+                    good[key] = S
+                else:
+                    bad[key] = why
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as err:
+        raise _Unreadable(_first_line(err)) from None
+    return good, bad
 
 
-def load_spectra(out_dir: str | Path, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-    """Stored singular values by name (all, or only NAMES)."""
-    wanted = set(names) if names is not None else None
-    out: dict[str, torch.Tensor] = {}
-    for path in filter(_readable, segments(out_dir)):
+class _Unreadable(Exception):
+    pass
+
+
+def _scan_segments(
+    out_dir: str | Path, wanted: Mapping[str, tuple[int, ...] | None] | None, set_aside: bool, keep: bool
+) -> dict[str, torch.Tensor | None]:
+    """Every good stored spectrum of the WANTED names by name (values only with KEEP). The latest segment
+    holding a name wins; when its spectrum is bad, the name has none (the next run rescans it). Each
+    unreadable segment and each bad spectrum not replaced by a later good one is named in one warning. With SET_ASIDE (the caller holds the scan's lock) an unreadable segment is renamed to
+    ``*.bad``, so later commands do not warn about it again."""
+    out: dict[str, torch.Tensor | None] = {}
+    bad: dict[str, tuple[Path, str]] = {}
+    for path in segments(out_dir):
         try:
-            with safe_open(path, framework="pt") as f:
-                got = {key: f.get_tensor(key) for key in f.keys() if wanted is None or key in wanted}
-        except (SafetensorError, OSError, ValueError) as err:  # a header that opens, data that does not
-            log.warning("%s: unreadable spectra segment (%s); ignored: rerun the scan to recompute them", path, err)
+            good, wrong = _read_segment(path, wanted)
+        except _Unreadable as err:
+            aside = ""
+            if set_aside:
+                try:
+                    os.replace(path, path.with_name(path.name + ".bad"))
+                    aside = f"; set aside as {path.name}.bad"
+                except OSError:
+                    pass
+            log.warning(
+                "%s: unreadable spectra segment (%s); ignored%s: rerun the scan to recompute its spectra",
+                path,
+                err,
+                aside,
+            )
             continue
-        out.update(got)
+        for name, why in wrong.items():  # the latest record wins, a bad one too: the next run replaces it
+            out.pop(name, None)
+            bad[name] = (path, why)
+        for name, S in good.items():
+            out[name] = S if keep else None
+            bad.pop(name, None)
+    for name, (path, why) in bad.items():
+        log.warning("%s: spectrum of %s: %s; ignored: rerun the scan to recompute it", path, ascii(name), why)
     return out
 
 
-def missing(out_dir: str | Path, done: Iterable[str], scored: Iterable[str]) -> set[str]:
-    """Of the SCORED names (a spectrum expected), those DONE without a stored spectrum; empty when the scan in
-    OUT_DIR does not keep spectra."""
+def _wanted(names: Iterable[str] | Mapping[str, tuple[int, ...] | None] | None):
+    if names is None or isinstance(names, Mapping):
+        return names
+    return dict.fromkeys(names)
+
+
+def stored_names(out_dir: str | Path, names=None, *, set_aside: bool = False) -> set[str]:
+    """Names with a good stored spectrum (of NAMES, a mapping to their matrices' shapes or names only)."""
+    return set(_scan_segments(out_dir, _wanted(names), set_aside, keep=False))
+
+
+def load_spectra(out_dir: str | Path, names=None) -> dict[str, torch.Tensor]:
+    """Stored singular values by name: all, or only NAMES (names, or a mapping of names to their matrices'
+    shapes: a spectrum longer than min(m, n) is refused unread). Bad spectra and unreadable segments are
+    skipped with one warning each (those matrices count as without a spectrum)."""
+    return _scan_segments(out_dir, _wanted(names), False, keep=True)  # type: ignore[return-value]
+
+
+def missing(
+    out_dir: str | Path,
+    done: Iterable[str],
+    scored: Iterable[str] | Mapping[str, tuple[int, ...] | None],
+    *,
+    set_aside: bool = False,
+) -> set[str]:
+    """Of the SCORED names (a spectrum expected; a mapping to their shapes checks lengths), those DONE
+    without a good stored spectrum; empty when the scan in OUT_DIR does not keep spectra. SET_ASIDE: the
+    caller holds the scan's lock (unreadable segments are renamed aside)."""
     if not kept(out_dir):
         return set()
-    have = stored_names(out_dir)
     done = set(done)
-    return {n for n in scored if n in done and n not in have}
+    expected = {n: s for n, s in _wanted(scored).items() if n in done}
+    have = stored_names(out_dir, expected, set_aside=set_aside)
+    return {n for n in expected if n not in have}
 
 
 def clear(out_dir: str | Path) -> None:
-    """Remove the stored spectra (a --fresh scan)."""
-    shutil.rmtree(spectra_dir(out_dir), ignore_errors=True)
+    """Remove the stored spectra (a --fresh scan, under the scan's lock); a symlink there is removed itself,
+    its target untouched."""
+    root = spectra_dir(out_dir)
+    try:
+        mode = os.lstat(root).st_mode
+    except FileNotFoundError:
+        return
+    try:
+        if stat.S_ISDIR(mode):
+            shutil.rmtree(root)
+        else:
+            root.unlink()
+    except OSError as err:
+        raise os_error(root, err, "cannot remove the old spectra") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -166,8 +301,7 @@ def _save(tensors: dict[str, torch.Tensor], final: Path) -> Path:
 
 def write_segment(out_dir: str | Path, spectra: dict[str, torch.Tensor], rank: int | None = None) -> Path:
     """Store many spectra at once as the next segment of RANK (imports, benchmarks)."""
-    root = spectra_dir(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    root = _writable_root(out_dir)
     tag = _tag(rank)
     n = _next_number(root, tag)
     import torch
@@ -192,8 +326,7 @@ class SpectraWriter:
     one segment on ``flush`` (called by the journal before each commit) and on ``close``."""
 
     def __init__(self, out_dir: str | Path, rank: int | None = None):
-        self.root = spectra_dir(out_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = _writable_root(out_dir)
         self.tag = _tag(rank)
         self._lock = threading.Lock()
         self._buf: dict[str, torch.Tensor] = {}
