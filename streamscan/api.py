@@ -7,7 +7,6 @@ journal in OUT (or a published Spectrum results JSON in its place, where no spec
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -146,31 +145,34 @@ def status(out: str | Path) -> dict:
     }
 
 
-def _metric_rows(out: Path, dest: Path, results: list[Result]) -> list[dict] | None:
-    """Rows of metrics.json in DEST or OUT, else computed from OUT's kept spectra when there are few."""
-    from streamscan.results.metrics_table import NAMES, metrics_rows
-    from streamscan.results.spectra import kept, load_spectra
+def _metric_rows(out: Path, dest: Path, results: list[Result], spectra: dict | None = None) -> list[dict] | None:
+    """Rows of metrics.json in DEST or OUT (read strictly), else computed from OUT's kept SPECTRA (loaded
+    here when not given) when there are few."""
+    from streamscan.results.metrics_table import NAMES, kept_spectra, metrics_rows, read_metrics_json
+    from streamscan.results.spectra import kept
 
+    if is_results_json(out):
+        return None
     for where in (dest, out):
         path = Path(where) / NAMES["json"]
-        if not is_results_json(out) and path.is_file():
-            return list(json.loads(path.read_text()).values())
-    if is_results_json(out) or not kept(out) or len(results) > REPORT_METRICS_LIMIT:
+        if path.is_file() or path.is_symlink():
+            return read_metrics_json(path)
+    if not kept(out) or len(results) > REPORT_METRICS_LIMIT:
         return None
-    return metrics_rows(results, load_spectra(out, [r.name for r in results]))
+    return metrics_rows(results, spectra if spectra is not None else kept_spectra(out, results))
 
 
 def report(out: str | Path, dest: str | Path | None = None, top_percent: float = 25.0) -> list[Path]:
     """Write report.html (SNR by depth with the TOP_PERCENT selection, metric curves, eigenvalue histograms,
     MoE heatmaps) and, for an MoE model, moe_experts.csv and moe_report.html, from the scan in OUT or a
     published results JSON, into DEST (default: OUT, or the JSON's directory). No rescan."""
+    from streamscan.results.metrics_table import kept_spectra
     from streamscan.results.moe_report import expert_table, write_moe_outputs
     from streamscan.results.report import write_report
-    from streamscan.results.spectra import load_spectra
 
     header, results = load_results(out)
     where = destination(out, dest)
-    spectra = None if is_results_json(out) else load_spectra(out, [r.name for r in results])
+    spectra = None if is_results_json(out) else kept_spectra(Path(out), results)
     source = f"Published Spectrum scan {Path(out).name} (no spectra)." if is_results_json(out) else ""
     table = expert_table(results, header.experts) if header.experts else []  # for report.html and moe_report.html
     paths = [
@@ -180,7 +182,7 @@ def report(out: str | Path, dest: str | Path | None = None, top_percent: float =
             results,
             check_percent(top_percent),
             experts=header.experts,
-            metric_rows=_metric_rows(Path(out), where, results),
+            metric_rows=_metric_rows(Path(out), where, results, spectra),
             spectra=spectra,
             source=source,
             table=table,

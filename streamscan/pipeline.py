@@ -251,9 +251,7 @@ def _execute(
             spectra.close()
 
 
-def _redo_missing(
-    out_dir: Path, results: dict[str, Result], keep_spectra: bool, locked: bool = True
-) -> frozenset[str]:
+def _redo_missing(out_dir: Path, results: dict[str, Result], keep_spectra: bool, locked: bool = True) -> frozenset[str]:
     """The names done, less those scored whose kept spectrum a kill lost or that is bad (rescanned when
     spectra are kept). LOCKED: the caller holds OUT's lock (an unreadable segment is set aside)."""
     done = _done(results)

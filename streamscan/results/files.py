@@ -95,3 +95,30 @@ def write_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_atomic_many(items: list[tuple[Path, str]]) -> list[Path]:
+    """Write each (path, text) like ``write_atomic``, but all to temporary files first and then renamed
+    together: a failure (a full disk) leaves every old file as it was, never a mix of old and new."""
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, text in items:
+            path = Path(path)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as err:
+                raise os_error(path, err) from None
+            temps.append((tmp, path))
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    os.fchmod(fh.fileno(), 0o666 & ~_umask())
+                    fh.write(text)
+            except OSError as err:
+                raise os_error(path, err) from None
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return [path for _, path in temps]

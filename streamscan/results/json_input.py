@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import unicodedata
 from pathlib import Path
 
 from streamscan.errors import UsageError
@@ -53,6 +54,18 @@ def _unique(pairs: list[tuple[str, object]]) -> dict:
 
 def _number(text: str) -> int | float:
     return int(text) if len(text) <= 18 else float(text)
+
+
+def text_problem(text: str) -> str | None:
+    """Why TEXT (a name or type from a file) cannot be used as text: a lone surrogate (not UTF-8) or a
+    control character (None when it can)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a lone surrogate (not UTF-8)"
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        return "holds a control character"
+    return None
 
 
 def read_json(path: str | Path, limit: int, what: str, fix: str, *, nofollow: bool = False):
