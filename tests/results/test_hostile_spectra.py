@@ -194,9 +194,7 @@ def test_the_segment_reader_keeps_exactly_the_valid_spectra(tmp_path, values, dt
     _plant(out, spectrum, "w", 1)
     got = load_spectra(out, {"w": (rows, 6)})
     valid = (
-        dtype == torch.float64
-        and 0 < len(values) <= rows
-        and all(0 <= v <= MAX_VALUE for v in values)  # False for NaN
+        dtype == torch.float64 and 0 < len(values) <= rows and all(0 <= v <= MAX_VALUE for v in values)  # False for NaN
     )
     assert ("w" in got) == valid
     assert (check_spectrum(spectrum, (rows, 6)) is None) == valid
