@@ -6,7 +6,9 @@ WeightWatcher 0.7.7's defaults (``WeightWatcher(model).analyze()``), reproduced 
   trimming (``xmax`` = the largest eigenvalue), data = eigenvalues > 1e-5. Every sorted eigenvalue but the
   largest is an xmin candidate; each gets the continuous MLE ``alpha = 1 + n / sum(log(x / xmin))`` and the
   KS distance ``D = max |1 - (x / xmin)^(1 - alpha) - i / n|`` (1 when alpha <= 1); the first smallest D
-  wins. Under 20 eigenvalues, its small-N variant (bias-corrected alpha, penalized D).
+  wins. Under 20 eigenvalues, its small-N variant (bias-corrected alpha, penalized D). Above MAX_EVALS
+  eigenvalues (matrices WeightWatcher does not analyze by default) MAX_XMINS evenly spaced candidates, so
+  the fit is O(N^2) up to 15000 eigenvalues and O(N) above (``xmin_candidates``).
 - ``spectral_norm`` = the largest eigenvalue (s[0]**2), ``log_spectral_norm`` = log10 of it,
   ``alpha_weighted`` = alpha * log_spectral_norm, ``stable_rank`` = sum(s**2) / s[0]**2,
   ``entropy`` = -sum(p log p) / log(rank), p = s**2 / sum(s**2) + 1e-10, rank = #{s > s[0] N eps};
@@ -27,6 +29,7 @@ EVALS_THRESH = 1e-5
 EPSILON = 1e-10
 SMALL_N = 20  # WeightWatcher's small-N fit below this many eigenvalues
 MIN_EVALS, MAX_EVALS, MAX_N = 8, 15000, 50000  # what WeightWatcher analyzes by default
+MAX_XMINS = 1000  # xmin candidates above MAX_EVALS eigenvalues (the fit's time bound)
 _ROWS = 32  # xmin candidates per block of the KS scan
 
 
@@ -54,8 +57,19 @@ class PowerLaw:
     num_pl_spikes: int | None
 
 
+def xmin_candidates(N: int) -> np.ndarray:
+    """The indices of the ascending eigenvalues tried as xmin: every one but the largest, as WWFit does, up
+    to MAX_EVALS eigenvalues (the largest WeightWatcher analyzes by default); above, MAX_XMINS evenly spaced
+    ones, so the KS scan below stays O(N * MAX_XMINS), linear in N."""
+    if N - 1 <= MAX_EVALS:
+        return np.arange(N - 1)
+    return np.unique(np.linspace(0, N - 2, MAX_XMINS).round().astype(np.int64))
+
+
 def _fit_standard(x: np.ndarray) -> tuple[int, float, float, float]:
-    """WWFit on ascending X (len >= 2): (index of xmin, alpha, sigma, D), vectorized in blocks."""
+    """WWFit on ascending X (len >= 2): (index of xmin, alpha, sigma, D), vectorized in blocks of xmin
+    candidates. Time O(N * C), C = len(xmin_candidates(N)): O(N^2) up to MAX_EVALS eigenvalues, O(N) above;
+    memory O(N * _ROWS)."""
     N = len(x)
     logx = np.log(x)
     tail = np.cumsum(logx[::-1])[::-1]  # sum of log x[i:]
@@ -63,10 +77,12 @@ def _fit_standard(x: np.ndarray) -> tuple[int, float, float, float]:
     n = (N - i).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         alphas = 1 + n / (tail[:-1] - n * logx[:-1])
-    Ds = np.ones(N - 1)
+    cand = xmin_candidates(N)
+    Ds = np.full(N - 1, np.inf)  # not a candidate: never chosen
     col = np.arange(N, dtype=np.float64)
-    for a in range(0, N - 1, _ROWS):  # a block of xmin candidates against every x at or above the first
-        r = np.arange(a, min(N - 1, a + _ROWS))
+    for b in range(0, len(cand), _ROWS):  # a block of xmin candidates against every x at or above the first
+        r = cand[b : b + _ROWS]
+        a = int(r[0])
         dev = logx[None, a:] - logx[r, None]
         with np.errstate(over="ignore", invalid="ignore"):
             np.multiply(dev, 1 - alphas[r, None], out=dev)
@@ -74,7 +90,7 @@ def _fit_standard(x: np.ndarray) -> tuple[int, float, float, float]:
             dev = np.abs(1 - dev - (col[None, a:] - r[:, None]) / n[r, None])
         dev[col[None, a:] < r[:, None]] = 0.0
         Ds[r] = dev.max(axis=1)
-    Ds[~(alphas > 1)] = 1.0
+    Ds[cand[~(alphas[cand] > 1)]] = 1.0
     sigmas = (alphas - 1) / np.sqrt(n)
     k = int(np.argmin(Ds))
     return k, float(alphas[k]), float(sigmas[k]), float(Ds[k])

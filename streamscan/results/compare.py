@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from streamscan.layout import natural_key
 from streamscan.records import Result
 from streamscan.results.files import write_atomic
+from streamscan.results.safe_text import csv_cell, esc
 from streamscan.results.selection import rank_by_type, select_top
 
 CSV_NAME, HTML_NAME = "compare.csv", "compare.html"
@@ -33,7 +33,8 @@ def _ranks(results: list[Result]) -> dict[str, int]:
 def _ratio(a, b) -> float | None:
     if a is None or b is None or not a or not math.isfinite(a) or not math.isfinite(b):
         return None
-    return b / a
+    ratio = b / a
+    return ratio if math.isfinite(ratio) else None
 
 
 def compare_rows(
@@ -101,12 +102,14 @@ def csv_text(rows: list[dict]) -> str:
     w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     w.writeheader()
     for row in rows:
-        w.writerow({k: "" if v is None else (f"{v:.10g}" if isinstance(v, float) else v) for k, v in row.items()})
+        w.writerow(
+            {k: "" if v is None else (f"{v:.10g}" if isinstance(v, float) else csv_cell(v)) for k, v in row.items()}
+        )
     return buf.getvalue()
 
 
 def _f(v) -> str:
-    return "—" if v is None else f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+    return "—" if v is None else f"{v:.4g}" if isinstance(v, float) else esc(str(v))
 
 
 def _scatter(rows: list[dict], label_a: str, label_b: str, size: int = 520) -> str:
@@ -124,9 +127,9 @@ def _scatter(rows: list[dict], label_a: str, label_b: str, size: int = 520) -> s
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" font-family="sans-serif" font-size="11">',
         f'<rect x="{pad}" y="10" width="{size - pad - 10}" height="{size - pad - 10}" fill="none" stroke="#999"/>',
         f'<line x1="{pad}" y1="{size - pad}" x2="{size - 10}" y2="10" stroke="#bbb" stroke-dasharray="4"/>',
-        f'<text x="{(size + pad) / 2:.0f}" y="{size - 12}" text-anchor="middle">SNR in {html.escape(label_a)} (log)</text>',
+        f'<text x="{(size + pad) / 2:.0f}" y="{size - 12}" text-anchor="middle">SNR in {esc(label_a)} (log)</text>',
         f'<text x="14" y="{size / 2:.0f}" text-anchor="middle" transform="rotate(-90 14 {size / 2:.0f})">'
-        f"SNR in {html.escape(label_b)} (log)</text>",
+        f"SNR in {esc(label_b)} (log)</text>",
     ]
     for e in range(math.ceil(lo), math.floor(hi) + 1):
         out.append(f'<text x="{pos(10.0**e):.1f}" y="{size - pad + 14}" text-anchor="middle">1e{e}</text>')
@@ -135,7 +138,7 @@ def _scatter(rows: list[dict], label_a: str, label_b: str, size: int = 520) -> s
         colour = "#d95f02" if r["selected_a"] != r["selected_b"] else "#7570b3"
         out.append(
             f'<circle cx="{pos(a):.1f}" cy="{size - pos(b):.1f}" r="2" fill="{colour}" fill-opacity="0.6">'
-            f"<title>{html.escape(r['name'])}: {a:.4g} -> {b:.4g}</title></circle>"
+            f"<title>{esc(r['name'])}: {a:.4g} -> {b:.4g}</title></circle>"
         )
     out.append("</svg>")
     return "\n".join(out)
@@ -145,7 +148,6 @@ def html_text(rows: list[dict], label_a: str, label_b: str, percent: float) -> s
     ov = overlap(rows)
     moved = sorted((r for r in rows if r["log2_ratio"] is not None), key=lambda r: -abs(r["log2_ratio"]))[:MOVED]
     shifted = sorted((r for r in rows if r["rank_shift"]), key=lambda r: -abs(r["rank_shift"]))[:MOVED]
-    esc = html.escape
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -30,6 +30,7 @@ from streamscan.layout import layer_index
 from streamscan.records import Result
 from streamscan.results.files import write_atomic_many
 from streamscan.results.json_input import MiB, read_json, text_problem
+from streamscan.results.safe_text import csv_cell
 from streamscan.results.spectra import load_spectra
 
 MISSING = "missing spectrum"
@@ -156,7 +157,7 @@ def _csv(rows: list[dict], columns) -> str:
     w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     w.writeheader()
     for row in rows:
-        w.writerow({k: ("" if row.get(k) is None else _clean(row.get(k))) for k in columns})
+        w.writerow({k: ("" if row.get(k) is None else csv_cell(_clean(row.get(k)))) for k in columns})
     return buf.getvalue()
 
 

@@ -12,7 +12,6 @@ Outliers: no SNR (dead = all-zero, rank-deficient = no noise, NaN...), or an SNR
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 import statistics
@@ -22,6 +21,7 @@ from pathlib import Path
 from streamscan.layout import natural_key
 from streamscan.records import ExpertRow, Result
 from streamscan.results.files import write_atomic
+from streamscan.results.safe_text import csv_cell, esc
 
 CSV_NAME = "moe_experts.csv"
 HTML_NAME = "moe_report.html"
@@ -121,7 +121,8 @@ def csv_text(table: list[dict]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     writer.writerows(
-        ["" if (v := e[k]) is None else (f"{v:.10g}" if isinstance(v, float) else v) for k in COLUMNS] for e in table
+        ["" if (v := e[k]) is None else (f"{v:.10g}" if isinstance(v, float) else csv_cell(v)) for k in COLUMNS]
+        for e in table
     )
     return buf.getvalue()
 
@@ -142,7 +143,7 @@ def heatmap_svg(entries: list[dict], title: str, width: int = 1140) -> str:
     experts = sorted({e["expert"] for e in entries if isinstance(e["expert"], int)})
     if any(e["expert"] == "shared" for e in entries):
         experts.append("shared")
-    logs = [math.log(e["snr"]) for e in entries if e["snr"]]
+    logs = [math.log(s) for e in entries if (s := e["snr"]) is not None and 0 < s < math.inf]
     lo, hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
     left, top, right = 64, 40, 10
     cw = max(1.0, min(28.0, (width - left - right) / max(len(experts), 1)))
@@ -153,7 +154,7 @@ def heatmap_svg(entries: list[dict], title: str, width: int = 1140) -> str:
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'font-family="sans-serif" font-size="11" class="heatmap">',
-        f'<text x="0" y="14" font-weight="bold">{html.escape(title)}</text>',
+        f'<text x="0" y="14" font-weight="bold">{esc(title)}</text>',
     ]
     col = {x: i for i, x in enumerate(experts)}
     row = {x: i for i, x in enumerate(layers)}
@@ -182,13 +183,17 @@ def heatmap_svg(entries: list[dict], title: str, width: int = 1140) -> str:
 
 def _cell(e: dict, x: float, y: float, cw: float, ch: float, gap: int, lo: float, hi: float) -> str:
     """One heatmap cell at (X, Y): its colour, outline and hover text."""
-    fill = _color((math.log(e["snr"]) - lo) / (hi - lo) if hi > lo else 0.5) if e["snr"] else "#bbbbbb"
+    s = e["snr"]
+    if s is None or not s > 0:
+        fill = "#bbbbbb"
+    else:  # inf (a degenerate matrix): the top colour
+        fill = _color(1.0 if s == math.inf else (math.log(s) - lo) / (hi - lo) if hi > lo else 0.5)
     stroke = ' stroke="#e00000" stroke-width="1"' if e["flag"] else ""
     snr = "no SNR" if e["snr"] is None else f"SNR {e['snr']:.4g}"
     tip = f"layer {e['layer']}, expert {e['expert']}: {e['name']}: {snr}" + (f", {e['flag']}" if e["flag"] else "")
     return (
         f'<rect x="{x:.2f}" y="{y:.2f}" width="{max(cw - gap, 0.6):.2f}" height="{max(ch - gap, 0.6):.2f}" '
-        f'fill="{fill}"{stroke}><title>{html.escape(tip)}</title></rect>'
+        f'fill="{fill}"{stroke}><title>{esc(tip)}</title></rect>'
     )
 
 
@@ -204,11 +209,11 @@ def html_text(table: list[dict], model: str) -> str:
     parts = [
         "<!doctype html>",
         '<html><head><meta charset="utf-8">',
-        f"<title>streamscan MoE report: {html.escape(model)}</title>",
+        f"<title>streamscan MoE report: {esc(model)}</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:12px}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}.rank{font-family:monospace;font-size:11px}"
         ".flag{color:#c00000}</style></head><body>",
-        f"<h1>Per-expert SNR: {html.escape(model)}</h1>",
+        f"<h1>Per-expert SNR: {esc(model)}</h1>",
         f"<p>{sum(e['kind'] == 'expert' for e in experts)} routed-expert matrices, "
         f"{sum(e['kind'] == 'shared' for e in experts)} shared-expert matrices, {len(routers)} routers; "
         f"{len(outliers)} outliers (no SNR, or more than {OUTLIER_FACTOR:g}x from the median of their layer's "
@@ -226,10 +231,10 @@ def html_text(table: list[dict], model: str) -> str:
         )
         for e in outliers:
             parts.append(
-                f"<tr><td>{e['layer']}</td><td>{e['expert']}</td><td>{html.escape(e['projection'])}</td>"
+                f"<tr><td>{e['layer']}</td><td>{e['expert']}</td><td>{esc(e['projection'])}</td>"
                 f"<td>{_fmt(e['snr'])}</td><td>{_fmt(e['layer_median'])}</td>"
-                f"<td class=flag>{html.escape(e['flag'])}{(': ' + html.escape(e['reason'])) if e['reason'] else ''}</td>"
-                f"<td>{html.escape(e['name'])}</td></tr>"
+                f"<td class=flag>{esc(e['flag'])}{(': ' + esc(e['reason'])) if e['reason'] else ''}</td>"
+                f"<td>{esc(e['name'])}</td></tr>"
             )
         parts.append("</table>")
     else:
@@ -240,8 +245,7 @@ def html_text(table: list[dict], model: str) -> str:
         for e in routers:
             note = e["flag"] + (f": {e['reason']}" if e["reason"] else "")
             parts.append(
-                f"<tr><td>{e['layer']}</td><td>{html.escape(e['name'])}</td><td>{_fmt(e['snr'])}</td>"
-                f"<td>{html.escape(note)}</td></tr>"
+                f"<tr><td>{e['layer']}</td><td>{esc(e['name'])}</td><td>{_fmt(e['snr'])}</td><td>{esc(note)}</td></tr>"
             )
         parts.append("</table>")
     else:
@@ -258,8 +262,8 @@ def html_text(table: list[dict], model: str) -> str:
         order = sorted(members, key=lambda e: (e["rank_in_layer"] is None, e["rank_in_layer"] or 0, e["expert"]))
         text = " › ".join([f"{e['expert']} ({'—' if (v := e['snr']) is None else f'{v:.4g}'})" for e in order])
         parts.append(
-            f"<tr><td>{layer}</td><td>{html.escape(proj)}</td><td>{_fmt(members[0]['layer_median'])}</td>"
-            f"<td class=rank>{html.escape(text)}</td></tr>"
+            f"<tr><td>{layer}</td><td>{esc(proj)}</td><td>{_fmt(members[0]['layer_median'])}</td>"
+            f"<td class=rank>{esc(text)}</td></tr>"
         )
     parts.append("</table></body></html>")
     return "\n".join(parts) + "\n"

@@ -3,21 +3,27 @@ repository publish them) read as a finished scan, so selections, reports and com
 
 The reference writes ``json.dump`` output, which holds the bare token ``Infinity`` where the noise sum
 was 0 (and ``NaN`` for weights it never loaded); those entries become unscored results with the reason.
-Shapes are not in the file: results carry an empty shape, and MoE roles come from the names.
+Shapes are not in the file: results carry an empty shape, and MoE roles come from the names. Results keep
+the file's order (ties rank in it, as in the reference and the Axolotl plugin).
+
+The file is read strictly (results/json_input.py): at most PUBLISHED_LIMIT bytes, no duplicate keys, no
+deep nesting; every entry needs a name that is text (no lone surrogate, no control character), an ``snr``
+that is a number >= 0, ``Infinity``, ``NaN`` or null, and a text ``type`` if any. Anything else is one
+line naming the file and the entry.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
 from streamscan._version import __version__
 from streamscan.errors import UsageError
-from streamscan.layout import embedding_role, natural_key
+from streamscan.layout import embedding_role
 from streamscan.planning.experts import moe_rows
 from streamscan.records import Fingerprint, Result, ScanHeader
+from streamscan.results.json_input import Constant, MiB, read_json, text_problem
 
 PUBLISHED_METHOD = "svdvals32"  # the reference's own computation (float32 svdvals)
 INFINITY_REASON = "Infinity in the published scan (the reference's noise sum was 0): no SNR"
@@ -25,8 +31,7 @@ NAN_REASON = "NaN in the published scan (weights the reference did not load): no
 _SLUG = re.compile(r"^snr_results_(.+)\.json$")
 
 
-class _Bad(float):
-    """A non-finite constant of the file, kept apart from ordinary numbers."""
+PUBLISHED_LIMIT = 32 * MiB  # ~300k entries (the largest real scan, DeepSeek-V2's, is 3.8 MB)
 
 
 def is_results_json(path: str | Path) -> bool:
@@ -34,41 +39,63 @@ def is_results_json(path: str | Path) -> bool:
     return p.suffix == ".json" and p.is_file()
 
 
+FIX = "give a scan directory (streamscan run --out) or a snr_results_*.json as the reference writes it"
+
+
 def _not_results(path: Path, why: str) -> UsageError:
-    return UsageError(
-        f"{path}: not a Spectrum results JSON ({why}); give a scan directory (streamscan run --out) "
-        "or a snr_results_*.json as the reference writes it"
-    )
+    return UsageError(f"{path}: not a Spectrum results JSON ({why}); {FIX}")
+
+
+def _bad_entry(path: Path, name: str, why: str) -> UsageError:
+    return _not_results(path, f"entry {ascii(name)}: {why}")
+
+
+def _score(path: Path, name: str, snr) -> tuple[float | None, str | None]:
+    """(SNR, reason when unscored) of an entry's ``snr``; anything but a number >= 0 (or the reference's
+    bare Infinity or NaN, or null) is refused naming the entry."""
+    if isinstance(snr, Constant):
+        if snr.token == "NaN":
+            return None, NAN_REASON
+        if snr.token == "Infinity":
+            return None, INFINITY_REASON
+        raise _bad_entry(path, name, f"snr {snr.token}")
+    if snr is None:
+        return None, "no SNR in the published scan"
+    if isinstance(snr, bool) or not isinstance(snr, (int, float)):
+        raise _bad_entry(path, name, f"snr is {type(snr).__name__}, not a number")
+    if not math.isfinite(snr) or snr < 0:
+        raise _bad_entry(path, name, "snr out of range (an SNR is a finite number >= 0)")
+    return float(snr), None
 
 
 def load_published(path: str | Path) -> tuple[ScanHeader, list[Result]]:
-    """(header, results in natural name order) of a Spectrum results JSON."""
+    """(header, results in the file's order) of a Spectrum results JSON, read strictly (json_input: size
+    limit, duplicate keys, depth); a malformed entry is refused in one line naming it."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(), parse_constant=lambda c: _Bad(c))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise _not_results(path, f"unreadable: {err}") from None
+    data = read_json(path, PUBLISHED_LIMIT, "published results JSON", FIX)
     if not isinstance(data, dict) or not data:
         raise _not_results(path, "expected an object of modules")
     results = []
-    for name in sorted(data, key=natural_key):
-        entry = data[name]
-        if not isinstance(entry, dict) or "snr" not in entry or not isinstance(entry.get("type", ""), str):
-            raise _not_results(path, f"entry {name!r} has no 'snr'")
-        snr, reason = entry["snr"], entry.get("reason")
-        if isinstance(snr, _Bad) or (isinstance(snr, float) and not math.isfinite(snr)):
-            snr, reason = None, NAN_REASON if math.isnan(snr) else INFINITY_REASON
-        elif snr is not None and (isinstance(snr, bool) or not isinstance(snr, (int, float))):
-            raise _not_results(path, f"entry {name!r} has a non-numeric snr")
-        elif snr is None:
-            reason = reason or "no SNR in the published scan"
+    for name, entry in data.items():
+        why = text_problem(name)
+        if why:
+            raise _bad_entry(path, name, f"the name {why}")
+        if not isinstance(entry, dict) or "snr" not in entry:
+            raise _bad_entry(path, name, "no 'snr'")
+        kind = entry.get("type") or name
+        if not isinstance(kind, str) or text_problem(kind):
+            raise _bad_entry(path, name, "'type' is not plain text")
+        snr, reason = _score(path, name, entry["snr"])
+        given = entry.get("reason")
+        if isinstance(given, str) and not text_problem(given):
+            reason = given if snr is None else None
         results.append(
             Result(
                 name=name,
-                type=entry.get("type") or name,
+                type=kind,
                 shape=(),
                 dtype="",
-                snr=float(snr) if snr is not None else None,
+                snr=snr,
                 reason=reason,
                 status="ok" if snr is not None else "null",
                 role=embedding_role(name, (1, 1), {}),

@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import html
-import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping
@@ -27,6 +25,7 @@ from streamscan.planning.experts import pooled_type
 from streamscan.records import ExpertRow, Result
 from streamscan.results.files import write_atomic
 from streamscan.results.moe_report import expert_table, heatmap_svg
+from streamscan.results.safe_text import esc, script_json, shown
 from streamscan.results.selection import natural_order, rank_ordered, select_ranked
 
 REPORT_NAME = "report.html"
@@ -38,8 +37,7 @@ CURVES = ("alpha", "alpha_weighted", "stable_rank", "log_spectral_norm", "entrop
 PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666", "#1f78b4"]
 
 
-def _esc(s) -> str:
-    return html.escape(str(s), quote=True)
+_esc = esc  # names shown as what they are, HTML-escaped (results/safe_text.py)
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -131,8 +129,7 @@ def snr_by_depth_svg(
     layers: Mapping[str, int | None] | None = None,
 ) -> str:
     """SNR against layer for RESULTS (one pooled type), CHOSEN marked; LAYERS: ``layer_index`` of every
-    name when at hand. A point's x is formatted once per layer, a name escaped only where html.escape
-    would change it (same text, tested)."""
+    name when at hand. A point's x is formatted once per layer."""
     where = layers.__getitem__ if layers is not None else layer_index
     pts = [(where(r.name), r) for r in results if r.snr is not None and r.snr > 0]
     pts = [(lay, r) for lay, r in pts if lay is not None]
@@ -150,8 +147,7 @@ def snr_by_depth_svg(
         cx = xs.get(lay)
         if cx is None:
             cx = xs[lay] = f'<circle cx="{ax.x(lay):.1f}" cy="'
-        if "&" in name or "<" in name or ">" in name or '"' in name or "'" in name:
-            name = _esc(name)
+        name = _esc(name)
         append(f"{cx}{y(snr):.1f}{picked if sel else other}{name}: SNR {snr:.4g}{note if sel else ''}</title></circle>")
     return ax.svg()
 
@@ -186,7 +182,7 @@ def histograms(spectra: dict, results: list[Result]) -> dict[str, list]:
 
     out = {}
     shapes = {r.name: r.shape for r in results}
-    for name in sorted(spectra, key=natural_key):
+    for name in sorted(spectra, key=natural_key):  # keyed by the name as shown (the picker's option text)
         shape = shapes.get(name)
         if shape is None or len(shape) != 2:
             continue
@@ -200,7 +196,12 @@ def histograms(spectra: dict, results: list[Result]) -> dict[str, list]:
             lo, hi = lo - 0.5, hi + 0.5
         counts = np.histogram(lev, bins=HIST_BINS, range=(lo, hi))[0]
         thr = mp_threshold(np.sort(s)[::-1], tuple(shape))
-        out[name] = [round(lo, 4), round(hi, 4), round(2 * math.log10(thr), 4) if thr > 0 else None, *counts.tolist()]
+        out[shown(name)] = [
+            round(lo, 4),
+            round(hi, 4),
+            round(2 * math.log10(thr), 4) if thr > 0 else None,
+            *counts.tolist(),
+        ]
     return out
 
 
@@ -299,13 +300,13 @@ def html_text(
     out.append("<h2>Eigenvalue histograms</h2>")
     hist = histograms(spectra, results) if spectra else {}
     if hist:
-        best = max((r for r in scored if r.name in hist), key=lambda r: r.snr, default=None)
-        first = best.name if best else next(iter(hist))
+        best = max((r for r in scored if shown(r.name) in hist), key=lambda r: r.snr, default=None)
+        first = shown(best.name) if best else next(iter(hist))
         options = "".join(f"<option{' selected' if n == first else ''}>{_esc(n)}</option>" for n in hist)
         out.append(f'<p><label>matrix <select id="hist-pick">{options}</select></label> '
                    '<span class="note">(orange line: Spectrum\'s Marchenko-Pastur threshold, squared)</span></p>')  # fmt: skip
         out.append('<div id="hist"></div>')
-        data = json.dumps(hist, separators=(",", ":")).replace("</", "<\\/")
+        data = script_json(hist)  # no name can close the block or open a comment in it
         out.append(f'<script type="application/json" id="hist-data">{data}</script>')
     else:
         out.append('<p class="note">No spectra kept (run the scan without --no-spectra).</p>')
