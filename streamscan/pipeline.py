@@ -8,6 +8,7 @@ summary a ``ScanSummary`` (records.py).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import socket
@@ -135,6 +136,9 @@ def scan(
         raise UsageError(f"{model}: no 2-D weight matrices to score (check --include/--exclude)")
     source = index.source
     header = scan_header(index, full, opts)
+    previous = journal_header(out_dir) if opts.name is None and not opts.fresh else None
+    if previous is not None and previous.fingerprint == header.fingerprint:
+        header = replace(header, model=previous.model, slug=previous.slug)  # a rerun keeps the scan's file names
     check_names(out_dir, header.slug, percents)
     if ranks is not None:
         if source.hub is not None and hub_only:
@@ -190,8 +194,27 @@ def scan(
     if feed is not None:
         extra["hub"] = feed.summary()
     summary = summarize(header, results, opts.method, workers, time.perf_counter() - started, resumed, **extra)
+    if not plan.jobs:  # nothing left to do: the summary of the run that did the work is kept
+        summary = _kept_summary(out_dir, summary)
     summary, paths = write_scan_outputs(out_dir, header, results, percents, summary, opts.moe_grouping)
     return ScanResult(out_dir, results, summary, paths)
+
+
+KEPT_ON_RERUN = ("seconds", "compute_seconds", "peak_rss_mb", "cpu_workers", "resumed_from_journal", "run", "hub")
+
+
+def _kept_summary(out_dir: Path, summary: ScanSummary) -> ScanSummary:
+    """SUMMARY with the timings of the streamscan_summary.json already in OUT_DIR when that one counts the same
+    results (a rerun of a finished scan that computed nothing)."""
+    try:
+        with open(out_dir / "streamscan_summary.json", "rb") as fh:
+            before = json.load(fh)
+    except (OSError, ValueError):
+        return summary
+    same = ("model", "method", "matrices", "scored", "no_snr", "failed")
+    if not isinstance(before, dict) or any(before.get(k) != summary.get(k) for k in same):
+        return summary
+    return summary.replace(**{k: before[k] for k in KEPT_ON_RERUN if k in before})
 
 
 def _execute(

@@ -159,14 +159,14 @@ def test_a_rank_journal_of_another_scan_is_refused(tmp_path):
 def test_shards_then_merge_equal_a_single_process_scan(sharded_llama, tmp_path):
     ref = streamscan.scan(sharded_llama, tmp_path / "ref", top_percent=[25, 50], cpu_workers=1)
     out = tmp_path / "sharded"
-    first = invoke("run", sharded_llama, "--out", out, "--shard", "0/2", "--cpu-workers", "1")
+    first = invoke("run", sharded_llama, "--out", out, "--shard", "0/2", "--workers", "1")
     assert first.exit_code == 0 and "shard 0/2:" in first.output and "streamscan merge" in first.output
     assert not outputs(out)  # a shard writes only its journal
     st = streamscan.status(out)  # status and select read the union while shards are missing
     assert 0 < st["done"] < st["total"] == 30 and st["remaining"] == 30 - st["done"]
     early = invoke("merge", out)
     assert early.exit_code == 1 and "not done yet" in early.output
-    assert invoke("run", sharded_llama, "--out", out, "--shard", "1/2", "--cpu-workers", "1").exit_code == 0
+    assert invoke("run", sharded_llama, "--out", out, "--shard", "1/2", "--workers", "1").exit_code == 0
     merged = invoke("merge", out, "-p", 25, "-p", 50)
     assert merged.exit_code == 0 and "merged 30 of 30 matrices from 2 rank(s)" in merged.output
     assert outputs(out) == outputs(ref.out_dir) and len(outputs(out)) == 4
@@ -236,7 +236,7 @@ def torchrun(n: int, ck: Path, out: Path, *extra) -> list[str]:
         "-q",
         "-p",
         "25",
-        "--cpu-workers",
+        "--workers",
         "1",
         *extra,
     ]
@@ -326,7 +326,7 @@ def test_a_hung_rank_is_named_and_rank_0_writes_what_is_done(medium, tmp_path):
                 "-q",
                 "-p",
                 "25",
-                "--cpu-workers",
+                "--workers",
                 "1",
                 "--rank-timeout",
                 "3",
@@ -377,7 +377,7 @@ def test_ranks_reading_different_checkpoints_all_stop_before_scanning(sharded_ll
                 "--out",
                 str(out),
                 "-q",
-                "--cpu-workers",
+                "--workers",
                 "1",
             ],
             env=dict(env, RANK=str(r)),

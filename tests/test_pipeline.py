@@ -39,7 +39,7 @@ def cli(*args) -> list[str]:
         "25",
         "-p",
         "50",
-        "--cpu-workers",
+        "--workers",
         "1",
     ]
 
@@ -168,7 +168,7 @@ def test_sigterm_and_ctrl_c_say_how_many_are_kept_then_resume_identically(medium
         assert done.returncode == code, done.stderr
         kept = journal_lines(out) - 1
         assert done.stderr.strip().splitlines() == [
-            f"interrupted: {kept} results kept; rerun the same command to resume"
+            f"streamscan: interrupted: {kept} results kept; rerun the same command to resume"
         ], done.stderr
     subprocess.run(cli(medium_llama, "--out", out), check=True)
     assert outputs(out) == outputs(ref)
@@ -182,4 +182,6 @@ def test_ctrl_c_during_start_up_is_one_line(medium_llama, tmp_path, after):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
     (line,) = err.strip().splitlines()
-    assert line.startswith("interrupted: ") and line.endswith(" results kept; rerun the same command to resume")
+    assert line.startswith("streamscan: interrupted: ") and line.endswith(
+        " results kept; rerun the same command to resume"
+    )

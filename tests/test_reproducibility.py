@@ -71,7 +71,7 @@ def test_shards_then_merge_equal_one_process(model, tmp_path):
     ck, ref = model
     out = tmp_path / "sharded"
     for shard, workers in (("0/2", "2"), ("1/2", "1")):
-        subprocess.run(cli(ck, out, "--shard", shard, "--cpu-workers", workers), check=True)
+        subprocess.run(cli(ck, out, "--shard", shard, "--workers", workers), check=True)
     subprocess.run([sys.executable, "-m", "streamscan", "merge", str(out), *TOP], check=True)
     same_as(out, ref)
 
@@ -80,7 +80,7 @@ def test_kill_9_then_resume_with_other_workers_equals_one_process(model, tmp_pat
     ck, ref = model
     out = tmp_path / "killed"
     env = dict(os.environ, STREAMSCAN_COMMIT_RECORDS="1")  # each record on disk as it finishes
-    proc = subprocess.Popen(cli(ck, out, "--cpu-workers", "2"), env=env)
+    proc = subprocess.Popen(cli(ck, out, "--workers", "2"), env=env)
     deadline = time.monotonic() + 120
     while journal_lines(out) < 10 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -88,7 +88,7 @@ def test_kill_9_then_resume_with_other_workers_equals_one_process(model, tmp_pat
     proc.wait()
     kept = journal_lines(out)
     assert 1 < kept < 45, "the scan was not killed mid-way"
-    subprocess.run(cli(ck, out, "--cpu-workers", "1"), check=True)
+    subprocess.run(cli(ck, out, "--workers", "1"), check=True)
     same_as(out, ref)
 
 
@@ -97,6 +97,6 @@ def test_torchrun_world_of_two_equals_one_process(model, tmp_path):
     ck, ref = model
     out = tmp_path / "dist"
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
-    run = subprocess.run([*args, *cli(ck, out, "--cpu-workers", "2")[2:]], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([*args, *cli(ck, out, "--workers", "2")[2:]], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     same_as(out, ref)

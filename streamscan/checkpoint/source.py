@@ -56,8 +56,8 @@ def resolve(model: str | Path, *, revision: str | None = None, offline: bool | N
                 raise _not_a_path_either(model, path, err) from None
             return ModelSource(hub.repo_id, hub.snapshot, tuple(files), index, config, hub)
         raise SourceError(
-            f"{model}: no such file or directory; give a checkpoint directory, a .safetensors file "
-            "or a Hub id (org/name)"
+            f"{model}: no such file or directory; give a checkpoint directory, a .safetensors, .gguf or .bin "
+            "file, or a Hub id (org/name)"
         )
     if revision is not None:
         raise UsageError(f"--revision {revision}: only for Hub ids, and {model} is a local path")

@@ -1,22 +1,19 @@
-"""commands: `streamscan run | inspect | status | select | merge | report`. Library errors become one line on
-stderr and exit code 2; the library itself is imported only when a command runs."""
+"""commands: `streamscan run | inspect | status | select | metrics | merge | report | compare`. Errors become one
+line on stderr (exit 2 for what the user gave); the library is imported only when a command runs, after its
+options are checked."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import signal
 import sys
-import threading
-import time
+from pathlib import Path
 
 import click
 
 from streamscan._version import __version__
 from streamscan.cli import render
 from streamscan.cli.options import (
-    CPU_WORKERS,
     EXCLUDE,
     INCLUDE,
     JSON,
@@ -27,21 +24,62 @@ from streamscan.cli.options import (
     RANK_TIMEOUT,
     REVISION,
     TOP_PERCENT,
+    check_run,
+    creates,
+    dest,
     fail,
     friendly,
-    on_signal,
+    interrupted,
     scan_dir,
+    top_percent,
+    usage_line,
+    workers,
 )
 from streamscan.records import DEFAULT_OUT
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
-@click.group(context_settings=CONTEXT)
+class Streamscan(click.Group):
+    """The command group, with the CLI's conventions for every command: ``--debug`` before or after the
+    command, click's own errors as one line (exit 2, as click uses it), the process-wide effects of
+    cli/process.py around the whole invocation."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from streamscan.cli.process import entry
+
+        args = list(sys.argv[1:] if args is None else args)
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:  # `streamscan run --debug ...` as `streamscan --debug run ...`
+            args = ["--debug", *(a for i, a in enumerate(args) if i >= end or a != "--debug")]
+        with entry():
+            try:
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            except click.ClickException as err:
+                if not standalone_mode:
+                    raise
+                fail(usage_line(err), err.exit_code)
+            except click.Abort:  # Ctrl-C while click itself reads (a prompt)
+                if not standalone_mode:
+                    raise
+                interrupted(130)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group("streamscan", cls=Streamscan, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="streamscan")
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs (before or after the command).")
 def main(debug: bool) -> None:
     """Spectrum SNR of every weight matrix of a checkpoint, streamed one tensor at a time.
+
+    \b
+    Directories: --out/-o DIR is the scan directory: `run` writes it, every other command reads it (or a
+    published snr_results_*.json where its help says so; a positional DIR works too). --dest/-d DIR is
+    where `select`, `metrics`, `report` and `compare` write [default: the scan directory]. -p/--top-percent N
+    repeats in every command that takes it. Errors are one line on stderr: exit 2 for what you gave, 1 for
+    the environment, 130/143 when interrupted.
 
     \b
     Example:
@@ -49,11 +87,6 @@ def main(debug: bool) -> None:
       streamscan select --out scan -p 50
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="streamscan: %(message)s")
-    if threading.current_thread() is threading.main_thread():  # Ctrl-C and SIGTERM: one line, exit 130/143
-        ctx = click.get_current_context()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.signal(signum, on_signal)
-            ctx.call_on_close(functools.partial(signal.signal, signum, previous))
 
 
 @main.command()
@@ -72,7 +105,7 @@ def main(debug: bool) -> None:
     show_default=True,
     help="auto (every visible GPU, else CPU), cpu, GPU indices, or a mix: 0,1,cpu.",
 )
-@CPU_WORKERS
+@workers("CPU matrices scored in parallel, one torch thread each [default: physical cores].")
 @click.option(
     "--max-memory",
     default=None,
@@ -85,10 +118,18 @@ def main(debug: bool) -> None:
 @EXCLUDE
 @click.option("--fresh", is_flag=True, help="Discard a previous scan in --out instead of resuming it.")
 @click.option(
-    "--name", default=None, help="Model id for output file names (slug: '/' and '_' -> '-') [default: directory name]."
+    "--name",
+    default=None,
+    help="Model id for output file names (slug: '/' and '_' -> '-') [default: the scan's in --out, else the "
+    "directory name].",
 )
 @MOE_GROUPING
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress or summary (without a terminal, progress is a line every few seconds).",
+)
 @click.option(
     "--distributed/--no-distributed",
     default=None,
@@ -119,7 +160,8 @@ def main(debug: bool) -> None:
     help="Keep every matrix's singular values in --out/spectra (for `streamscan metrics` and reports).",
 )
 @friendly
-def run(model, out, quiet, **options):
+@creates("out")
+def run(model, out, quiet, workers, **options):
     """Scan MODEL (a checkpoint directory, a .safetensors/.gguf/.bin file or a Hub id org/name) and write
     the Spectrum outputs to --out.
 
@@ -128,51 +170,23 @@ def run(model, out, quiet, **options):
       streamscan run ./Llama-3-8B --out scan -p 25 -p 50
       torchrun --nproc-per-node 8 -m streamscan run org/name --out scan
     """
-    from tqdm import tqdm
-
+    check_run(model, out, options["devices"], options["max_memory"], options["max_disk"], options["shard"])
+    # only now the library and torch (seconds)
+    from streamscan.cli.progress import Progress
     from streamscan.compute.devices import default_workers, parse_devices
     from streamscan.pipeline import scan
     from streamscan.records import ScanOptions
 
-    opts = ScanOptions.of(**options)
-    bar = None
-    busy: dict[str, float] = {}
-    slots = {d: (opts.cpu_workers or default_workers()) if d == "cpu" else 1 for d in parse_devices(opts.devices)}
-
-    shown = [0.0]  # when the postfix was last rebuilt
-
-    def progress(result, done, total, read_bytes):
-        # at 70k matrices a result comes every ~0.1 ms: the bar redraws and its postfix is rebuilt at most
-        # twice a second, and the rate (matrices/s) is smoothed over many results so the ETA stays steady
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(
-                total=total,
-                initial=done - 1,
-                unit="matrix",
-                disable=True if quiet else None,
-                dynamic_ncols=True,
-                mininterval=0.5,
-                smoothing=0.05,
-            )
-        device = "cpu" if result.worker.startswith("cpu") else result.worker
-        busy[device] = busy.get(device, 0.0) + result.seconds
-        now = time.monotonic()
-        if now - shown[0] >= 0.5 or done == total:
-            shown[0] = now
-            elapsed = max(bar.format_dict["elapsed"], 1e-9)
-            use = " ".join(f"{d} {100 * b / elapsed / slots.get(d, 1):.0f}%" for d, b in busy.items())
-            bar.set_postfix_str(f"{read_bytes / elapsed / 1e9:.2f} GB/s, busy: {use}", refresh=False)
-        bar.update(1)
-        if result.status == "error":
-            bar.write(f"streamscan: {result.name}: {result.reason}", file=sys.stderr)
-
+    opts = ScanOptions.of(cpu_workers=workers, **options)
+    slots = {d: (workers or default_workers()) if d == "cpu" else 1 for d in parse_devices(opts.devices)}
+    progress = Progress(slots, quiet)
     try:
         res = scan(model, out, opts, progress=progress)
     finally:
-        if bar is not None:
-            bar.close()
-    if not quiet:
+        progress.close()
+    if not quiet and progress.first is None and "rank" not in res.summary:  # no matrix was left to scan
+        click.echo(render.finished_line(res.summary, res.out_dir))
+    elif not quiet:
         for line in render.run_lines(res.summary, res.out_dir, res.paths, opts.shard):
             click.echo(line)
     if res.summary.failed:
@@ -185,11 +199,15 @@ def run(model, out, quiet, **options):
 @main.command("inspect")
 @click.argument("model")
 @MODEL_SELECTION
-@CPU_WORKERS
+@workers("CPU workers the time estimate assumes [default: physical cores].")
 @click.option("--json", "as_json", is_flag=True, help="The plan's totals as JSON.")
 @friendly
-def inspect_cmd(model, include, exclude, revision, offline, cpu_workers, as_json):
+def inspect_cmd(model, include, exclude, revision, offline, workers, as_json):
     """List what a scan of MODEL would score and skip, with bytes and a time estimate (headers only, no download).
+
+    The CPU estimate is the plan's FLOPs at a rate measured end to end on the demo scan (1.9 GFLOP/s per
+    worker on 2 shared cores, plus 9 s of start-up and outputs); streamscan/results/overview.py says how to
+    recalibrate it. The GPU figure is a prior, not a measurement.
 
     \b
     Example:
@@ -200,7 +218,7 @@ def inspect_cmd(model, include, exclude, revision, offline, cpu_workers, as_json
     from streamscan.results.overview import overview
 
     index, plan = inspect_model(model, include, exclude, revision=revision, offline=offline)
-    ov = overview(index, plan, cpu_workers or default_workers())
+    ov = overview(index, plan, workers or default_workers())
     if as_json:
         click.echo(json.dumps(ov, indent=2))
         return
@@ -226,20 +244,16 @@ def status_cmd(out, as_json):
     click.echo(json.dumps(st, indent=2) if as_json else render.status_line(st))
 
 
-DEST = click.option(
-    "--dest",
-    default=None,
-    metavar="DIR",
-    help="Write the files here [default: the scan directory, or the results JSON's directory].",
-)
+DEST = dest("the scan directory, or the results JSON's directory")
 
 
 @main.command("select")
 @scan_dir
-@click.option("--top-percent", "-p", type=float, multiple=True, required=True, help="Percent per type (repeatable).")
+@top_percent("Percent per type (repeatable).", required=True)
 @MOE_GROUPING
 @DEST
 @friendly
+@creates("dest")
 def select_cmd(out, top_percent, moe_grouping, dest):
     """Write unfrozen-parameters YAMLs from the (finished or partial) scan in --out, or from a published
     Spectrum results JSON given in its place, without rescanning.
@@ -258,8 +272,9 @@ def select_cmd(out, top_percent, moe_grouping, dest):
 @main.command("metrics")
 @scan_dir
 @DEST
-@click.option("--workers", type=int, default=None, help="Processes computing metrics [default: CPU count, at most 8].")
+@workers("Processes computing metrics [default: CPU count, at most 8].")
 @friendly
+@creates("dest")
 def metrics_cmd(out, dest, workers):
     """Write per-matrix metrics (WeightWatcher's alpha, alpha_weighted, stable rank, spectral norms, MP soft
     rank, entropy, effective rank, SNR) and per-type summaries from the spectra the scan in --out kept.
@@ -276,9 +291,7 @@ def metrics_cmd(out, dest, workers):
 
 @main.command("merge")
 @scan_dir
-@click.option(
-    "--top-percent", "-p", type=float, multiple=True, help="Also write the YAML for this percent (repeatable)."
-)
+@top_percent("Also write the YAML for this percent (repeatable).")
 @MOE_GROUPING
 @friendly
 def merge_cmd(out, top_percent, moe_grouping):
@@ -303,11 +316,28 @@ def merge_cmd(out, top_percent, moe_grouping):
         )
 
 
+def per_percent(write, percents: tuple[float, ...]) -> list[Path]:
+    """WRITE(percent) for each percent: one percent keeps the files' own names (report.html), several get
+    ``_{N}percent`` before the suffix each (report_25percent.html, as the YAMLs are named)."""
+    paths: list[Path] = []
+    for p in sorted(set(percents)):
+        for path in write(p):
+            if len(set(percents)) > 1 and path.name in PER_PERCENT:
+                path = path.replace(path.with_name(f"{path.stem}_{p:g}percent{path.suffix}"))
+            if path not in paths:
+                paths.append(path)
+    return paths
+
+
+PER_PERCENT = ("report.html", "compare.csv", "compare.html")  # the files that depend on the percent
+
+
 @main.command("report")
 @scan_dir
 @DEST
-@click.option("--top-percent", "-p", type=float, default=25.0, show_default=True, help="Selection to mark.")
+@top_percent("Selection to mark [default: 25]; repeated: one report_{N}percent.html each.")
 @friendly
+@creates("dest")
 def report_cmd(out, dest, top_percent):
     """Write report.html (SNR by depth with the selection marked, metric curves, eigenvalue histograms, MoE
     heatmaps) and for MoE models moe_experts.csv and moe_report.html, from the scan in --out or a published
@@ -320,16 +350,19 @@ def report_cmd(out, dest, top_percent):
     """
     from streamscan.api import report
 
-    for path in report(out, dest=dest, top_percent=top_percent):
+    for path in per_percent(lambda p: report(out, dest=dest, top_percent=p), top_percent or (25.0,)):
         click.echo(path)
 
 
 @main.command("compare")
 @click.argument("a")
 @click.argument("b")
-@click.option("--dest", default="streamscan_compare", show_default=True, metavar="DIR", help="Write the files here.")
-@click.option("--top-percent", "-p", type=float, default=25.0, show_default=True, help="Selections to overlap.")
+@click.option(
+    "--dest", "-d", default="streamscan_compare", show_default=True, metavar="DIR", help="Write the files here."
+)
+@top_percent("Selections to overlap [default: 25]; repeated: compare_{N}percent.csv/.html each.")
 @friendly
+@creates("dest")
 def compare_cmd(a, b, dest, top_percent):
     """Compare two scans A and B (scan directories, or a published snr_results_*.json): compare.csv and
     compare.html with SNR and metric ratios, rank shifts, the modules moved most, and selection overlap.
@@ -340,5 +373,5 @@ def compare_cmd(a, b, dest, top_percent):
     """
     from streamscan.api import compare
 
-    for path in compare(a, b, dest=dest, top_percent=top_percent):
+    for path in per_percent(lambda p: compare(a, b, dest=dest, top_percent=p), top_percent or (25.0,)):
         click.echo(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from streamscan.cli.commands import main
+from streamscan.cli.process import ENVIRONMENT
 
 WIDTH = 108  # what click renders on a wide terminal: the commands' max_content_width (110) minus 2
 REGENERATE = "python -m streamscan.cli.docs > docs/cli.md"
@@ -39,6 +40,17 @@ def cli_markdown() -> str:
     ]
     for command, text in commands():
         lines += [f"## `{command}`", "", "```text", text.rstrip(), "```", ""]
+    lines += [
+        "## Environment variables",
+        "",
+        "The command line reads these (the library reads none: its settings are parameters); every other setting",
+        "is an option above.",
+        "",
+        "| variable | what it does |",
+        "|---|---|",
+        *(f"| `{name}` | {what} |" for name, what in ENVIRONMENT.items()),
+        "",
+    ]
     return "\n".join(lines)
 
 

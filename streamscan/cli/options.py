@@ -5,6 +5,7 @@ Nothing heavy is imported here: ``streamscan --help`` must not wait for torch.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -19,6 +20,14 @@ from streamscan.records import DEFAULT_METHOD, DEFAULT_OUT, DEFAULT_RANK_TIMEOUT
 def fail(message: str, code: int) -> None:
     click.echo(f"streamscan: error: {message}", err=True)
     sys.exit(code)
+
+
+def usage_line(err: click.ClickException) -> str:
+    """Click's own error (a bad option value, a missing argument, an unknown option) as our one line: the
+    message, then where to read the usage."""
+    message = " ".join(err.format_message().split()).rstrip(".")
+    ctx = getattr(err, "ctx", None)
+    return f"{message} (see `{ctx.command_path} --help`)" if ctx is not None else message
 
 
 class Terminated(KeyboardInterrupt):
@@ -50,7 +59,7 @@ def interrupted(code: int) -> None:
     try:
         ctx = click.get_current_context(silent=True)
         out = ctx.params.get("out") if ctx is not None else None
-        click.echo(f"interrupted: {kept(out)} results kept; rerun the same command to resume", err=True)
+        click.echo(f"streamscan: interrupted: {kept(out)} results kept; rerun the same command to resume", err=True)
         sys.stderr.flush()
     finally:
         os._exit(code)
@@ -124,25 +133,42 @@ MOE_GROUPING = click.option(
     "type, e.g. experts.3.w1); pooled: all experts of a projection in all layers together; per-layer: the "
     "experts of each layer against each other (every MoE layer trains the same share of experts).",
 )
-TOP_PERCENT = click.option(
-    "--top-percent",
-    "-p",
-    type=float,
-    multiple=True,
-    help="Write an unfrozen-parameters YAML for this percent per type (repeatable).",
-)
+PERCENT = click.FloatRange(0, 100, min_open=True)
+
+
+def top_percent(help: str, required: bool = False):
+    """``-p/--top-percent N``: repeatable in every command that takes it, each in (0, 100], checked by click
+    before anything runs."""
+    return click.option("--top-percent", "-p", type=PERCENT, multiple=True, required=required, metavar="N", help=help)
+
+
+TOP_PERCENT = top_percent("Write an unfrozen-parameters YAML for this percent per type (repeatable).")
 INCLUDE = click.option("--include", multiple=True, help="Only modules matching this glob (repeatable), e.g. '*mlp*'.")
 EXCLUDE = click.option("--exclude", multiple=True, help="Skip modules matching this glob (repeatable).")
 REVISION = click.option("--revision", default=None, help="Hub models: branch, tag or commit [default: main].")
 OFFLINE = click.option(
     "--offline", is_flag=True, default=None, help="Hub models: the HF cache only (as HF_HUB_OFFLINE=1)."
 )
-CPU_WORKERS = click.option(
-    "--cpu-workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="CPU matrices scored in parallel, one torch thread each [default: physical cores].",
-)
+
+
+def workers(help: str):
+    """``--workers N`` (one name for the worker count everywhere; ``--cpu-workers``, its old name in `run` and
+    `inspect`, still works, hidden, with a note)."""
+
+    def wrap(func):
+        @functools.wraps(func)
+        def wrapper(*args, workers=None, cpu_workers=None, **kwargs):
+            if cpu_workers is not None:
+                click.echo("streamscan: --cpu-workers is deprecated; use --workers", err=True)
+                workers = cpu_workers if workers is None else workers
+            return func(*args, workers=workers, **kwargs)
+
+        wrapper = click.option("--cpu-workers", type=click.IntRange(min=1), default=None, hidden=True)(wrapper)
+        return click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N", help=help)(wrapper)
+
+    return wrap
+
+
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 METHOD = click.option(
     "--method",
@@ -172,3 +198,73 @@ def apply(*decorators):
 
 
 MODEL_SELECTION = apply(INCLUDE, EXCLUDE, REVISION, OFFLINE)
+
+
+def dest(default: str):
+    """``--dest/-d DIR``: where a command that reads a scan writes its files."""
+    return click.option("--dest", "-d", default=None, metavar="DIR", help=f"Write the files here [default: {default}].")
+
+
+def check_run(model: str, out: str, devices: str, max_memory, max_disk, shard) -> None:
+    """`run`'s options, checked before torch is imported (seconds), so a typo is answered at once."""
+    from pathlib import Path
+
+    from streamscan.checkpoint.hub import looks_like_repo_id
+    from streamscan.compute.devices import parse_devices, parse_size
+    from streamscan.distributed import parse_shard
+    from streamscan.errors import UsageError
+
+    if not Path(model).expanduser().exists() and not looks_like_repo_id(str(model)):
+        raise UsageError(
+            f"{model}: no such file or directory; give a checkpoint directory, a .safetensors, .gguf or .bin "
+            "file, or a Hub id (org/name)"
+        )
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out}: a file, not a directory; give a new or existing directory")
+    parse_devices(devices, gpus=1 << 16)  # the spelling; whether those GPUs exist needs torch (checked later)
+    parse_size(max_memory)
+    parse_size(max_disk, "--max-disk")
+    if shard is not None:
+        parse_shard(shard)
+
+
+def _created(path) -> tuple:
+    """(PATH, the outermost of its directories that does not exist yet) or () if PATH exists."""
+    from pathlib import Path
+
+    path = Path(path).absolute()
+    top = None
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            break
+        top = p
+    return (path, top) if top is not None else ()
+
+
+def creates(*names: str):
+    """The command may create the directories given as options NAMES (``--out``, ``--dest``): if it fails,
+    those it created are removed again while empty (never one that was there before, never one with a file)."""
+
+    def wrap(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            new = [c for c in (_created(kwargs[n]) for n in names if kwargs.get(n) is not None) if c]
+            try:
+                return func(*args, **kwargs)
+            except BaseException:
+                for path, top in new:
+                    for inner, _, _ in os.walk(path, topdown=False):  # PATH and the empty folders within
+                        with contextlib.suppress(OSError):
+                            os.rmdir(inner)  # only an empty directory; a link or a file is left alone
+                    for p in path.parents if path != top and not path.exists() else ():
+                        try:
+                            os.rmdir(p)
+                        except OSError:
+                            break
+                        if p == top:
+                            break
+                raise
+
+        return wrapper
+
+    return wrap

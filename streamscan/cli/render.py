@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from streamscan.layout import natural_key
+
 
 def run_lines(s, out_dir: Path, paths: list[Path], shard: str | None) -> list[str]:
     """What `run` prints after a scan: counts and time, devices, Hub traffic, the MoE report (S: a ScanSummary)."""
@@ -47,6 +49,14 @@ def run_lines(s, out_dir: Path, paths: list[Path], shard: str | None) -> list[st
     return lines
 
 
+def finished_line(s, out_dir: Path) -> str:
+    """What `run` prints when the scan in OUT_DIR was already finished (S: the summary it keeps)."""
+    return (
+        f"streamscan: nothing left to scan: {s.matrices} matrices ({s.scored} scored, {s.no_snr} without SNR) "
+        f"already in the journal; outputs rewritten, the summary of the run that scanned them kept -> {out_dir}"
+    )
+
+
 def status_line(st: dict) -> str:
     state = "running" if st["running"] else ("complete" if st["remaining"] == 0 else "stopped")
     return (
@@ -65,9 +75,9 @@ def merge_line(s, n_results: int, out_dir: Path) -> str:
 def inspect_lines(index, plan, ov: dict) -> list[str]:
     """`inspect`: every matrix scored, every tensor skipped, scale tensors and matrices per type (experts
     folded), totals and the time estimate."""
-    jobs = sorted(plan.jobs, key=lambda j: j.name)
+    jobs = sorted(plan.jobs, key=lambda j: natural_key(j.name))  # layers.2 before layers.10
     lines = [f"score  {j.name:60s} {'x'.join(map(str, j.shape)):>14s} {j.tensor.dtype}" for j in jobs]
-    lines += [f"skip   {s.name:60s} {s.reason}" for s in plan.skipped]
+    lines += [f"skip   {s.name:60s} {s.reason}" for s in sorted(plan.skipped, key=lambda s: natural_key(s.name))]
     # scale tensors folded per type (45k of them in DeepSeek-V3); `inspect --json` lists each
     lines += [f"scale  {key:60s} {n:5d} scale tensors, read with their weights" for key, n in ov["scales"].items()]
     for key, t in ov["types"].items():
@@ -84,7 +94,7 @@ def inspect_lines(index, plan, ov: dict) -> list[str]:
         f"{ov['bytes_to_download'] / gib:.2f} GiB to download ({len(ov['shards_to_download'])} shard(s))"
     )
     eta = ", ".join(f"{d} ~{duration(sec)}" for d, sec in ov["eta_seconds"].items())
-    lines.append(f"estimated compute ({ov['flops'] / 1e12:.2f} TFLOP): {eta}")
+    lines.append(f"estimated time ({ov['flops'] / 1e12:.2f} TFLOP, start-up included): {eta} (GPU: unmeasured prior)")
     return lines
 
 

@@ -3,7 +3,7 @@
 - ``compare.csv``: one row per module in both: type, SNR in A and B, ratio B/A and its log2, rank within
   its type in A and in B and the shift (positive: moved up in B), selected at N% in A / B, and the B/A
   ratio of each metric both sides have (alpha, alpha_weighted, stable_rank, log_spectral_norm, entropy,
-  effective_rank).
+  effective_rank). Selected counts the embedding and head as the YAML does; method_a/_b: how each SNR was computed.
 - ``compare.html``: the overlap of the two selections at N% (overall and per type), the modules whose
   SNR moved most, the largest rank shifts, and SNR A vs B per module (log-log, hover for the name).
 """
@@ -64,8 +64,10 @@ def compare_rows(
             "rank_a": rank_a.get(ra.name),
             "rank_b": rank_b.get(ra.name),
             "rank_shift": rank_a[ra.name] - rank_b[ra.name] if ra.name in rank_a and ra.name in rank_b else None,
-            "selected_a": ra.name in sel_a,
-            "selected_b": ra.name in sel_b,
+            "selected_a": ra.name in sel_a or bool(ra.role),  # the embedding and head: in every YAML
+            "selected_b": ra.name in sel_b or bool(rb.role),
+            "method_a": ra.method,
+            "method_b": rb.method,
         }
         ma, mb = (metrics_a or {}).get(ra.name), (metrics_b or {}).get(ra.name)
         for key in RATIO_METRICS:
@@ -144,9 +146,13 @@ def _scatter(rows: list[dict], label_a: str, label_b: str, size: int = 520) -> s
     return "\n".join(out)
 
 
+def _methods(rows: list[dict], key: str) -> str:
+    return ", ".join(sorted({r[key] for r in rows if r[key]})) or "unknown"
+
+
 def html_text(rows: list[dict], label_a: str, label_b: str, percent: float) -> str:
     ov = overlap(rows)
-    moved = sorted((r for r in rows if r["log2_ratio"] is not None), key=lambda r: -abs(r["log2_ratio"]))[:MOVED]
+    moved = sorted((r for r in rows if r["log2_ratio"]), key=lambda r: -abs(r["log2_ratio"]))[:MOVED]  # 0: unmoved
     shifted = sorted((r for r in rows if r["rank_shift"]), key=lambda r: -abs(r["rank_shift"]))[:MOVED]
     out = [
         "<!DOCTYPE html>",
@@ -157,6 +163,7 @@ def html_text(rows: list[dict], label_a: str, label_b: str, percent: float) -> s
         "td:first-child,th:first-child{text-align:left}h2{border-bottom:1px solid #ccc;margin-top:26px}"
         ".flex{display:flex;gap:24px;flex-wrap:wrap}</style></head><body>",
         f"<h1>A: {esc(label_a)}<br>B: {esc(label_b)}</h1>",
+        f"<p>Method: A {esc(_methods(rows, 'method_a'))}, B {esc(_methods(rows, 'method_b'))}.</p>",
         f"<p>{ov['common_modules']} modules in both. Selections at {percent:g}% per type: {ov['selected_a']} in A, "
         f"{ov['selected_b']} in B, <b>{ov['both']} in both</b> (Jaccard {ov['jaccard']:.3f}).</p>",
         '<div class="flex"><div>',
@@ -175,6 +182,8 @@ def html_text(rows: list[dict], label_a: str, label_b: str, percent: float) -> s
         for r in chosen:
             out.append("<tr>" + "".join(f"<td>{_f(r[c])}</td>" for c in cols) + "</tr>")
         out.append("</table>")
+        if not chosen:
+            out.append('<p class="note">None: no module changed here.</p>')
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 

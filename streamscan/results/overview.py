@@ -1,5 +1,14 @@
 """What a scan will do, from headers only: matrices per type (experts folded), scale tensors per type (folded
-alike), bytes to read and fetch, ETA."""
+alike), bytes to read and fetch, ETA.
+
+The CPU time estimate is calibrated on a measured scan, end to end (reading, dequantizing, scoring, start-up
+and outputs): the demo's (scripts/demo.sh: SmolLM2-135M-Instruct, Q4_1 GGUF, 211 matrices, 0.114 TFLOP by
+``Job.cost``) took 41 s on the 2-core development machine under load, 60.1 s busy over its 2 workers
+(``run.devices.cpu.busy_seconds`` in streamscan_summary.json): 1.9 GFLOP/s per worker, and 9 s besides the
+scan (``time streamscan run`` minus the summary's ``seconds``). To recalibrate on other hardware, scan any
+model and divide ``streamscan inspect MODEL --json``'s ``flops`` by that busy time. The GPU figure is the
+scheduler's prior (placement.PRIOR_SPEED), not a measurement.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,8 @@ from streamscan.checkpoint.index import CheckpointIndex
 from streamscan.compute.placement import PRIOR_SPEED  # not scheduler: inspect never loads torch
 from streamscan.planning.plan import Plan
 
+CPU_FLOPS_PER_WORKER = 1.9e9  # measured end to end, see above
+START_SECONDS = 9.0  # importing torch, reading the headers, writing the outputs (measured, see above)
 _EXPERT = re.compile(r"(experts?)\.(\d+)\.")
 
 
@@ -31,7 +42,7 @@ def scale_types(plan: Plan) -> dict[str, int]:
 
 
 def overview(index: CheckpointIndex, plan: Plan, cpu_workers: int) -> dict:
-    """Plan totals for ``streamscan inspect``; times are rough priors (placement.PRIOR_SPEED), not measurements."""
+    """Plan totals for ``streamscan inspect``; the CPU time is calibrated on a measured scan (see above)."""
     groups: dict[str, dict] = defaultdict(lambda: {"matrices": 0, "shapes": set(), "dtypes": set(), "experts": set()})
     for job in plan.jobs:
         key, expert = folded(job.type)
@@ -67,7 +78,7 @@ def overview(index: CheckpointIndex, plan: Plan, cpu_workers: int) -> dict:
         "scale_tensors": {s.name: s.reason for s in plan.consumed},
         "flops": flops,
         "eta_seconds": {
-            f"cpu x{cpu_workers}": flops / (PRIOR_SPEED["cpu"] * cpu_workers),
-            "one GPU": flops / PRIOR_SPEED["cuda"],
+            f"cpu x{cpu_workers}": START_SECONDS + flops / (CPU_FLOPS_PER_WORKER * cpu_workers),
+            "one GPU": START_SECONDS + flops / PRIOR_SPEED["cuda"],
         },
     }

@@ -219,8 +219,12 @@ function drawHist(name) {
   c.forEach((n, i) => { const h = n / mx * (Ht - T - B);
     s += `<rect x="${L + i * bw}" y="${Ht - B - h}" width="${Math.max(bw - 1, 1)}" height="${h}" fill="#7570b3">` +
          `<title>${n} eigenvalues</title></rect>`; });
-  for (let k = 0; k <= 5; k++) { const v = lo + (hi - lo) * k / 5;
-    s += `<text x="${x(v)}" y="${Ht - B + 14}" text-anchor="middle">1e${v.toFixed(1)}</text>`; }
+  const step = Math.max(1, Math.ceil((hi - lo) / 6)); let ticks = [];  // whole decades, 1e-3 .. 1e2
+  for (let e = Math.ceil(lo); e <= hi; e += step) ticks.push(e);
+  if (ticks.length < 2) ticks = [lo, (lo + hi) / 2, hi];  // less than a decade: the ends and the middle
+  ticks.forEach(v => { const a = x(v) < L + 24 ? 'start' : x(v) > W - 48 ? 'end' : 'middle';
+    const t = Number.isInteger(v) ? `1e${v}` : (10 ** v).toExponential(1);
+    s += `<text x="${x(v)}" y="${Ht - B + 14}" text-anchor="${a}">${t}</text>`; });
   s += `<text x="${L + (W - L) / 2}" y="${Ht - 4}" text-anchor="middle">eigenvalue s\u00b2 (log scale)</text>`;
   s += `<text x="14" y="${Ht / 2}" text-anchor="middle" transform="rotate(-90 14 ${Ht / 2})">count</text>`;
   if (thr !== null && thr >= lo && thr <= hi) {
@@ -248,6 +252,7 @@ def html_text(
     results = list(results)
     ordered = natural_order(results)
     chosen = set(select_ranked(results, rank_ordered(ordered), percent).names())
+    chosen |= {r.name for r in results if r.role}  # the embedding and head: in every YAML, whatever their SNR
     scored = [r for r in results if r.snr is not None]
     layers = {r.name: layer_index(r.name) for r in results}
     pooled_of: dict[str, str] = {}  # type -> pooled type (a few dozen types)
@@ -271,7 +276,9 @@ def html_text(
         f"<h1>{_esc(model)}</h1>",
         f'<p class="note">{len(results)} matrices, {len(scored)} with an SNR; '
         f"the top {percent:g}% per type (the reference's rule) marked "
-        f'<b style="color:{SELECTED}">orange</b>; {len(chosen)} selected. {_esc(source)}</p>',
+        f'<b style="color:{SELECTED}">orange</b>; {len(chosen)} selected (with the embedding and head, as in '
+        f"the YAML). Method: {_esc(', '.join(sorted({r.method for r in results if r.method})) or 'unknown')}. "
+        f"{_esc(source)}</p>",
         f"<h2>SNR by depth per type (top {percent:g}% marked)</h2>",
         '<div class="grid">',
     ]

@@ -351,7 +351,7 @@ def test_kill_during_download_then_resume(hub, reference, tmp_path):
         "-q",
         "--devices",
         "cpu",
-        "--cpu-workers",
+        "--workers",
         "1",
     ]
     hub.rate = 100e3  # 100 kB/s: ~2 s a shard

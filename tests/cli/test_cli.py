@@ -42,7 +42,10 @@ def test_rerun_resumes_from_the_journal(sharded_llama, tmp_path):
     out = tmp_path / "scan"
     assert invoke("run", sharded_llama, "--out", out, "-q").exit_code == 0
     res = invoke("run", sharded_llama, "--out", out)
-    assert "30 from a previous run" in res.output
+    assert res.output == (
+        "streamscan: nothing left to scan: 30 matrices (30 scored, 0 without SNR) already in the journal; "
+        f"outputs rewritten, the summary of the run that scanned them kept -> {out}\n"
+    )
 
 
 def test_status_select_and_inspect(sharded_llama, tmp_path):
@@ -134,7 +137,7 @@ def test_device_and_memory_options_fail_in_one_line(sharded_llama, tmp_path, arg
 
 def test_run_reports_devices_and_overlap(sharded_llama, tmp_path):
     res = invoke(
-        "run", sharded_llama, "--out", tmp_path / "o", "--devices", "cpu", "--cpu-workers", "2", "--max-memory", "64M"
+        "run", sharded_llama, "--out", tmp_path / "o", "--devices", "cpu", "--workers", "2", "--max-memory", "64M"
     )
     assert res.exit_code == 0, res.output
     assert "cpu: 30 jobs" in res.output and "overlap" in res.output

@@ -1,4 +1,4 @@
-"""Outputs are byte-identical whatever --cpu-workers: a CPU job's thread count depends on nothing but the job."""
+"""Outputs are byte-identical whatever --workers: a CPU job's thread count depends on nothing but the job."""
 
 from streamscan.pipeline import scan
 from tests.fixtures.synthetic import LlamaShape, write_llama

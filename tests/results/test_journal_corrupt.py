@@ -22,7 +22,7 @@ def invoke(*args):
 
 
 def run(model, out):
-    return invoke("run", model, "--out", out, "-q", "-p", "50", "--cpu-workers", "1")
+    return invoke("run", model, "--out", out, "-q", "-p", "50", "--workers", "1")
 
 
 def outputs(out: Path) -> dict[str, bytes]:

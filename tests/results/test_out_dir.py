@@ -42,12 +42,12 @@ def victim(tmp_path) -> Path:
 @pytest.fixture
 def reference(sharded_llama, tmp_path) -> dict[str, bytes]:
     out = tmp_path / "ref"
-    assert invoke("run", sharded_llama, "--out", out, "-q", "-p", "50", "--cpu-workers", "1").exit_code == 0
+    assert invoke("run", sharded_llama, "--out", out, "-q", "-p", "50", "--workers", "1").exit_code == 0
     return outputs(out)
 
 
 def run(model, out, *extra):
-    return invoke("run", model, "--out", out, "-q", "-p", "50", "--cpu-workers", "1", *extra)
+    return invoke("run", model, "--out", out, "-q", "-p", "50", "--workers", "1", *extra)
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_kill_9_while_a_full_disk_stops_the_scan_then_resume_loses_nothing(tmpfs
     from tests.fixtures.synthetic import LlamaShape, write_llama
 
     ck = write_llama(tmp_path / "ck", LlamaShape(layers=6, hidden=384, ffn=1024, kv=128, vocab=2048))
-    args = [sys.executable, "-m", "streamscan", "run", str(ck), "-q", "-p", "50", "--cpu-workers", "2", "--out"]
+    args = [sys.executable, "-m", "streamscan", "run", str(ck), "-q", "-p", "50", "--workers", "2", "--out"]
     ref = tmp_path / "ref"
     subprocess.run([*args, str(ref)], check=True)
     filler = tmpfs / "filler"
