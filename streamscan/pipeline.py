@@ -136,9 +136,6 @@ def scan(
         raise UsageError(f"{model}: no 2-D weight matrices to score (check --include/--exclude)")
     source = index.source
     header = scan_header(index, full, opts)
-    previous = journal_header(out_dir) if opts.name is None and not opts.fresh else None
-    if previous is not None and previous.fingerprint == header.fingerprint:
-        header = replace(header, model=previous.model, slug=previous.slug)  # a rerun keeps the scan's file names
     check_names(out_dir, header.slug, percents)
     if ranks is not None:
         if source.hub is not None and hub_only:
@@ -166,6 +163,8 @@ def scan(
     with Journal(out_dir, header, fresh=opts.fresh) as journal:  # nothing touches OUT before its lock is held
         if opts.fresh:
             clear(out_dir)
+        if opts.name is None:  # a rerun without --name keeps the names of the scan it resumes (its output files)
+            header = replace(header, model=journal.header.model, slug=journal.header.slug)
         plan = full.without(_redo_missing(out_dir, journal.results, opts.spectra))
         resumed = len(plan.done)
         feed = (

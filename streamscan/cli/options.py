@@ -213,19 +213,19 @@ def check_run(model: str, out: str, devices: str, max_memory, max_disk, shard) -
     from streamscan.compute.devices import parse_devices, parse_size
     from streamscan.distributed import parse_shard
     from streamscan.errors import UsageError
+    from streamscan.results.files import prepare_dir
 
     if not Path(model).expanduser().exists() and not looks_like_repo_id(str(model)):
         raise UsageError(
             f"{model}: no such file or directory; give a checkpoint directory, a .safetensors, .gguf or .bin "
             "file, or a Hub id (org/name)"
         )
-    if Path(out).exists() and not Path(out).is_dir():
-        raise UsageError(f"--out {out}: a file, not a directory; give a new or existing directory")
     parse_devices(devices, gpus=1 << 16)  # the spelling; whether those GPUs exist needs torch (checked later)
     parse_size(max_memory)
     parse_size(max_disk, "--max-disk")
     if shard is not None:
         parse_shard(shard)
+    prepare_dir(out)  # the library's own check (a file, a parent that is a file, read-only): made now
 
 
 def _created(path) -> tuple:

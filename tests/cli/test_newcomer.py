@@ -41,7 +41,7 @@ BAD_OPTIONS = [
      "0,1,cpu or auto"),
     (["run", "{m}/missing"], "{m}/missing: no such file or directory; give a checkpoint directory, a .safetensors, "
      ".gguf or .bin file, or a Hub id (org/name)"),
-    (["run", "{m}", "--out", "{f}"], "--out {f}: a file, not a directory; give a new or existing directory"),
+    (["run", "{m}", "--out", "{f}"], "{f}: is a file, not a directory; choose another --out"),
     (["run"], "Missing argument 'MODEL' (see `streamscan run --help`)"),
     (["run", "{m}", "--max-memory", "lots"], "--max-memory lots: write it as bytes or with a unit, e.g. 24G or 512M"),
     (["run", "{m}", "--shard", "2/2"], "--shard 2/2: expected i/N with 0 <= i < N, e.g. --shard 0/4"),
