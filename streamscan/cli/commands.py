@@ -172,12 +172,14 @@ def run(model, out, quiet, workers, **options):
     """
     check_run(model, out, options["devices"], options["max_memory"], options["max_disk"], options["shard"])
     # only now the library and torch (seconds)
+    from streamscan.cli.process import before_scan, scan_settings
     from streamscan.cli.progress import Progress
     from streamscan.compute.devices import default_workers, parse_devices
     from streamscan.pipeline import scan
     from streamscan.records import ScanOptions
 
-    opts = ScanOptions.of(cpu_workers=workers, **options)
+    opts = ScanOptions.of(cpu_workers=workers, **options, **scan_settings())
+    before_scan()
     slots = {d: (workers or default_workers()) if d == "cpu" else 1 for d in parse_devices(opts.devices)}
     progress = Progress(slots, quiet)
     try:

@@ -43,8 +43,8 @@ def cli_markdown() -> str:
     lines += [
         "## Environment variables",
         "",
-        "The command line reads these (the library reads none: its settings are parameters); every other setting",
-        "is an option above.",
+        "The command line reads these (streamscan/cli/process.py) and hands them to the library as `ScanOptions`",
+        "fields or process-wide settings of `run`; every other setting is an option above.",
         "",
         "| variable | what it does |",
         "|---|---|",

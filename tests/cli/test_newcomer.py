@@ -241,3 +241,19 @@ def test_histogram_ticks_are_whole_decades_inside_the_plot():
     assert [t[2] for t in ticks["wide"]] == ["1e-2", "1e-1", "1e0", "1e1", "1e2", "1e3"]
     assert [t[2] for t in ticks["narrow"]] == ["1.3e+0", "2.2e+0", "4.0e+0"]
     assert ticks["narrow"][-1][:2] == [888, "end"] and ticks["narrow"][0][:2] == [56, "start"]  # not clipped
+
+
+def test_streamscan_variables_are_read_at_the_edge_into_scan_options():
+    from streamscan.cli.process import SCAN_VARIABLES, scan_settings
+    from streamscan.errors import UsageError
+    from streamscan.records import ScanOptions
+
+    fields = set(ScanOptions.names())
+    env = {"STREAMSCAN_COMMIT_RECORDS": "1", "STREAMSCAN_THREADS_PER_JOB": " 4 ", "OTHER": "x"}
+    expected = {f: kind(env[v].strip()) for v, (f, kind, _) in SCAN_VARIABLES.items() if v in env and f in fields}
+    assert scan_settings(env) == expected
+    if "commit_records" in fields:
+        with pytest.raises(UsageError, match=r"^STREAMSCAN_COMMIT_RECORDS=many: not a int; unset it or correct it$"):
+            scan_settings({"STREAMSCAN_COMMIT_RECORDS": "many"})
+    page = (ROOT / "docs" / "cli.md").read_text()
+    assert all(f"| `{v}` |" in page for v in SCAN_VARIABLES)
