@@ -134,7 +134,7 @@ def classify_moe(name: str, tensor: str, shape: tuple[int, ...], part: Part | No
         return ExpertRow(name, layer, part.expert, part.projection, tensor, "expert")
     parts = name.split(".")
     for i, comp in enumerate(parts[:-1]):
-        if comp == "experts" and parts[i + 1].isdigit() and i + 2 < len(parts):
+        if comp == "experts" and parts[i + 1].isascii() and parts[i + 1].isdigit() and i + 2 < len(parts):
             leaf = ".".join(parts[i + 2 :])
             return ExpertRow(name, layer, int(parts[i + 1]), PROJECTIONS.get(leaf, leaf), tensor, "expert")
         if comp in SHARED:
