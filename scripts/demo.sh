@@ -11,3 +11,4 @@ gguf=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.
 streamscan run "$gguf" --name HuggingFaceTB/SmolLM2-135M-Instruct --out demo_scan -p 25 -p 50
 streamscan status --out demo_scan
 echo "outputs:"; ls demo_scan
+echo "model: $gguf (the README's Tour continues from here)"

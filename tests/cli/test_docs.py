@@ -74,3 +74,24 @@ def test_help_imports_neither_torch_nor_the_library():
         "print(sorted(m for m in ('torch', 'numpy', 'streamscan.pipeline', 'streamscan.compute') if m in sys.modules))"
     )
     assert _run(code).stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_readme_tour_runs_on_the_demos_outputs_with_a_time_per_step():
+    tour = re.findall(r"```bash\n(.*?)```", _section((ROOT / "README.md").read_text(), "Tour"), flags=re.S)
+    lines = [line for block in tour for line in block.splitlines() if line.strip()]
+    demo = (ROOT / "scripts" / "demo.sh").read_text()
+    assert lines[0].startswith("gguf=$(") and lines[0][len("gguf=") :] in demo  # the file the demo installed
+    made = {"demo_scan"}  # what scripts/demo.sh writes
+    assert "--out demo_scan" in demo
+    shown = set()
+    for line in lines[1:]:
+        command, _, comment = line.partition("#")
+        words = command.split()
+        assert words[0] == "streamscan" and words[1] in main.commands, line
+        assert re.match(r" *\d+ s: ", comment), f"no duration: {line}"
+        shown.add(words[1])
+        dirs = [w for i, w in enumerate(words) if words[i - 1] == "--out" or (words[1] == "compare" and i in (2, 3))]
+        if words[1] == "run":
+            made.update(dirs)
+        assert set(dirs) <= made, f"{line}: a directory the demo and the tour did not create"
+    assert {"inspect", "status", "select", "run", "metrics", "report", "compare"} <= shown
