@@ -390,6 +390,6 @@ def test_a_non_ascii_digit_in_a_layer_index_is_a_name_not_a_number(tmp_path):
         "model.layers.0.mlp.down_proj.weight": torch.randn(16, 32, generator=g),
     }
     model = write_tensors(tmp_path / "m" / "model.safetensors", tensors).parent
-    res = invoke("run", model, "--out", tmp_path / "out", "-q", "--cpu-workers", "1")
+    res = invoke("run", model, "--out", tmp_path / "out", "-q", "--workers", "1")
     assert res.exit_code == 0, res.output
     assert invoke("report", tmp_path / "out").exit_code == 0

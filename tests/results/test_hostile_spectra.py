@@ -77,7 +77,7 @@ def test_fresh_into_a_running_scan_is_refused_before_it_touches_anything(sharded
             time.sleep(0.02)
         before = {p.name: p.read_bytes() for p in segments(out)}
         assert before
-        refused = invoke("run", sharded_llama, "--out", out, "-q", "--fresh", "--cpu-workers", "1")
+        refused = invoke("run", sharded_llama, "--out", out, "-q", "--fresh", "--workers", "1")
         one_line_error(refused, "another scan", "is writing here")
         assert {p.name: p.read_bytes() for p in segments(out)} == before  # nothing cleared
         go.write_text("go")
@@ -225,7 +225,7 @@ def test_a_run_refuses_to_write_through_a_spectra_symlink(single_llama, tmp_path
     out.mkdir()
     target = _victim_dir(tmp_path)
     os.symlink(target, spectra_dir(out))
-    res = invoke("run", single_llama, "--out", out, "-q", "--cpu-workers", "1")
+    res = invoke("run", single_llama, "--out", out, "-q", "--workers", "1")
     one_line_error(res, "spectra", "symlink")
     assert sorted(p.name for p in target.iterdir()) == ["segment-main-000001.safetensors"]
 
@@ -235,6 +235,6 @@ def test_fresh_removes_a_spectra_symlink_not_its_target(single_llama, tmp_path):
     out.mkdir()
     target = _victim_dir(tmp_path)
     os.symlink(target, spectra_dir(out))
-    assert invoke("run", single_llama, "--out", out, "-q", "--fresh", "--cpu-workers", "1").exit_code == 0
+    assert invoke("run", single_llama, "--out", out, "-q", "--fresh", "--workers", "1").exit_code == 0
     assert not spectra_dir(out).is_symlink() and NAME not in load_spectra(out) or load_spectra(out)[NAME].numel() > 2
     assert sorted(p.name for p in target.iterdir()) == ["segment-main-000001.safetensors"]
