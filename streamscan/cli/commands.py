@@ -40,6 +40,9 @@ from streamscan.records import DEFAULT_OUT
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
+NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2: a group called without a command
+
+
 class Streamscan(click.Group):
     """The command group, with the CLI's conventions for every command: ``--debug`` before or after the
     command, click's own errors as one line (exit 2, as click uses it), the process-wide effects of
@@ -58,6 +61,9 @@ class Streamscan(click.Group):
             except click.ClickException as err:
                 if not standalone_mode:
                     raise
+                if isinstance(err, NO_ARGS) and getattr(err, "ctx", None) is not None:  # bare `streamscan`
+                    click.echo(err.ctx.get_help(), err=True)
+                    sys.exit(err.exit_code)
                 fail(usage_line(err), err.exit_code)
             except click.Abort:  # Ctrl-C while click itself reads (a prompt)
                 if not standalone_mode:

@@ -257,3 +257,8 @@ def test_streamscan_variables_are_read_at_the_edge_into_scan_options():
             scan_settings({"STREAMSCAN_COMMIT_RECORDS": "many"})
     page = (ROOT / "docs" / "cli.md").read_text()
     assert all(f"| `{v}` |" in page for v in SCAN_VARIABLES)
+
+
+def test_bare_streamscan_shows_the_help():
+    res = invoke()
+    assert res.exit_code in (0, 2) and res.output.startswith("Usage: streamscan [OPTIONS] COMMAND")
