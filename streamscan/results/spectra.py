@@ -2,10 +2,11 @@
 
 Stored as safetensors files in ``spectra/``, keyed by the journal's result names, each a complete file
 written under a temporary name, fsync'd and renamed (a kill leaves whole files only):
-- ``segment-<rank>-<n>.safetensors``: the spectra buffered since the last one, written (and fsync'd) by
-  ``SpectraWriter.flush`` just before the journal commits a batch of records (journal group commit), so every
-  journaled matrix has its spectrum on disk; a kill loses the buffered spectra together with the uncommitted
-  records they belong to, and the resume recomputes both.
+- ``segment-<rank>-<n>.safetensors``: up to 256 spectra (or 64 MiB, or 30 s of them). ``SpectraWriter.flush``
+  writes the spectra buffered since the last flush just before the journal commits a batch of records
+  (journal group commit), so every journaled matrix has its spectrum on disk, and merges those parts into one
+  segment once they fill one (see ``SpectraWriter``); a kill loses the buffered spectra together with the
+  uncommitted records they belong to, and the resume recomputes both.
 ``<rank>`` is ``main`` for a single-process scan, the 5-digit rank or shard otherwise. Ranks write side by
 side in the shared directory, so a merge needs no copying.
 
@@ -26,8 +27,8 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError, safe_open
 
 from streamscan.errors import OutputError
-from streamscan.results.files import os_error
+from streamscan.results.files import fsync_dir, os_error, write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -256,14 +257,6 @@ def clear(out_dir: str | Path) -> None:
         raise os_error(root, err, "cannot remove the old spectra") from None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:
     """The segment's bytes, as ``safetensors.torch.save(tensors, metadata)`` makes them, through safetensors'
     own ``serialize`` given each (contiguous, CPU) spectrum's buffer: save's per-tensor checks for shared and
@@ -282,21 +275,9 @@ def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:
 
 
 def _save(tensors: dict[str, torch.Tensor], final: Path) -> Path:
-    """Write a segment to a fresh ``mkstemp`` file in its directory (O_EXCL: a planted symlink is never
-    followed), fsync it and rename it over FINAL (a symlink there is replaced, its target untouched)."""
-    data = _serialize(tensors)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
-    return final
+    """Write a segment whole (a fresh temporary file, fsync'd, renamed over FINAL: a symlink there is replaced,
+    its target untouched; the directory fsync'd)."""
+    return write_atomic(final, _serialize(tensors), durable=True)
 
 
 def write_segment(out_dir: str | Path, spectra: dict[str, torch.Tensor], rank: int | None = None) -> Path:
@@ -321,9 +302,22 @@ def _next_number(root: Path, tag: str) -> int:
     return 1 + max(found, default=0)
 
 
+# A segment's parts are merged into one file once they hold SEGMENT_MATRICES spectra or SEGMENT_BYTES, or the
+# first of them is SEGMENT_SECONDS old, and when the writer closes.
+SEGMENT_MATRICES = 256
+SEGMENT_BYTES = 64 << 20
+SEGMENT_SECONDS = 30.0
+
+
 class SpectraWriter:
-    """Buffers each spectrum as it arrives (``add``, thread-safe, from the workers) and writes the buffer as
-    one segment on ``flush`` (called by the journal before each commit) and on ``close``."""
+    """Buffers each spectrum as it arrives (``add``, thread-safe, from the workers) and writes the buffer on
+    ``flush`` (called by the journal before each commit, so a committed record's spectrum is on disk).
+
+    Each flush writes a part (a segment file of its own); the parts since the last segment closed are kept in
+    memory too, and once they hold 256 spectra or 64 MiB, or the first is 30 s old, and on ``close``, they are
+    written again as one segment, numbered after them, and removed: a scan leaves one segment per 256 matrices,
+    64 MiB or 30 s, not one per journal commit. A kill between the two leaves the parts beside the segment
+    that repeats them (same values; the later file wins on reading)."""
 
     def __init__(self, out_dir: str | Path, rank: int | None = None):
         self.root = _writable_root(out_dir)
@@ -334,6 +328,10 @@ class SpectraWriter:
         for stale in self.root.glob(f".*-{self.tag}-*.tmp"):  # a kill mid-write
             stale.unlink(missing_ok=True)
         self.written = 0
+        self._parts: list[Path] = []  # written since the last segment closed, oldest first
+        self._group: dict[str, torch.Tensor] = {}  # their spectra, a later one of a name last
+        self._group_bytes = 0
+        self._group_since = 0.0
 
     def _number(self) -> int:
         with self._lock:
@@ -341,10 +339,11 @@ class SpectraWriter:
             self._next += 1
             return n
 
+    def _path(self) -> Path:
+        return self.root / f"segment-{self.tag}-{self._number():06d}.safetensors"
+
     def add(self, name: str, singular_values: torch.Tensor) -> None:
-        """Buffer NAME's spectrum (thread-safe, from the workers); ``flush`` makes the buffer a segment. The
-        journal calls ``flush`` before it commits a batch (``Journal.before_commit``), so every journaled
-        matrix has its spectrum on disk, at the cost of one segment per journal commit, not a file per matrix."""
+        """Buffer NAME's spectrum (thread-safe, from the workers); ``flush`` writes the buffer."""
         import torch
 
         S = singular_values
@@ -355,17 +354,40 @@ class SpectraWriter:
             self._buf[name] = S
 
     def flush(self) -> Path | None:
-        """Write the buffered spectra as the next segment (None when nothing is buffered)."""
+        """Write the buffered spectra (None when nothing is buffered); the part, or the segment it closed."""
         with self._lock:
             buf, self._buf = self._buf, {}
         if not buf:
             return None
-        final = _save(buf, self.root / f"segment-{self.tag}-{self._number():06d}.safetensors")
+        path = _save(buf, self._path())
         self.written += len(buf)
-        return final
+        if not self._parts:
+            self._group_since = time.monotonic()
+        self._parts.append(path)
+        for name, S in buf.items():
+            self._group.pop(name, None)
+            self._group[name] = S
+            self._group_bytes += S.nbytes
+        full = len(self._group) >= SEGMENT_MATRICES or self._group_bytes >= SEGMENT_BYTES
+        if full or time.monotonic() - self._group_since >= SEGMENT_SECONDS:
+            return self._close_segment() or path
+        return path
+
+    def _close_segment(self) -> Path | None:
+        """The parts written since the last segment closed, as one segment (None when there is one part or none)."""
+        parts, group = self._parts, self._group
+        self._parts, self._group, self._group_bytes = [], {}, 0
+        if len(parts) < 2:
+            return None
+        merged = _save(group, self._path())
+        for part in parts:
+            part.unlink(missing_ok=True)
+        fsync_dir(self.root)
+        return merged
 
     def close(self) -> None:
         self.flush()
+        self._close_segment()
 
     def __enter__(self) -> SpectraWriter:
         return self

@@ -59,17 +59,13 @@ def test_segments_are_whole_files_numbered_per_rank_and_a_later_record_wins(tmp_
     b.close()
     (tmp_path / "spectra" / ".segment-main-000009.tmp").write_bytes(b"torn")  # a kill mid-write: ignored
     names = [p.name for p in segments(tmp_path)]
-    assert names == [
-        "segment-main-000001.safetensors",
-        "segment-main-000002.safetensors",
-        "segment-main-000003.safetensors",
-        "segment-00003-000001.safetensors",
-    ]
+    # a's three parts (one per flush) merged into one segment on close, numbered after them
+    assert names == ["segment-main-000004.safetensors", "segment-00003-000001.safetensors"]
     kept = load_spectra(tmp_path)
     assert sorted(kept) == ["m0", "m1", "m2", "m3", "m4"] and kept["m0"].tolist() == [9.0, 1.0]
     c = SpectraWriter(tmp_path)  # a resumed writer continues the numbering and removes torn temporaries
     c.add("m5", torch.tensor([1.0]))
-    assert c.flush().name == "segment-main-000004.safetensors"
+    assert c.flush().name == "segment-main-000005.safetensors"
     assert not list((tmp_path / "spectra").glob("*.tmp"))
     assert json.loads(json.dumps(sorted(stored_names(tmp_path)))) == ["m0", "m1", "m2", "m3", "m4", "m5"]
 
@@ -193,3 +189,27 @@ def test_segment_bytes_are_exactly_what_safetensors_save_writes():
     spectra["strided"] = torch.rand(20, dtype=torch.float64, generator=g)[::2]  # made contiguous on the way
     expected = dict(spectra, strided=spectra["strided"].contiguous())
     assert _serialize(spectra) == save(expected, metadata={"format": FORMAT})
+
+
+def test_parts_close_into_a_segment_at_256_spectra_and_every_part_is_on_disk_at_once(tmp_path, monkeypatch):
+    from streamscan.results import spectra as sp
+
+    monkeypatch.setattr(sp, "SEGMENT_MATRICES", 4)
+    w = SpectraWriter(tmp_path)
+    for i in range(10):
+        w.add(f"m{i}", torch.tensor([2.0, float(i)]))
+        w.flush()
+        assert f"m{i}" in stored_names(tmp_path)  # on disk before the journal's commit
+    w.close()
+    # parts 1-4 became segment 5, parts 6-9 segment 10, parts 11-12 segment 13
+    assert [p.name for p in segments(tmp_path)] == [f"segment-main-{n:06d}.safetensors" for n in (5, 10, 13)]
+    assert {k: v.tolist() for k, v in load_spectra(tmp_path).items()} == {f"m{i}": [2.0, i] for i in range(10)}
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~_umask() for p in segments(tmp_path))
+
+
+def _umask():
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
