@@ -29,7 +29,7 @@ from streamscan.planning.experts import moe_rows
 from streamscan.planning.plan import Plan
 from streamscan.records import DEFAULT_OUT, Fingerprint, RankInfo, Result, ScanHeader, ScanOptions, ScanSummary
 from streamscan.results.files import os_error, prepare_dir
-from streamscan.results.journal import Journal, journal_header, read_journals
+from streamscan.results.journal import COMMIT_RECORDS, COMMIT_SECONDS, Journal, journal_header, read_journals
 from streamscan.results.outputs import check_names
 from streamscan.results.scan_outputs import in_order, placement_notes, summarize, write_scan_outputs
 from streamscan.results.spectra import SpectraWriter, clear, missing
@@ -152,6 +152,7 @@ def scan(
             budget=budget,
             feed=(lambda jobs: ShardFeed(source.hub, jobs, None, True)) if source.hub is not None else None,
             spectra=opts.spectra,
+            commit=(opts.commit_records, opts.commit_seconds),
         )
         if not ranks.coordinated:
             return _scan_shard(full, header, out_dir, ranks, opts.fresh, **run)
@@ -160,7 +161,8 @@ def scan(
         )
     workers = opts.cpu_workers or default_workers()
     stats = PoolStats()
-    with Journal(out_dir, header, fresh=opts.fresh) as journal:  # nothing touches OUT before its lock is held
+    commit = dict(commit_records=opts.commit_records, commit_seconds=opts.commit_seconds)
+    with Journal(out_dir, header, fresh=opts.fresh, **commit) as journal:  # nothing touches OUT before its lock
         if opts.fresh:
             clear(out_dir)
         if opts.name is None:  # a rerun without --name keeps the names of the scan it resumes (its output files)
@@ -332,13 +334,18 @@ def _run_share(
     budget: int | None,
     feed: Callable[[list], ShardFeed] | None = None,
     spectra: bool = True,
+    commit: tuple[int, float] = (COMMIT_RECORDS, COMMIT_SECONDS),
 ) -> ScanResult:
-    """Scan this rank's JOBS into its own journal; the result holds the rank's own records."""
+    """Scan this rank's JOBS into its own journal; the result holds the rank's own records. COMMIT: the
+    journal's (commit_records, commit_seconds)."""
     from streamscan.compute.scheduler import PoolStats
 
     stats = PoolStats()
     shards = feed(jobs) if feed is not None else None  # a Hub model: this rank downloads the shards of its jobs
-    with Journal(out_dir, _rank_header(header, rank), rank=rank.rank) as journal:
+    records, seconds = commit
+    with Journal(
+        out_dir, _rank_header(header, rank), rank=rank.rank, commit_records=records, commit_seconds=seconds
+    ) as journal:
         show = progress if not (rank.coordinated and rank.rank) else None  # one bar per terminal
         _execute(
             journal,

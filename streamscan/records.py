@@ -379,6 +379,8 @@ class ScanOptions:
     ``max_memory``: RAM for tensors read ahead and CPU work, bytes or "24G" (default: available minus headroom).
     ``shard`` ("i/N") and ``distributed`` split a scan (see ``streamscan.scan``); ``revision``, ``offline``,
     ``max_disk`` and ``keep_shards`` are for Hub models; ``moe_grouping`` ranks MoE experts for the YAML.
+    ``commit_records``/``commit_seconds``: the journal commits (writes and fsyncs) a batch of records once it
+    holds that many or its oldest waited that long; a kill loses at most that batch (1: a fsync per record).
     """
 
     method: str = DEFAULT_METHOD
@@ -399,6 +401,8 @@ class ScanOptions:
     keep_shards: bool = False
     moe_grouping: str = "reference"
     spectra: bool = True  # keep every matrix's singular values in OUT/spectra (results/spectra.py)
+    commit_records: int = 256
+    commit_seconds: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("top_percent", "include", "exclude"):  # lists and generators from callers become tuples

@@ -45,10 +45,10 @@ JOURNAL_NAME = "streamscan.journal.jsonl"
 LOCK_NAME = ".streamscan.lock"
 RANK_GLOB = "streamscan.journal.rank-*.jsonl"
 FORMAT = JOURNAL_FORMAT
-# A batch is committed once its oldest record waited COMMIT_SECONDS or it holds COMMIT_RECORDS records.
-# STREAMSCAN_COMMIT_SECONDS / STREAMSCAN_COMMIT_RECORDS change them (e.g. 1 record: a fsync per result).
-COMMIT_SECONDS = float(os.environ.get("STREAMSCAN_COMMIT_SECONDS", 0.5))
-COMMIT_RECORDS = int(os.environ.get("STREAMSCAN_COMMIT_RECORDS", 256))
+# A batch is committed once its oldest record waited COMMIT_SECONDS or it holds COMMIT_RECORDS records, by
+# default (``Journal``'s commit_seconds and commit_records; ScanOptions' fields of the same names).
+COMMIT_SECONDS = 0.5
+COMMIT_RECORDS = 256
 
 
 def rank_journal_name(rank: int) -> str:
