@@ -86,10 +86,17 @@ def destination(out: str | Path, dest: str | Path | None) -> Path:
 
 
 def select(
-    out: str | Path, top_percent: float, moe_grouping: str = "reference", dest: str | Path | None = None
+    out: str | Path,
+    top_percent: float,
+    moe_grouping: str = "reference",
+    dest: str | Path | None = None,
+    names: str = "auto",
+    checkpoint: str | Path | None = None,
 ) -> Path:
     """Write the YAML for TOP_PERCENT from a finished or partial scan in OUT (or a published results JSON),
-    without rescanning, into DEST (default: OUT, or the JSON's directory)."""
+    without rescanning, into DEST (default: OUT, or the JSON's directory). NAMES: whose parameter names the
+    lines use, ``auto`` | ``transformers`` | ``checkpoint`` (``trainer_names.names_for``), read from the
+    checkpoint at CHECKPOINT (default: the scanned model's id)."""
     check_grouping(moe_grouping)
     header, results = load_results(out)
     return write_yaml(
@@ -99,7 +106,7 @@ def select(
         check_percent(top_percent),
         all_names(header),
         header.model,
-        **yaml_options(header, moe_grouping),
+        **yaml_options(header, moe_grouping, names, checkpoint),
     )
 
 

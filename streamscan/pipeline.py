@@ -197,7 +197,9 @@ def scan(
     summary = summarize(header, results, opts.method, workers, time.perf_counter() - started, resumed, **extra)
     if not plan.jobs:  # nothing left to do: the summary of the run that did the work is kept
         summary = _kept_summary(out_dir, summary)
-    summary, paths = write_scan_outputs(out_dir, header, results, percents, summary, opts.moe_grouping)
+    summary, paths = write_scan_outputs(
+        out_dir, header, results, percents, summary, opts.moe_grouping, checkpoint=index.source.root
+    )
     return ScanResult(out_dir, results, summary, paths)
 
 

@@ -260,9 +260,24 @@ DEST = dest("the scan directory, or the results JSON's directory")
 @top_percent("Percent per type (repeatable).", required=True)
 @MOE_GROUPING
 @DEST
+@click.option(
+    "--names",
+    type=click.Choice(["auto", "transformers", "checkpoint"]),
+    default="auto",
+    show_default=True,
+    help="Parameter names of the lines: transformers >= 5's (renamed, fused experts as row ranges), the "
+    "checkpoint's as stored (transformers < 5), or auto: transformers' where they differ and it is installed.",
+)
+@click.option(
+    "--model",
+    "checkpoint",
+    default=None,
+    metavar="PATH|ID",
+    help="The scanned checkpoint (directory or Hub id), read for transformers' names [default: the scan's model].",
+)
 @friendly
 @creates("dest")
-def select_cmd(out, top_percent, moe_grouping, dest):
+def select_cmd(out, top_percent, moe_grouping, dest, names, checkpoint):
     """Write unfrozen-parameters YAMLs from the (finished or partial) scan in --out, or from a published
     Spectrum results JSON given in its place, without rescanning.
 
@@ -274,7 +289,7 @@ def select_cmd(out, top_percent, moe_grouping, dest):
     from streamscan.api import select
 
     for p in top_percent:
-        click.echo(select(out, p, moe_grouping=moe_grouping, dest=dest))
+        click.echo(select(out, p, moe_grouping=moe_grouping, dest=dest, names=names, checkpoint=checkpoint))
 
 
 @main.command("metrics")

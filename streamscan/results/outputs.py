@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamscan.errors import UsageError
 from streamscan.records import Result
@@ -25,6 +26,9 @@ from streamscan.results.selection import (
     select_top,
     yaml_text,
 )
+
+if TYPE_CHECKING:
+    from streamscan.results.trainer_names import TrainerNames
 
 
 def _dumps(obj) -> str:
@@ -96,18 +100,23 @@ def write_yaml(
     fused: dict[str, str] | None = None,
     grouping: str = "reference",
     ranked: dict[str, list[Result]] | None = None,
+    names: TrainerNames | None = None,
+    names_note: str = "",
 ) -> Path:
     """The YAML for PERCENT; ``group``/``grouping`` rank MoE experts another way (--moe-grouping),
     ``fused`` names expert slices of fused tensors (see ``yaml_text``); ``ranked``: ``rank_by_type(results,
-    group)`` when at hand (several percents share it)."""
+    group)`` when at hand (several percents share it); ``names``: the trainer's parameter names
+    (``trainer_names.names_for``), ``names_note``: the line saying whose names the YAML uses."""
     path = output_paths(out_dir, slug, [percent])[f"yaml{percent:g}"]
     header = f"streamscan: top {percent:g}% by Spectrum SNR per type, model {model}"
     if group is not None:
         header += f"\nMoE experts ranked with --moe-grouping {grouping}"
+    if names is None and names_note:
+        header += f"\n{names_note}"
     selection = (
         select_top(results, percent, group) if ranked is None else select_ranked(results, ranked, percent, group)
     )
-    return write_atomic(path, yaml_text(selection, all_names, header, fused))
+    return write_atomic(path, yaml_text(selection, all_names, header, fused, names))
 
 
 def write_outputs(

@@ -12,6 +12,7 @@ from streamscan.planning.experts import fused_tensor, group_function
 from streamscan.records import Result, ScanHeader, ScanSummary
 from streamscan.results.moe_report import write_moe_outputs
 from streamscan.results.outputs import write_outputs
+from streamscan.results.trainer_names import names_for
 
 
 def peak_rss_mb() -> float:
@@ -25,10 +26,21 @@ def all_names(header: ScanHeader) -> list[str]:
     ]
 
 
-def yaml_options(header: ScanHeader, moe_grouping: str) -> dict:
-    """How the YAML ranks MoE experts, and which selected names are slices of fused tensors."""
+def yaml_options(
+    header: ScanHeader, moe_grouping: str, names: str = "auto", checkpoint: str | Path | None = None
+) -> dict:
+    """How the YAML ranks MoE experts, which selected names are slices of fused tensors, and whose
+    parameter names it writes (NAMES: auto | transformers | checkpoint, see ``trainer_names.names_for``;
+    CHECKPOINT: where the scanned checkpoint is, default the scan's model id)."""
     fused = {n: t for n in header.targets if (t := fused_tensor(n))}
-    return {"group": group_function(moe_grouping, header.experts), "fused": fused, "grouping": moe_grouping}
+    trainer, note = names_for(str(checkpoint or header.model), list(header.targets), names)
+    return {
+        "group": group_function(moe_grouping, header.experts),
+        "fused": fused,
+        "grouping": moe_grouping,
+        "names": trainer,
+        "names_note": note,
+    }
 
 
 def in_order(header: ScanHeader, found: dict[str, Result]) -> list[Result]:
@@ -80,6 +92,7 @@ def write_scan_outputs(
     percents: list[float],
     summary: ScanSummary,
     moe_grouping: str,
+    checkpoint: str | Path | None = None,
 ) -> tuple[ScanSummary, list[Path]]:
     """Every output of a scan; for an MoE checkpoint also its counts in the summary and the per-expert report."""
     experts = header.experts
@@ -100,7 +113,7 @@ def write_scan_outputs(
         percents,
         all_names(header),
         summary.to_dict(),
-        **yaml_options(header, moe_grouping),
+        **(yaml_options(header, moe_grouping, checkpoint=checkpoint) if percents else {}),
     )
     if experts:
         paths += write_moe_outputs(out_dir, results, experts, header.model)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
 from streamscan.layout import natural_key
 from streamscan.records import Result
+
+if TYPE_CHECKING:
+    from streamscan.results.trainer_names import TrainerNames
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,16 @@ def select_ranked(
     return Selection(percent, always, chosen, {t: len(m) for t, m in ranked.items()}, unscored)
 
 
+def axolotl_escape(name: str) -> str:
+    """NAME as a pattern Axolotl's ``utils/freeze.py`` matches literally: every regex metacharacter escaped
+    but the dots, which Axolotl escapes itself (``re.sub(r"\\.(?!\\+)", "\\\\.", line)``; a ``+`` after a dot
+    is escaped here, so no dot stays a wildcard). ``^`` + it + ``$`` matches NAME and nothing else."""
+    return "".join("\\" + ch if ch in _METACHARACTERS else ch for ch in name)
+
+
+_METACHARACTERS = frozenset("\\^$*+?{}[]()|")  # special outside a character class (dots: see above)
+
+
 class Prefixes:
     """Every module name, sorted once: whether a name is a prefix of another costs two bisections, so a
     YAML of k lines over n names costs O((n + k) log n) (a scan over every name per line was quadratic)."""
@@ -108,12 +123,24 @@ class Prefixes:
         j = bisect_left(names, name + "/", i)
         return j < len(names) and names[j].startswith(name)
 
+    def nests(self, name: str) -> bool:
+        """True if another name starts with ``NAME.`` (a module inside the module NAME)."""
+        i = bisect_right(self.names, name + ".")
+        return (name + ".") in self.names or (i < len(self.names) and self.names[i].startswith(name + "."))
+
     def pattern(self, name: str) -> str:
         """The reference writes a module name, which Axolotl applies as a prefix `re.match` (dots literal).
-        Where that prefix would also catch another module (`mlp.gate` vs `mlp.gate_proj`), end it with '.'."""
+        Where that prefix would also catch another module (`mlp.gate` vs `mlp.gate_proj`), end it with '.';
+        where a module lies inside it, name its own weight and bias only. Regex metacharacters in a name are
+        escaped (``axolotl_escape``), so a line matches that module's parameters and nothing else."""
         pattern = self._patterns.get(name)
         if pattern is None:
-            pattern = self._patterns[name] = name + "." if self.collides(name) else name
+            escaped = axolotl_escape(name)
+            if self.nests(name):
+                pattern = f"^{escaped}(.weight|.bias)?$"
+            else:
+                pattern = escaped + "." if self.collides(name) else escaped
+            self._patterns[name] = pattern
         return pattern
 
 
@@ -159,29 +186,31 @@ def _comment(text: str) -> str:
 
 
 def yaml_text(
-    selection: Selection, all_names: Iterable[str] | Prefixes, header: str = "", fused: Mapping[str, str] | None = None
+    selection: Selection,
+    all_names: Iterable[str] | Prefixes,
+    header: str = "",
+    fused: Mapping[str, str] | None = None,
+    names: TrainerNames | None = None,
 ) -> str:
     """An Axolotl config fragment in the reference's layout, with a comment for types that selected nothing.
 
-    ``fused`` maps expert-slice names to their fused tensor: no trainer can freeze a slice, so selected
-    slices are listed as comments and each fused tensor they belong to gets a commented-out line that
-    would unfreeze it whole (every expert in it)."""
+    NAMES (``trainer_names``): the lines name the parameters of the model transformers builds, one
+    ``^param$`` per whole parameter and one ``^param$[e:e+1]`` (Axolotl's dim-0 range) per expert of a
+    fused parameter; a comment says where a range trains more than was selected (the other half of an
+    expert's fused gate/up rows). Without NAMES the lines are the checkpoint's module names (the
+    reference's), and ``fused`` maps expert-slice names to their fused tensor: selected slices are listed
+    as comments and each fused tensor gets a commented-out line that would unfreeze it whole."""
+    if names is not None:
+        return _trainer_yaml(selection, header, names)
     fused = fused or {}
     whole: dict[str, list[str]] = {}
     prefixes = all_names if isinstance(all_names, Prefixes) else Prefixes(all_names)
     lines = [f"# {line}" for line in header.splitlines()] + ["unfrozen_parameters:"]
-    lines += [f"- {yaml_item(f'^{name}$')}" for name in selection.always]
+    lines += [f"- {yaml_item(f'^{axolotl_escape(name)}$')}" for name in selection.always]
     always_modules = {n[: -len(".weight")] for n in selection.always}
-    for type_, names in selection.chosen.items():
-        total = selection.counts[type_]
-        if not names and type_ in always_modules:
-            continue
-        lines.append(f"# {_comment(type_)} layers")
-        if not names:
-            lines.append(f"#   none selected: int({total} * {selection.percent:g} / 100) = 0 of {total} scored")
-        if selection.unscored.get(type_):
-            lines.append(f"#   {selection.unscored[type_]} without an SNR, not ranked")
-        for n in names:
+    for type_, chosen in selection.chosen.items():
+        lines += _type_comments(selection, type_, chosen, always_modules)
+        for n in chosen:
             if n in fused:
                 whole.setdefault(fused[n], []).append(n)
                 lines.append(f"#   {_comment(n)} (slice of a fused tensor, see the end)")
@@ -192,5 +221,100 @@ def yaml_text(
         lines.append("# (all of its experts). Uncomment a line to train that tensor whole:")
         for tensor, slices in whole.items():
             lines.append(f"#   {_comment(tensor)}: {len(slices)} selected slice(s)")
-            lines.append(f"# - {yaml_item(f'^{tensor}$')}")
+            lines.append(f"# - {yaml_item(f'^{axolotl_escape(tensor)}$')}")
+    return "\n".join(lines) + "\n"
+
+
+def _type_comments(selection: Selection, type_: str, chosen: tuple[str, ...], always_modules: set[str]) -> list[str]:
+    total = selection.counts[type_]
+    if not chosen and type_ in always_modules:
+        return []
+    out = [f"# {_comment(type_)} layers"]
+    if not chosen:
+        out.append(f"#   none selected: int({total} * {selection.percent:g} / 100) = 0 of {total} scored")
+    if selection.unscored.get(type_):
+        out.append(f"#   {selection.unscored[type_]} without an SNR, not ranked")
+    return out
+
+
+@dataclass(frozen=True)
+class Line:
+    """One ``unfrozen_parameters`` line in trainer names: parameter PARAM, rows ROWS (dim 0) or all of it."""
+
+    param: str
+    rows: tuple[int, int] | None
+    extra: int  # elements the line unfreezes beyond the selected ones (0: exact)
+
+    @property
+    def text(self) -> str:
+        line = f"^{axolotl_escape(self.param)}$"
+        return line if self.rows is None else f"{line}[{self.rows[0]}:{self.rows[1]}]"
+
+
+def trainer_lines(selection: Selection, names: TrainerNames) -> dict[str, list[Line]]:
+    """Per selected name (the embedding and head under their module names first), its lines in trainer names:
+    a whole parameter, or per dim-0 span (an expert of a fused parameter) one ranged line. Names without a
+    trainer name (``names.unmapped``) get none."""
+    wanted: dict[str, list] = {}
+    order = [n[: -len(".weight")] if n.endswith(".weight") else n for n in selection.always] + selection.names()
+    for n in order:
+        wanted[n] = list(names.regions.get(n, ()))
+    covered: dict[tuple[str, tuple[int, int] | None], int] = {}  # line -> selected elements under it
+    seen: set = set()
+    for regions in wanted.values():
+        for region in regions:
+            key = _line_key(region, names.shapes[region.param])
+            if (region.param, region.key) not in seen:
+                seen.add((region.param, region.key))
+                covered[key] = covered.get(key, 0) + region.numel()
+    out: dict[str, list[Line]] = {}
+    for n, regions in wanted.items():
+        lines = out[n] = []
+        for region in regions:
+            param, rows = key = _line_key(region, names.shapes[region.param])
+            shape = names.shapes[param]
+            size = (rows[1] - rows[0] if rows else shape[0]) * math.prod(shape[1:]) if shape else 1
+            lines.append(Line(param, rows, size - covered[key]))
+    return out
+
+
+def _line_key(region, shape: tuple[int, ...]) -> tuple[str, tuple[int, int] | None]:
+    """The Axolotl line that covers REGION: the whole parameter, or its dim-0 rows (start, stop)."""
+    if region.whole(shape) or not shape:
+        return region.param, None
+    start, stop, step = region.key[0]
+    if step != 1:  # rows every STEP-th: their dim-0 hull
+        stop = start + (len(range(start, stop, step)) - 1) * step + 1
+    return region.param, (start, stop)
+
+
+def _trainer_yaml(selection: Selection, header: str, names: TrainerNames) -> str:
+    per_name = trainer_lines(selection, names)
+    lines = [f"# {line}" for line in (header + "\n" + names.line()).strip().splitlines()]
+    lines.append("unfrozen_parameters:")
+    written: set[str] = set()
+
+    def emit(name: str) -> None:
+        if name in names.unmapped:
+            lines.append(f"#   {_comment(name)}: no trainer parameter ({_comment(names.unmapped[name])})")
+        for line in per_name.get(name, ()):
+            if line.text in written:
+                continue
+            written.add(line.text)
+            lines.append(f"- {yaml_item(line.text)}")
+            if line.extra:
+                lines.append(
+                    f"#   ^ also trains {line.extra:,} unselected elements of these rows (Axolotl's dim-0 ranges "
+                    "cannot separate an expert's gate rows from its up rows)"
+                )
+
+    always_modules = set()
+    for n in selection.always:
+        module = n[: -len(".weight")] if n.endswith(".weight") else n
+        always_modules.add(module)
+        emit(module)
+    for type_, chosen in selection.chosen.items():
+        lines += _type_comments(selection, type_, chosen, always_modules)
+        for n in chosen:
+            emit(n)
     return "\n".join(lines) + "\n"

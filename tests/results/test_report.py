@@ -96,7 +96,9 @@ def test_percent_out_of_range():
 def test_module_pattern_by_bisection_equals_the_rule_over_every_name(names, other):
     for name in [*names, other]:
         collides = any(o.startswith(name) and not o.startswith(name + ".") and o != name for o in names)
-        assert module_pattern(name, names) == (name + "." if collides else name)
+        nests = any(o.startswith(name + ".") for o in names)  # a module inside it: its own parameters only
+        want = f"^{name}(.weight|.bias)?$" if nests else (name + "." if collides else name)
+        assert module_pattern(name, names) == want
 
 
 def test_output_json_refuses_nan_like_json_does():

@@ -1,11 +1,13 @@
 """Tensor names go into the unfrozen_parameters YAML only as data: loading it back gives the selection."""
 
+import re
+
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamscan.records import Result
-from streamscan.results.selection import module_pattern, select_top, yaml_item, yaml_text
+from streamscan.results.selection import axolotl_escape, module_pattern, select_top, yaml_item, yaml_text
 
 HOSTILE = [
     "x\n- .*\nlearning_rate: 100.0\n#.weight",
@@ -47,16 +49,36 @@ def check_round_trip(names):
     text = yaml_text(sel, names, header="hostile\nnames")
     doc = yaml.safe_load(text)
     assert list(doc) == ["unfrozen_parameters"]
-    expected = [f"^{n}$" for n in sel.always] + [module_pattern(n, names) for n in sel.names()]
+    expected = [f"^{axolotl_escape(n)}$" for n in sel.always] + [module_pattern(n, names) for n in sel.names()]
     assert doc["unfrozen_parameters"] == expected
     return doc, sel
+
+
+def axolotl_regex(line: str) -> re.Pattern:
+    """Axolotl's utils/freeze.py LayerNamePattern (no range): dots escaped unless followed by '+'."""
+    return re.compile(re.sub(r"\.(?!\+)", "\\\\.", line))
+
+
+HOSTILE_REGEX = [".+|.0.mlp.down_proj.weight", ".*", "a(b", "x[3]", "x[1:2]", "a\\.b", "$", "^", "a.+b", "a|b", "\\"]
+
+
+def test_every_line_matches_exactly_the_name_it_names_under_axolotl():
+    names = HOSTILE + HOSTILE_REGEX + ["model.layers.0.mlp.down_proj", "model.layers.1"]
+    params = [n + ".weight" for n in names] + ["model.layers.0.mlp.gate_proj.weight", "lm_head.weight"]
+    for n in names:
+        line = module_pattern(n, names)
+        assert not re.match(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$", line), line  # never read as a dim-0 range
+        hits = [p for p in params if axolotl_regex(line).match(p)]
+        assert hits == [n + ".weight"], (n, line, hits)
+        anchored = f"^{axolotl_escape(n + '.weight')}$"
+        assert [p for p in params if axolotl_regex(anchored).match(p)] == [n + ".weight"]
 
 
 def test_injected_name_stays_one_item():
     doc, sel = check_round_trip(HOSTILE)
     assert "learning_rate" not in doc
     items = doc["unfrozen_parameters"]
-    assert HOSTILE[0] in items and ".*" not in items
+    assert module_pattern(HOSTILE[0], HOSTILE) in items and ".*" not in items
     assert len(items) == len(sel.always) + len(sel.names())
 
 
