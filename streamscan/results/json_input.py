@@ -59,6 +59,8 @@ def _number(text: str) -> int | float:
 def text_problem(text: str) -> str | None:
     """Why TEXT (a name or type from a file) cannot be used as text: a lone surrogate (not UTF-8) or a
     control character (None when it can)."""
+    if text.isascii() and text.isprintable():
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
