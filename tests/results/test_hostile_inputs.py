@@ -318,9 +318,6 @@ def test_the_metrics_json_reader_reads_or_refuses_in_one_line(scanned, tmp_path,
 
 
 def test_a_full_disk_during_metrics_leaves_the_old_set_whole(scanned, tmp_path, monkeypatch):
-    import errno
-    import tempfile
-
     from streamscan.results import files
     from streamscan.results.metrics_table import NAMES, write_metrics
 
@@ -329,15 +326,15 @@ def test_a_full_disk_during_metrics_leaves_the_old_set_whole(scanned, tmp_path, 
     for n in NAMES.values():
         (out / n).write_bytes(b"old " + n.encode())
     old = {n: (out / n).read_bytes() for n in NAMES.values()}
-    real, calls = tempfile.mkstemp, []
+    real, calls = files._create_temp, []
 
-    def full(*a, **kw):
-        calls.append(1)
+    def full(path):  # the third file's writes fail as on a full disk (/dev/full: ENOSPC)
+        calls.append(path)
         if len(calls) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(*a, **kw)
+            return os.open("/dev/full", os.O_WRONLY), path.with_name(".never-made.tmp")
+        return real(path)
 
-    monkeypatch.setattr(files.tempfile, "mkstemp", full)
+    monkeypatch.setattr(files, "_create_temp", full)
     _, results = streamscan.load_results(out)
     with pytest.raises(OutputError, match="no space left"):
         write_metrics(out, results, workers=1)
