@@ -23,7 +23,6 @@ SMALL_ELEMENTS = 1 << 18  # up to here an FP8 matrix (or stack) is dequantized i
 
 # FP4 E2M1 code -> value: sign bit 3, exponent bits 2..1, mantissa bit 0.
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
-FP8_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
 def _row_step(cols: int) -> int:

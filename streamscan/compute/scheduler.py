@@ -28,7 +28,6 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
-import psutil
 import torch
 
 from streamscan.checkpoint.reader import Pieces, Stored, can_read_in_pieces, read_many, read_stored, read_tensor
@@ -266,7 +265,6 @@ class _Pool:
         self.batch_cap: dict[tuple, int] = {}  # (device, batch key) -> most members, halved at each OOM
         self.staging = StagingPool(pinned=None if compute is None else False)
         self.stored = True  # whole FP8/MXFP4 weights read as stored, dequantized by the worker on its device
-        self.cores = default_workers()
         self.cpu_workers = cpu_workers
         self.memory_probe = memory_probe or gpu_memory
         self.max_memory, self.prefetch_depth = max_memory, prefetch
@@ -706,23 +704,10 @@ def _solver_timings() -> dict[str, dict[int, float]] | None:
         return None
 
 
-_THIS_PROCESS = psutil.Process()  # one object: cpu_percent(None) compares with this object's previous call
-
-
 def _configured_threads() -> int | None:
     """STREAMSCAN_THREADS_PER_JOB: a fixed torch thread count for every CPU job (placement.cpu_threads)."""
     value = os.environ.get("STREAMSCAN_THREADS_PER_JOB", "")
     return int(value) if value.isdigit() and int(value) > 0 else None
-
-
-def _other_busy_cores() -> float:
-    """Cores other processes kept busy since the previous call (system load minus ours), from psutil's counters."""
-    try:
-        total = psutil.cpu_percent(interval=None) / 100 * (psutil.cpu_count() or 1)
-        ours = _THIS_PROCESS.cpu_percent(interval=None) / 100
-        return max(0.0, total - ours)
-    except psutil.Error:
-        return 0.0
 
 
 def run_jobs(
@@ -756,7 +741,6 @@ def run_jobs(
     stats.max_memory = max_memory or default_max_memory()
     limit_heap_growth()
     before = torch.get_num_threads()
-    _other_busy_cores()  # starts psutil's counters
     pool = _Pool(
         devices,
         method,

@@ -21,10 +21,6 @@ from streamscan.errors import CheckpointError
 FORMATS = {".safetensors": "safetensors", ".gguf": "gguf", ".bin": "torch_zip", ".pt": "torch_zip", ".pth": "torch_zip"}
 
 
-def is_checkpoint_file(path: Path) -> bool:
-    return path.suffix in FORMATS
-
-
 def format_for(path: Path) -> ModuleType:
     """The format module that reads PATH (imported on first use: GGUF needs the optional gguf package)."""
     name = FORMATS.get(os.path.splitext(os.fspath(path))[1])  # Path(path).suffix, without a Path per read
