@@ -118,7 +118,7 @@ def test_plan_is_known_before_any_download(hub):
     assert shard_bodies(hub) == []  # headers only: Range reads of the first 100 kB
     assert not list(hub.cache.glob("models--*/blobs/*.incomplete")) and not (snapshot(hub) / SHARDS[0]).exists()
     text = CliRunner().invoke(main, ["inspect", REPO]).output
-    assert f"4 shard(s) at commit {hub.commit}" in text and "estimated compute" in text
+    assert f"4 shard(s) at commit {hub.commit}" in text and "estimated time" in text
 
 
 def test_warm_cache_is_used_in_place_without_downloading(hub, reference, tmp_path):
