@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 from streamscan._version import __version__
 
 _EXPORTS = {
-    "streamscan.pipeline": ("scan", "merge", "ScanResult"),
     "streamscan.api": (
+        "scan",
+        "merge",
+        "ScanResult",
         "select",
         "status",
         "load_results",
@@ -31,22 +33,17 @@ _EXPORTS = {
     "streamscan.results.selection": ("Selection", "select_top", "rank_by_type"),
     "streamscan.records": (
         "Result",
-        "Job",
-        "Part",
-        "TensorInfo",
-        "ShardInfo",
-        "Quant",
         "ExpertRow",
         "ScanOptions",
         "ScanHeader",
         "ScanSummary",
-        "Fingerprint",
     ),
     "streamscan.errors": (
         "StreamscanError",
         "SourceError",
         "CheckpointError",
         "JournalError",
+        "OutputError",
         "UsageError",
         "DistributedError",
         "SelectionError",
@@ -72,12 +69,15 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from streamscan.api import (  # noqa: F401
+        ScanResult,
         compare,
         inspect_model,
         load_results,
+        merge,
         metrics,
         moe_report,
         report,
+        scan,
         select,
         status,
     )
@@ -86,25 +86,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         CheckpointError,
         DistributedError,
         JournalError,
+        OutputError,
         SelectionError,  # noqa: F401
         SourceError,
         StreamscanError,
         UsageError,
     )
-    from streamscan.pipeline import ScanResult, merge, scan  # noqa: F401
-    from streamscan.records import (
-        ExpertRow,
-        Fingerprint,
-        Job,
-        Part,
-        Quant,
-        Result,
-        ScanHeader,  # noqa: F401
-        ScanOptions,
-        ScanSummary,
-        ShardInfo,
-        TensorInfo,
-    )
+    from streamscan.records import ExpertRow, Result, ScanHeader, ScanOptions, ScanSummary  # noqa: F401
     from streamscan.results.selection import Selection, rank_by_type, select_top  # noqa: F401
     from streamscan.training.apply import TrainableSummary, apply_selection, sync_optimizer, trainable_summary  # noqa: F401
     from streamscan.training.callback import SelectionSchedule, SpectrumCallback  # noqa: F401

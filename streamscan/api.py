@@ -1,8 +1,10 @@
-"""api: what a finished (or partial) scan answers without rescanning, and what a scan would do.
+"""api: the functions of the public API (``streamscan.__all__``; docs/api.md).
 
-``load_results``, ``status``, ``select``, ``moe_report``, ``metrics``, ``report`` and ``compare`` read the
-journal in OUT (or a published Spectrum results JSON in its place, where no spectra are needed);
-``inspect_model`` reads only headers. ``streamscan.scan`` and ``streamscan.merge`` (pipeline.py) write the journal.
+``scan`` scores a checkpoint into the journal in OUT and writes the outputs; ``merge`` writes them from the
+journals a split scan left. ``load_results``, ``status``, ``select``, ``moe_report``, ``metrics``, ``report``
+and ``compare`` read the journal in OUT (or a published Spectrum results JSON in its place, where no spectra
+are needed); ``inspect_model`` reads only headers. ``scan``, ``inspect_model`` and the scan itself live in
+pipeline.py.
 """
 
 from __future__ import annotations
@@ -10,13 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from streamscan.checkpoint.index import CheckpointIndex, build_index
-from streamscan.checkpoint.source import resolve
-from streamscan.errors import JournalError, UsageError
-from streamscan.planning.experts import GROUPINGS
-from streamscan.planning.plan import Plan, make_plan
+from streamscan.errors import UsageError
+from streamscan.pipeline import ScanResult, check_grouping, inspect_model, merge_journals, scan
 from streamscan.records import DEFAULT_OUT, Result, ScanHeader
-from streamscan.results.journal import is_locked, journal_files, read_journals
+from streamscan.results.journal import is_locked, journal_files, no_scan, read_journals
 from streamscan.results.moe_report import write_moe_outputs
 from streamscan.results.outputs import write_yaml
 from streamscan.results.published import is_results_json, load_published
@@ -24,6 +23,9 @@ from streamscan.results.scan_outputs import all_names, count, in_order, yaml_opt
 
 __all__ = [
     "DEFAULT_OUT",
+    "ScanResult",
+    "scan",
+    "merge",
     "inspect_model",
     "load_results",
     "compare",
@@ -36,32 +38,17 @@ __all__ = [
 REPORT_METRICS_LIMIT = 5000  # a report computes metrics itself up to this many matrices (else: run `metrics`)
 
 
-def no_scan(out_dir: Path) -> JournalError:
-    return JournalError(f"{out_dir}: no streamscan scan here; run `streamscan run MODEL --out {out_dir}` first")
-
-
-def check_grouping(moe_grouping: str) -> None:
-    if moe_grouping not in GROUPINGS:
-        raise UsageError(f"--moe-grouping {moe_grouping}: unknown; choose one of {', '.join(GROUPINGS)}")
-
-
 def check_percent(top_percent: float) -> float:
     if not 0 < top_percent <= 100:
         raise UsageError(f"--top-percent {top_percent}: must be in (0, 100]")
     return float(top_percent)
 
 
-def inspect_model(
-    model: str | Path,
-    include: Iterable[str] = (),
-    exclude: Iterable[str] = (),
-    *,
-    revision: str | None = None,
-    offline: bool | None = None,
-) -> tuple[CheckpointIndex, Plan]:
-    """Headers only (read remotely for a Hub model's shards not yet downloaded): what a scan would score and skip."""
-    index = build_index(resolve(model, revision=revision, offline=offline))
-    return index, make_plan(index, tuple(include), tuple(exclude))
+def merge(out: str | Path, top_percent: Iterable[float] = (), moe_grouping: str = "reference") -> ScanResult:
+    """Fold the rank and shard journals of a split scan in OUT into its single-process journal and write the
+    outputs (YAMLs for each TOP_PERCENT; MoE experts ranked with MOE_GROUPING), as a single-process scan
+    writes them: identical for identical results."""
+    return merge_journals(out, top_percent, moe_grouping=moe_grouping)
 
 
 def load_results(out: str | Path) -> tuple[ScanHeader, list[Result]]:

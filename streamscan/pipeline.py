@@ -1,6 +1,6 @@
 """pipeline: a scan from start to outputs: resolve -> index -> plan -> (read, schedule, compute) -> journal -> outputs.
 
-``scan`` runs a whole scan, one rank's or one shard's share of a split one; ``merge`` folds rank and shard
+``scan`` runs a whole scan, one rank's or one shard's share of a split one; ``merge_journals`` folds rank and shard
 journals and writes the outputs. Options are a ``ScanOptions``; the journal header a ``ScanHeader``; the
 summary a ``ScanSummary`` (records.py).
 """
@@ -19,17 +19,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamscan._version import __version__
-from streamscan.api import check_grouping, inspect_model, no_scan
-from streamscan.checkpoint.index import CheckpointIndex
+from streamscan.checkpoint.index import CheckpointIndex, build_index
 from streamscan.checkpoint.shards import ShardFeed
-from streamscan.checkpoint.source import slugify
+from streamscan.checkpoint.source import resolve, slugify
 from streamscan.distributed import Group, Rank, assign, digest, from_env, local_devices, parse_shard, share
 from streamscan.errors import DistributedError, JournalError, UsageError
-from streamscan.planning.experts import moe_rows
-from streamscan.planning.plan import Plan
+from streamscan.planning.experts import GROUPINGS, moe_rows
+from streamscan.planning.plan import Plan, make_plan
 from streamscan.records import DEFAULT_OUT, Fingerprint, RankInfo, Result, ScanHeader, ScanOptions, ScanSummary
 from streamscan.results.files import os_error, prepare_dir
-from streamscan.results.journal import COMMIT_RECORDS, COMMIT_SECONDS, Journal, journal_header, read_journals
+from streamscan.results.journal import (
+    COMMIT_RECORDS,
+    COMMIT_SECONDS,
+    Journal,
+    journal_header,
+    no_scan,
+    read_journals,
+)
 from streamscan.results.outputs import check_names
 from streamscan.results.scan_outputs import in_order, placement_notes, summarize, write_scan_outputs
 from streamscan.results.spectra import SpectraWriter, clear, missing
@@ -37,7 +43,7 @@ from streamscan.results.spectra import SpectraWriter, clear, missing
 if TYPE_CHECKING:
     from streamscan.compute.scheduler import PoolStats
 
-# The compute layer (torch) is imported inside the functions that scan: `merge` never loads torch.
+# The compute layer (torch) is imported inside the functions that scan: `merge_journals` never loads torch.
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,24 @@ class ScanResult:
     @property
     def snr(self) -> dict[str, float | None]:
         return {r.name: r.snr for r in self.results}
+
+
+def inspect_model(
+    model: str | Path,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    *,
+    revision: str | None = None,
+    offline: bool | None = None,
+) -> tuple[CheckpointIndex, Plan]:
+    """Headers only (read remotely for a Hub model's shards not yet downloaded): what a scan would score and skip."""
+    index = build_index(resolve(model, revision=revision, offline=offline))
+    return index, make_plan(index, tuple(include), tuple(exclude))
+
+
+def check_grouping(moe_grouping: str) -> None:
+    if moe_grouping not in GROUPINGS:
+        raise UsageError(f"--moe-grouping {moe_grouping}: unknown; choose one of {', '.join(GROUPINGS)}")
 
 
 def fingerprint(index: CheckpointIndex, method: str, include: Iterable[str], exclude: Iterable[str]) -> Fingerprint:
@@ -415,7 +439,7 @@ def _scan_ranks(
     if rank.rank != 0:
         return mine
     merged = functools.partial(
-        merge, out_dir, percents, started=run["started"], resumed=len(done), workers=run["workers"],
+        merge_journals, out_dir, percents, started=run["started"], resumed=len(done), workers=run["workers"],
         moe_grouping=moe_grouping,
     )  # fmt: skip
     try:
@@ -442,7 +466,7 @@ def _scan_ranks(
     return res
 
 
-def merge(
+def merge_journals(
     out: str | Path,
     top_percent: Iterable[float] = (),
     *,
@@ -452,7 +476,8 @@ def merge(
     workers: int | None = None,
     moe_grouping: str = "reference",
 ) -> ScanResult:
-    """Fold the rank and shard journals in OUT into its single-process journal and write the outputs.
+    """``streamscan.merge`` (api.py), with what a split scan's rank 0 passes on: FOLD, the scan's STARTED time,
+    RESUMED records and WORKERS for the summary.
 
     With FOLD=False the journals are only read (a rank may still write to its own). Outputs are those a
     single-process scan writes, identical for identical results.

@@ -6,7 +6,7 @@ import sys
 
 def test_merge_and_inspect_paths_do_not_import_torch():
     code = (
-        "import sys; from streamscan.cli.commands import main; from streamscan.pipeline import merge; "
+        "import sys; from streamscan.cli.commands import main; from streamscan.api import merge; "
         "from streamscan.api import inspect_model; from streamscan.results.overview import overview; "
         "from streamscan.compute.devices import default_workers; default_workers(); "
         "print('torch' in sys.modules)"

@@ -14,8 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from streamscan.api import moe_report, report, select, status
-from streamscan.pipeline import merge
+from streamscan.api import merge, moe_report, report, select, status
 from streamscan.records import ExpertRow, Fingerprint, Result, ScanHeader, Skipped
 from streamscan.results.journal import Journal, read_journals
 

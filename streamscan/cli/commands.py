@@ -178,10 +178,10 @@ def run(model, out, quiet, workers, **options):
     """
     check_run(model, out, options["devices"], options["max_memory"], options["max_disk"], options["shard"])
     # only now the library and torch (seconds)
+    from streamscan.api import scan
     from streamscan.cli.process import before_scan, scan_settings
     from streamscan.cli.progress import Progress
     from streamscan.compute.devices import default_workers, parse_devices
-    from streamscan.pipeline import scan
     from streamscan.records import ScanOptions
 
     opts = ScanOptions.of(cpu_workers=workers, **options, **scan_settings())
@@ -326,7 +326,7 @@ def merge_cmd(out, top_percent, moe_grouping):
       streamscan run MODEL --out scan --shard 1/2   # on another, same shared --out
       streamscan merge --out scan -p 25
     """
-    from streamscan.pipeline import merge
+    from streamscan.api import merge
 
     res = merge(out, top_percent, moe_grouping=moe_grouping)
     s = res.summary

@@ -51,6 +51,10 @@ COMMIT_SECONDS = 0.5
 COMMIT_RECORDS = 256
 
 
+def no_scan(out_dir: Path) -> JournalError:
+    return JournalError(f"{out_dir}: no streamscan scan here; run `streamscan run MODEL --out {out_dir}` first")
+
+
 def rank_journal_name(rank: int) -> str:
     return f"streamscan.journal.rank-{rank:05d}.jsonl"
 
