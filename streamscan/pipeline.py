@@ -177,6 +177,7 @@ def scan(
             feed=(lambda jobs: ShardFeed(source.hub, jobs, None, True)) if source.hub is not None else None,
             spectra=opts.spectra,
             commit=(opts.commit_records, opts.commit_seconds),
+            tuning=_tuning(opts),
         )
         if not ranks.coordinated:
             return _scan_shard(full, header, out_dir, ranks, opts.fresh, **run)
@@ -211,6 +212,7 @@ def scan(
             stats=stats,
             feed=feed,
             spectra=SpectraWriter(out_dir) if opts.spectra else None,
+            tuning=_tuning(opts),
         )
         results = in_order(header, journal.results)
     if feed is not None:
@@ -244,6 +246,13 @@ def _kept_summary(out_dir: Path, summary: ScanSummary) -> ScanSummary:
     return summary.replace(**{k: before[k] for k in KEPT_ON_RERUN if k in before})
 
 
+def _tuning(opts: ScanOptions) -> dict:
+    """The scheduler's settings among OPTIONS (run_jobs' keywords)."""
+    if opts.solver is not None and opts.solver not in ("gram64", "gram64-host-eig"):
+        raise UsageError(f"solver {opts.solver!r}: unknown; choose gram64 or gram64-host-eig")
+    return dict(solver_path=opts.solver, pieces_above=opts.pieces_above, threads_per_job=opts.threads_per_job)
+
+
 def _execute(
     journal: Journal,
     jobs,
@@ -259,6 +268,7 @@ def _execute(
     stats: PoolStats,
     feed: ShardFeed | None = None,
     spectra: SpectraWriter | None = None,
+    tuning: dict | None = None,
 ) -> None:
     """Run JOBS and journal each result as it finishes (tagged with the rank in a split scan).
 
@@ -283,6 +293,7 @@ def _execute(
             max_memory=budget,
             stats=stats,
             keep=spectra.add if spectra is not None else None,
+            **(tuning or {}),
         )
         for done, result in enumerate(results, start=resumed + 1):
             try:
@@ -361,6 +372,7 @@ def _run_share(
     feed: Callable[[list], ShardFeed] | None = None,
     spectra: bool = True,
     commit: tuple[int, float] = (COMMIT_RECORDS, COMMIT_SECONDS),
+    tuning: dict | None = None,
 ) -> ScanResult:
     """Scan this rank's JOBS into its own journal; the result holds the rank's own records. COMMIT: the
     journal's (commit_records, commit_seconds)."""
@@ -387,6 +399,7 @@ def _run_share(
             stats=stats,
             feed=shards,
             spectra=SpectraWriter(out_dir, rank=rank.rank) if spectra else None,
+            tuning=tuning,
         )
         own = [journal.results[j.name] for j in jobs if j.name in journal.results]
     if shards is not None:

@@ -403,6 +403,10 @@ class ScanOptions:
     spectra: bool = True  # keep every matrix's singular values in OUT/spectra (results/spectra.py)
     commit_records: int = 256
     commit_seconds: float = 0.5
+    # scheduler settings (compute/scheduler.run_jobs); the CLI reads them from STREAMSCAN_* variables
+    solver: str | None = None  # force a gram64 solver path on every device (compute/solver.PATHS)
+    pieces_above: int | None = None  # bytes as stored above which a matrix is read in pieces (default: 1 GiB)
+    threads_per_job: int | None = None  # torch threads per CPU job (default: 1; placement.cpu_threads)
 
     def __post_init__(self) -> None:
         for name in ("top_percent", "include", "exclude"):  # lists and generators from callers become tuples

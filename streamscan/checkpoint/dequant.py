@@ -30,9 +30,13 @@ def _row_step(cols: int) -> int:
 
 
 def on_device(scheme: str, weight: torch.Tensor, scale: torch.Tensor, block, device) -> torch.Tensor:
-    """A stored quantized weight (reader.read_stored) dequantized to float32 on DEVICE: the weight and its
+    """A stored quantized weight (reader.read_stored; a block-scaled FP8 one may be a stack) dequantized to float32 on DEVICE: the weight and its
     scales are copied there as stored (1 byte per FP8 value, 0.5 per MXFP4 value) and converted there."""
     weight, scale = weight.to(device, non_blocking=True), scale.to(device, non_blocking=True)
+    if scheme == "fp8-block" and weight.ndim == 3:  # a [B, m, n] stack of same-shape weights, [B, R, C] scales
+        return fp8_block_stack(weight, scale, block or (128, 128))
+    if scheme == "fp8-scaled" and weight.ndim == 3:  # a stack: each member with its own scale
+        return torch.stack([fp8_scaled(w, s) for w, s in zip(weight, scale)])
     if scheme == "fp8-block":
         return fp8_block(weight, scale, block or (128, 128))
     if scheme == "fp8-scaled":

@@ -14,6 +14,7 @@ from streamscan.checkpoint import dequant
 from streamscan.checkpoint.formats import format_for
 from streamscan.checkpoint.formats.safetensors import (
     SUFFIX,
+    _pread_into,
     byte_range,
     piece_lines,
     read_pieces,
@@ -101,6 +102,46 @@ def can_read_in_pieces(info: TensorInfo) -> bool:
 
 
 STORED_SCHEMES = ("fp8-block", "fp8-scaled", "mxfp4")
+
+
+def stageable(info: TensorInfo, stored: bool = True) -> bool:
+    """Whether the whole of INFO can be read straight into a caller's buffer (:func:`read_into`): an
+    unquantized safetensors tensor stored as one byte range, or (with STORED) a block-scaled or scaled FP8
+    one whose weight and scales are."""
+    if info.quant is None:
+        return str(info.shard).endswith(SUFFIX) and byte_range(info) is not None
+    return (
+        stored
+        and info.quant.scheme in ("fp8-block", "fp8-scaled")
+        and stageable(replace(info, quant=None))
+        and stageable(info.quant.scale)
+    )
+
+
+def read_into(infos: list[TensorInfo], outs: list[torch.Tensor]) -> None:
+    """Each whole tensor of INFOS (see :func:`stageable`; a quantized one's bytes as stored) read from its
+    byte range straight into the contiguous tensor of OUTS beside it (its shape and dtype): one open per
+    shard, in file order, no allocation. Raises CheckpointError in one line naming the shard."""
+    import os
+
+    by_shard: dict = {}
+    for info, out in zip(infos, outs):
+        where = byte_range(info)
+        if where is None or out.nbytes != info.nbytes or not out.is_contiguous():
+            raise CheckpointError(f"{info.shard}: {info.stored_name!r} cannot be read into a {tuple(out.shape)} buffer")
+        by_shard.setdefault(info.shard, []).append((where[0], info, out))
+    for shard, members in by_shard.items():
+        try:
+            fd = os.open(shard, os.O_RDONLY)
+        except OSError as err:
+            raise CheckpointError(f"{shard}: cannot read ({err}); re-download the shard") from None
+        try:
+            for offset, info, out in sorted(members, key=lambda m: m[0]):
+                _pread_into(fd, memoryview(out.view(-1).view(torch.uint8).numpy()), offset, info)
+        except OSError as err:
+            raise CheckpointError(f"{shard}: cannot read ({err}); re-download the shard") from None
+        finally:
+            os.close(fd)
 
 
 def read_stored(info: TensorInfo, part: Part | None = None) -> Stored | torch.Tensor:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -26,8 +25,7 @@ from streamscan.records import DEFAULT_METHOD, METHODS
 CHUNK_ELEMENTS = 1 << 22  # float64 elements converted at a time (32 MiB)
 BLOCKED_FROM = 512  # a Gram of this small side or more is built by row blocks (its upper block triangle)
 MIN_DIM = 2
-GRAM_PATHS = ("gram64", "gram64-magma", "gram64-host-eig")  # where gram64's eigenvalues are found (solver.py)
-_magma = threading.Lock()  # preferred_linalg_library is process-wide
+GRAM_PATHS = ("gram64", "gram64-host-eig")  # where gram64's eigenvalues are found (solver.py)
 
 
 @dataclass(frozen=True)
@@ -283,20 +281,13 @@ def gram_batch(Ws: torch.Tensor, device: torch.device | str | None = None, block
 
 
 def eigenvalues(G: torch.Tensor, path: str = "gram64") -> torch.Tensor:
-    """Ascending eigenvalues (on the CPU) of the upper triangle of G ([k, k] or [B, k, k]) by PATH:
-    on G's device (``gram64``), through MAGMA (``gram64-magma``, CUDA), or on the host (``gram64-host-eig``)."""
+    """Ascending eigenvalues (on the CPU) of the upper triangle of G ([k, k] or [B, k, k]) by PATH: on G's
+    device (``gram64``; on CUDA with the library the process prefers, see solver.py) or on the host
+    (``gram64-host-eig``)."""
     if path not in GRAM_PATHS:
         raise ValueError(f"unknown solver path {path!r}; choose one of {', '.join(GRAM_PATHS)}")
     if path == "gram64-host-eig":
         return torch.linalg.eigvalsh(G.cpu(), UPLO="U")
-    if path == "gram64-magma" and G.is_cuda:
-        with _magma:
-            before = torch.backends.cuda.preferred_linalg_library()
-            torch.backends.cuda.preferred_linalg_library("magma")
-            try:
-                return torch.linalg.eigvalsh(G, UPLO="U").cpu()
-            finally:
-                torch.backends.cuda.preferred_linalg_library(before)
     return torch.linalg.eigvalsh(G, UPLO="U").cpu()
 
 

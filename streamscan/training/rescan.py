@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from streamscan.checkpoint.memory import memory_index
+from streamscan.compute.backends import device_for
 from streamscan.compute.executor import error_result, oom_types, score_job
 from streamscan.compute.spectrum import DEFAULT_METHOD, METHODS
 from streamscan.errors import UsageError
@@ -53,7 +54,7 @@ def score_model(
             W = W[job.part.key]
         device = str(W.device)
         try:
-            result = score_job(job, W, method, device, device)
+            result = score_job(job, W, method, device, device_for(device))
         except oom_types() as err:  # recorded, not ranked; the rest is still scored
             result = error_result(job, method, device, err, 0.0)
         if result.status == "error":

@@ -12,6 +12,7 @@ from streamscan.checkpoint.source import resolve
 from streamscan.compute.spectrum import gram, gram_batch, score, score_batch
 from streamscan.compute.staging import StagingPool
 from streamscan.planning.plan import make_plan
+from tests.fixtures.simulated import SimulatedGpu
 from tests.fixtures.synthetic_moe import MoeShape, write_moe
 
 
@@ -76,12 +77,7 @@ def test_scheduler_batches_same_shape_jobs_and_returns_one_result_each(tmp_path)
         sizes.append(stack.shape[0] if stack.ndim == 3 else 1)
         return score_batch(stack, method) if stack.ndim == 3 else score(stack, method)
 
-    compute.batched = True
-    batched = list(
-        scheduler.run_jobs(
-            jobs, "gram64", devices=["cuda:0"], memory_probe=lambda d: (80 << 30, 80 << 30), compute=compute
-        )
-    )
+    batched = list(scheduler.run_jobs(jobs, "gram64", devices=[SimulatedGpu(compute=compute, batched=True)]))
     one = {r.name: r for r in scheduler.run_jobs(jobs, "gram64", workers=1, batch=False)}
     assert sorted(r.name for r in batched) == sorted(one) and len(batched) == len(jobs)
     assert {r.name: r.snr for r in batched} == {n: r.snr for n, r in one.items()}
@@ -99,17 +95,9 @@ def test_an_out_of_memory_batch_is_split_in_halves_and_retried(tmp_path):
             raise torch.OutOfMemoryError(f"simulated: {b} matrices do not fit")
         return score_batch(stack, method) if stack.ndim == 3 else score(stack, method)
 
-    compute.batched = True
     stats = scheduler.PoolStats()
     results = list(
-        scheduler.run_jobs(
-            jobs,
-            "gram64",
-            devices=["cuda:0"],
-            stats=stats,
-            memory_probe=lambda d: (80 << 30, 80 << 30),
-            compute=compute,
-        )
+        scheduler.run_jobs(jobs, "gram64", devices=[SimulatedGpu(compute=compute, batched=True)], stats=stats)
     )
     assert len(results) == len(jobs) and all(r.status == "ok" for r in results)
     assert all(r.worker == "cuda:0" for r in results)  # split and retried there, not sent to the CPU
@@ -172,9 +160,7 @@ def test_fp8_read_as_stored_and_dequantized_on_the_device_equals_the_cpu_path(tm
             scheduler.run_jobs(
                 jobs,
                 "gram64",
-                devices=["cuda:0"],
-                memory_probe=lambda d: (80 << 30, 80 << 30),
-                compute=lambda t, m, d: score(t, m),
+                devices=[SimulatedGpu()],
             )
         )
     finally:

@@ -70,12 +70,12 @@ def test_a_scan_above_the_threshold_reads_in_pieces_with_the_same_results(wide_a
     seen = []
     real = sp.score_pieces
     monkeypatch.setattr(
-        "streamscan.compute.executor.score_pieces", lambda p, shape, device=None: seen.append(shape) or real(p, shape)
+        "streamscan.compute.backends.score_pieces", lambda p, shape, device=None: seen.append(shape) or real(p, shape)
     )
     monkeypatch.setattr(scheduler, "PIECE_BYTES", 64 * 8)
-    monkeypatch.setenv("STREAMSCAN_PIECES_ABOVE", str(64 * 64 * 4))  # the two bf16 ones, not the float32 64x64
     stats = scheduler.PoolStats()
-    pieced = {r.name: r for r in scheduler.run_jobs(jobs, "gram64", workers=1, stats=stats)}
+    above = 64 * 64 * 4  # the two bf16 ones, not the float32 64x64
+    pieced = {r.name: r for r in scheduler.run_jobs(jobs, "gram64", workers=1, stats=stats, pieces_above=above)}
     assert sorted(seen) == [(64, 300), (300, 64)]
     assert {n: (r.snr, r.sigma_max, r.n_signal) for n, r in pieced.items()} == {
         n: (r.snr, r.sigma_max, r.n_signal) for n, r in whole.items()

@@ -3,10 +3,12 @@ import torch
 
 import streamscan
 import streamscan.compute.scheduler as scheduler
+import streamscan.compute.staging as staging
 from streamscan.checkpoint.index import build_index
 from streamscan.checkpoint.source import resolve
 from streamscan.errors import UsageError
 from streamscan.planning.plan import make_plan
+from tests.fixtures.simulated import SimulatedGpu, simulated
 
 
 def test_parallel_workers_give_identical_results_to_one_worker(sharded_llama):
@@ -19,7 +21,7 @@ def test_parallel_workers_give_identical_results_to_one_worker(sharded_llama):
 
 
 def test_a_failing_job_is_recorded_and_retried_on_resume(sharded_llama, tmp_path, monkeypatch):
-    real, real_many = scheduler.read_tensor, scheduler.read_many
+    real, real_many = staging.read_tensor, scheduler.read_many
     bad = "model.layers.1.mlp.up_proj.weight"
 
     def flaky(info):
@@ -32,13 +34,13 @@ def test_a_failing_job_is_recorded_and_retried_on_resume(sharded_llama, tmp_path
             raise OSError("simulated I/O error")
         return real_many(infos, stored)
 
-    monkeypatch.setattr(scheduler, "read_tensor", flaky)
+    monkeypatch.setattr(staging, "read_tensor", flaky)
     monkeypatch.setattr(scheduler, "read_many", flaky_many)
     first = streamscan.scan(sharded_llama, tmp_path)
     failed = [r for r in first.results if r.status == "error"]
     assert [r.name for r in failed] == ["model.layers.1.mlp.up_proj"] and "simulated I/O error" in failed[0].reason
     assert first.summary["failed"] == 1 and first.summary["scored"] == 29
-    monkeypatch.setattr(scheduler, "read_tensor", real)
+    monkeypatch.setattr(staging, "read_tensor", real)
     monkeypatch.setattr(scheduler, "read_many", real_many)
     second = streamscan.scan(sharded_llama, tmp_path)
     assert second.summary["failed"] == 0 and second.summary["resumed_from_journal"] == 29
@@ -99,10 +101,8 @@ def test_simulated_gpus_place_by_memory_retry_out_of_memory_and_fall_back_to_cpu
         scheduler.run_jobs(
             jobs,
             "gram64",
-            devices=["cuda:0", "cuda:1"],
+            devices=simulated(["cuda:0", "cuda:1"], memory=lambda d: (totals[d], totals[d]), compute=compute),
             stats=stats,
-            memory_probe=lambda d: (totals[d], totals[d]),
-            compute=compute,
         )
     )
     by = {r.name: r for r in results}
@@ -171,9 +171,7 @@ def test_gpu_memory_held_by_another_process_sends_the_waiting_job_to_cpu(single_
         scheduler.run_jobs(
             jobs,
             "gram64",
-            devices=["cuda:0"],
-            memory_probe=lambda d: (GPU_MARGIN_MIN, total),
-            compute=lambda t, m, d: used.append(d) or score(t, m),
+            devices=[SimulatedGpu("cuda:0", (GPU_MARGIN_MIN, total), lambda t, m, d: used.append(d) or score(t, m))],
         )
     )
     assert sorted(r.name for r in results) == sorted(j.name for j in jobs) and not used

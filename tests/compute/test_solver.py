@@ -1,7 +1,5 @@
 """solver.py: the path policy, the rate probe, every path forced on the CPU against float64 SVD, the summary entry."""
 
-import json
-
 import pytest
 import torch
 
@@ -12,6 +10,7 @@ from streamscan.compute import solver
 from streamscan.compute.solver import Rates, choose
 from streamscan.compute.spectrum import score, score_batch, snr_from_singular_values
 from streamscan.planning.plan import make_plan
+from tests.fixtures.simulated import SimulatedGpu
 
 H100 = Rates(fp64_tflops=60.0, fp32_tflops=60.0)  # fp64 tensor cores: ratio 1
 L40S = Rates(fp64_tflops=1.4, fp32_tflops=90.0)  # 1/64
@@ -37,15 +36,9 @@ def test_policy_strong_fp64_runs_on_the_device_weak_fp64_sends_eigenvalues_to_th
     assert choose((8192, 8192), 1, L40S, "cpu") == "gram64"  # the CPU is the host
 
 
-def test_policy_takes_magma_only_where_measured_faster():
-    timings = {"gram64": {1024: 0.01, 8192: 2.0}, "gram64-magma": {1024: 0.05, 8192: 1.2}}
-    assert choose((8192, 28672), 1, H100, "cuda", timings) == "gram64-magma"
-    assert choose((4096, 14336), 1, H100, "cuda", timings) == "gram64-magma"  # next measured size up: 8192
-    assert choose((1024, 8192), 1, H100, "cuda", timings) == "gram64"
-    assert choose((16384, 16384), 1, H100, "cuda", timings) == "gram64-magma"  # above all: the largest
-    assert choose((8192, 8192), 1, H100, "cuda", {"gram64-magma": {8192: 0.1}}) == "gram64"  # nothing to compare
-    assert choose((8192, 8192), 1, L40S, "cuda", timings) == "gram64-host-eig"  # weak fp64 first
-    assert choose((64, 64), 1, H100, "cpu", forced="gram64-magma") == "gram64-magma"
+def test_a_forced_path_wins_and_an_unknown_one_is_refused():
+    assert choose((8192, 8192), 1, H100, "cuda", forced="gram64-host-eig") == "gram64-host-eig"
+    assert choose((64, 64), 1, None, "cpu", forced="gram64-host-eig") == "gram64-host-eig"
     with pytest.raises(ValueError, match="unknown solver path"):
         choose((64, 64), 1, None, "cpu", forced="fp32")
 
@@ -89,28 +82,15 @@ def test_cpu_scan_summary_says_gram64(single_llama):
     assert stats.summary()["solver"] == {"cpu": {"path": "gram64"}}
 
 
-def test_forced_path_and_simulated_gpu_are_reported(single_llama, monkeypatch, tmp_path):
-    monkeypatch.setenv("STREAMSCAN_SOLVER", "gram64-host-eig")
+def test_forced_path_and_simulated_gpu_are_reported(single_llama):
     stats = scheduler.PoolStats()
     jobs = make_plan(build_index(resolve(single_llama))).jobs
     results = list(
         scheduler.run_jobs(
-            jobs,
-            "gram64",
-            1,
-            devices=["cuda:0", "cpu"],
-            memory_probe=lambda d: (80 << 30, 80 << 30),
-            compute=lambda t, m, d: score(t, m),
-            stats=stats,
+            jobs, "gram64", 1, devices=[SimulatedGpu("cuda:0"), "cpu"], stats=stats, solver_path="gram64-host-eig"
         )
     )
     assert len(results) == len(jobs)
     run = stats.summary()["solver"]
     assert run["cuda:0"] == {"path": "simulated"}
     assert run.get("cpu", {"path": "gram64-host-eig"}) == {"path": "gram64-host-eig"}
-    timings = tmp_path / "t.json"
-    timings.write_text(json.dumps({"solver_timings": {"gram64": {"4096": 1.0}, "gram64-magma": {"4096": 0.5}}}))
-    monkeypatch.setenv("STREAMSCAN_SOLVER_TIMINGS", str(timings))
-    assert scheduler._solver_timings() == {"gram64": {4096: 1.0}, "gram64-magma": {4096: 0.5}}
-    timings.write_text("not json")
-    assert scheduler._solver_timings() is None
