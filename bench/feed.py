@@ -1,20 +1,27 @@
-"""Host feed: how fast the scheduler reads, dequantizes where it must, and stages a checkpoint for N devices
-that do no math, against `cat FILES > /dev/null` from the page cache in the same run.
+"""Host feed: how fast the scheduler reads and stages a checkpoint for N devices that do no math, against
+`cat FILES > /dev/null` from the page cache in the same run.
 
-Run: python -m bench.feed            (writes the "feed" section of bench/RESULTS.md)
-     python -m bench.feed --small --no-write     (a quick check of the script)
+Run: python -m bench.feed                          (writes the "feed" section of bench/RESULTS.md)
+     python -m bench.feed --before /path/to/tree    (the same, with that tree's bench.feed beside it, round by round)
+     python -m bench.feed --small --no-write        (a quick check of the script)
 
-The devices are simulated with run_jobs' ``compute=`` and ``memory_probe=`` hooks (as the scheduler tests do):
-each receives the job's tensor as a GPU worker would (bf16 batches stacked into the staging buffers, FP8
-weights as stored, ``raw``) and returns at once. Rates are file bytes / wall seconds, best of --repeat,
-after every file was read once (page cache warm). Checkpoints are cached under ~/.cache/streamscan-bench.
+The devices are simulated GPUs that do no math (tests/fixtures/simulated.IdleGpu, a backends.Device): each
+receives the job's matrix as a GPU worker does -- bf16 batches read into the staging buffers, FP8 weights as
+stored, to be dequantized on the device -- and returns at once. Rate = file bytes / wall seconds. Every
+round measures `cat` and each configuration once, after every file was read once (page cache warm); the
+table gives the medians over --repeat rounds and the median of each round's feed/cat ratio, so that a
+machine shared with other work compares like with like. Checkpoints are cached under ~/.cache/streamscan-bench.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,8 +29,8 @@ from bench.common import CACHE, checkpoint, update_section
 from streamscan.checkpoint.index import build_index
 from streamscan.checkpoint.source import resolve
 from streamscan.compute.scheduler import PoolStats, run_jobs
-from streamscan.compute.spectrum import SNR
 from streamscan.planning.plan import make_plan
+from tests.fixtures.simulated import IdleGpu
 
 SHAPE = dict(layers=8, hidden=2048, ffn=5632, kv=512, vocab=32000)  # ~1.0 GB bf16, ~0.6 GB FP8
 SMALL = dict(layers=2, hidden=512, ffn=1408, kv=128, vocab=4000)
@@ -43,58 +50,58 @@ def files(ck: Path) -> list[Path]:
     return sorted(ck.glob("*.safetensors"))
 
 
-def cat_rate(paths: list[Path], repeat: int) -> float:
+def cat_rate(paths: list[Path]) -> float:
     size = sum(p.stat().st_size for p in paths)
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(["cat", *map(str, paths)], stdout=subprocess.DEVNULL, check=True)
-        best = min(best, time.perf_counter() - start)
-    return size / best
+    start = time.perf_counter()
+    subprocess.run(["cat", *map(str, paths)], stdout=subprocess.DEVNULL, check=True)
+    return size / (time.perf_counter() - start)
 
 
-def _fake_device():
-    received = []
-
-    def compute(tensor, method, device):
-        received.append(device)
-        return SNR(1.0)
-
-    compute.raw = True  # take stored FP8 as read: the dequantization is the device's
-    return compute, received
-
-
-def feed_rate(ck: Path, devices: int, repeat: int) -> dict:
+def feed_rate(ck: Path, devices: int) -> dict:
     jobs = make_plan(build_index(resolve(ck))).jobs
     size = sum(p.stat().st_size for p in files(ck))
-    best, read = float("inf"), 0.0
-    for _ in range(repeat):
-        compute, received = _fake_device()
-        stats = PoolStats()
-        start = time.perf_counter()
-        results = list(
-            run_jobs(
-                jobs,
-                "gram64",
-                1,
-                devices=[f"cuda:{i}" for i in range(devices)],
-                memory_probe=lambda d: (80 << 30, 80 << 30),
-                compute=compute,
-                stats=stats,
-            )
-        )
-        wall = time.perf_counter() - start
-        assert len(results) == len(jobs) and all(r.status == "ok" for r in results), "a fake device failed a job"
-        if wall < best:
-            best, read = wall, stats.read_seconds
-    return {"devices": devices, "jobs": len(jobs), "seconds": best, "read_seconds": read, "rate": size / best}
+    gpus = [IdleGpu(f"cuda:{i}") for i in range(devices)]
+    stats = PoolStats()
+    start = time.perf_counter()
+    results = list(run_jobs(jobs, "gram64", 1, devices=gpus, stats=stats))
+    wall = time.perf_counter() - start
+    assert len(results) == len(jobs) and all(r.status == "ok" for r in results), "a fake device failed a job"
+    return {
+        "devices": devices,
+        "jobs": len(jobs),
+        "seconds": wall,
+        "read_seconds": stats.read_seconds,
+        "rate": size / wall,
+    }
+
+
+def before_round(tree: Path, devices: str, small: bool) -> list[dict]:
+    """One round of TREE's own bench.feed (one measurement of each configuration), in a child process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        args = [
+            sys.executable,
+            "-m",
+            "bench.feed",
+            "--repeat",
+            "1",
+            "--devices",
+            devices,
+            "--no-write",
+            "--json",
+            str(out),
+        ]
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        subprocess.run(args + (["--small"] if small else []), cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devices", default="1,2,4")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5, help="rounds (medians are reported)")
     ap.add_argument("--small", action="store_true", help="small checkpoints (a check of the script)")
+    ap.add_argument("--before", type=Path, help="a tree (e.g. a git worktree of an older commit) measured beside")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -103,43 +110,84 @@ def main() -> None:
         "bf16": checkpoint(f"feed-bf16-{tag}", **shape, layers_per_shard=2),
         "fp8": fp8_checkpoint(f"feed-fp8-{tag}", shape),
     }
+    counts = [int(x) for x in args.devices.split(",")]
+    samples: dict[tuple, dict[str, list[float]]] = {}
+    for ck in cks.values():
+        cat_rate(files(ck))  # warm the page cache
+    for r in range(args.repeat):
+        cats = {kind: cat_rate(files(ck)) for kind, ck in cks.items()}
+        old = before_round(args.before, args.devices, args.small) if args.before else []
+        for kind, ck in cks.items():
+            for n in counts:
+                s = samples.setdefault((kind, n), {"cat": [], "after": [], "before": [], "read": [], "jobs": []})
+                got = feed_rate(ck, n)
+                s["cat"].append(cats[kind])
+                s["after"].append(got["rate"])
+                s["read"].append(got["read_seconds"])
+                s["jobs"].append(got["jobs"])
+                prior = [o for o in old if o["kind"] == kind and o["devices"] == n]
+                if prior:
+                    s["before"].append(prior[0]["rate"])
+                print(
+                    f"round {r + 1}: {kind} {n} fake device(s): after {got['rate'] / 1e9:.2f} GB/s"
+                    + (f", before {prior[0]['rate'] / 1e9:.2f} GB/s" if prior else "")
+                    + f", cat {cats[kind] / 1e9:.2f} GB/s",
+                    flush=True,
+                )
     rows = []
-    for kind, ck in cks.items():
-        paths = files(ck)
-        gb = sum(p.stat().st_size for p in paths) / 1e9
-        cat_rate(paths, 1)  # warm the page cache
-        cat = cat_rate(paths, args.repeat)
-        for n in (int(x) for x in args.devices.split(",")):
-            r = feed_rate(ck, n, args.repeat)
-            r.update(kind=kind, gb=gb, cat_rate=cat, ratio=r["rate"] / cat)
-            rows.append(r)
-            print(
-                f"{kind} {gb:.2f} GB, {n} fake device(s): {r['rate'] / 1e9:.2f} GB/s "
-                f"(cat {cat / 1e9:.2f} GB/s, {r['ratio']:.2f}x), {r['jobs']} jobs in {r['seconds']:.2f} s",
-                flush=True,
-            )
+    for (kind, n), s in samples.items():
+        gb = sum(p.stat().st_size for p in files(cks[kind])) / 1e9
+        row = {
+            "kind": kind,
+            "gb": gb,
+            "devices": n,
+            "jobs": s["jobs"][0],
+            "cat_rate": statistics.median(s["cat"]),
+            "rate": statistics.median(s["after"]),
+            "ratio": statistics.median(a / c for a, c in zip(s["after"], s["cat"])),
+            "read_seconds": statistics.median(s["read"]),
+        }
+        if s["before"]:
+            row["before_rate"] = statistics.median(s["before"])
+            row["before_ratio"] = statistics.median(b / c for b, c in zip(s["before"], s["cat"]))
+        rows.append(row)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    before = bool(args.before)
+    head = "| checkpoint | size | fake devices | cat rate |" + (" before | before / cat |" if before else "")
+    head += " feed rate | **feed / cat** |\n|---|---|---|---|" + ("---|---|" if before else "") + "---|---|"
     table = "\n".join(
-        f"| {r['kind']} | {r['gb']:.2f} GB | {r['devices']} | {r['rate'] / 1e9:.2f} GB/s | "
-        f"{r['cat_rate'] / 1e9:.2f} GB/s | **{r['ratio']:.2f}×** |"
+        f"| {r['kind']} | {r['gb']:.2f} GB | {r['devices']} | {r['cat_rate'] / 1e9:.2f} GB/s |"
+        + (f" {r['before_rate'] / 1e9:.2f} GB/s | {r['before_ratio']:.2f}× |" if before else "")
+        + f" {r['rate'] / 1e9:.2f} GB/s | **{r['ratio']:.2f}×** |"
         for r in rows
     )
     text = f"""## Host feed with devices that do no math (`python -m bench.feed`)
 Synthetic Llama ({shape["layers"]} layers, hidden {shape["hidden"]}, ffn {shape["ffn"]}); bf16 in shards, FP8 (128×128 block
-scales, embeddings bf16) in one file. Each fake device receives the job's tensor as a GPU worker does (bf16
-batches stacked into the staging buffers; FP8 weights as stored, to be dequantized on the device) and returns.
-Rate = file bytes / wall, best of {args.repeat}, page cache warm; `cat` = `cat FILES > /dev/null` in the same run.
+scales, embeddings bf16) in one file. Each fake device (tests/fixtures/simulated.IdleGpu) receives the job's matrix
+as a GPU worker does (bf16 read straight into the staging buffers, batches as one stack; FP8 weights as stored,
+to be dequantized on the device) and returns. Rate = file bytes / wall, page cache warm; `cat` = `cat FILES >
+/dev/null`. Each of {args.repeat} rounds measures cat and every configuration once; medians, and the median of the
+rounds' feed/cat ratios (FP8 counted in stored bytes).{" Before: the tree at " + _describe(args.before) + ", its own bench.feed run in each round beside this one." if before else ""}
 
-| checkpoint | size | fake devices | feed rate | cat rate | feed / cat |
-|---|---|---|---|---|---|
+{head}
 {table}
 
-Target: ≥ 0.7× cat for bf16. Not measured here: the host-to-device copy itself (no GPU), pinned buffers
-(pinning needs CUDA)."""
+Targets (2 cores): bf16 ≥ 0.7× cat; FP8 ≥ 0.5× cat. Not measured here: the host-to-device copy itself and
+pinned buffers (no GPU on this machine)."""
     print(text)
     if not args.no_write:
         update_section("feed", text)
+
+
+def _describe(tree: Path) -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        return f"commit {commit.stdout.strip()}" if commit.returncode == 0 else str(tree)
+    except OSError:
+        return str(tree)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from streamscan.compute.placement import (
 )
 from streamscan.compute.prefetch import Prefetcher
 from streamscan.compute.spectrum import DEFAULT_METHOD, SHARED_BYTES, batch_member_bytes, chunk_step, memory_bytes
-from streamscan.compute.staging import Read, StagingPool, read_job
+from streamscan.compute.staging import STAGE_BYTES, Read, StagingPool, read_job
 from streamscan.records import Job, Result
 
 log = logging.getLogger(__name__)
@@ -514,6 +514,8 @@ class _Pool:
             free, total = dev.memory()
             room = free - margin(DeviceState(device, "cuda", free, total, 0, 0.0))
         n = batch_size(job.shape, dev.kind, need, max(room, need), self.batch_cap.get((device, key)))
+        if self.staging is not None and dev.kind != "cpu":  # a stack fills one reused staging buffer
+            n = min(n, max(1, STAGE_BYTES // max(job.nbytes, 1)))
         members = [job]
         if n <= 1:
             return members

@@ -6,7 +6,9 @@ on first touch, no second copy into a stack, no pinning per tensor. A batch of s
 member by member into its slot of one [B, m, n] buffer. With CUDA the buffers are pinned (page-locked), so
 the host-to-device copy is a DMA that runs on the device's copy stream (backends.CudaDevice); without CUDA
 the same code hands out plain buffers. A buffer is reused for any later request of the same dtype that
-fits in it (a view of its first elements); at most ``keep`` idle buffers stay.
+fits in it (a view of its first elements); at most ``keep`` idle buffers stay. Reuse is what makes this
+fast: a fresh buffer's pages fault in on first touch, which halves the rate of a read into it (measured
+in bench/RESULTS.md, "feed"), so a GPU's batches are capped at STAGE_BYTES and fill the same few buffers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 
 from streamscan.checkpoint.reader import Pieces, Stored, read_into, read_stored, read_tensor, stageable
 from streamscan.records import Job
+
+STAGE_BYTES = 64 << 20  # most bytes as stored of one batch sent to a GPU: its stack fills one reused buffer
 
 Read = tuple[object, float, BaseException | None]  # (tensor | Stored | Pieces | None, seconds, error)
 

@@ -167,3 +167,43 @@ def test_fp8_read_as_stored_and_dequantized_on_the_device_equals_the_cpu_path(tm
         torch.set_num_threads(threads)
     cpu = {r.name: r.snr for r in scheduler.run_jobs(jobs, "gram64", workers=1)}
     assert {r.name: r.snr for r in fake} == cpu and all(r.status == "ok" for r in fake)
+
+
+def test_cuda_copies_go_on_their_own_stream_and_the_compute_stream_waits_for_them(monkeypatch):
+    """CudaDevice.upload's stream protocol, run on the CPU with torch.cuda's stream calls recorded: the copy
+    is issued on the device's copy stream (after the compute stream's earlier work), the compute stream
+    waits for it, and the result is marked as used there (its memory is not reused before)."""
+    from contextlib import contextmanager
+
+    from streamscan.compute.backends import CudaDevice
+
+    calls = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            calls.append(f"{self.name} waits {other.name}")
+
+    current = [Stream("compute")]
+
+    @contextmanager
+    def on(stream):
+        calls.append(f"on {stream.name}")
+        current.insert(0, stream)
+        yield
+        current.pop(0)
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda index: Stream("copies"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda index=None: current[0])
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: calls.append(f"used on {s.name}"))
+    dev = CudaDevice("cuda:0")
+    dev.name = "cpu"  # the copy's destination here (the protocol is the same)
+    staged = StagingPool(pinned=False).take((4, 4), torch.bfloat16).fill_(1)
+    out = dev.upload(staged)
+    assert torch.equal(out, staged)
+    assert calls == ["copies waits compute", "on copies", "compute waits copies", "used on compute"]
+    dev.upload(staged)
+    assert calls.count("on copies") == 2  # the same copy stream again
