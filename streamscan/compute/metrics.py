@@ -1,4 +1,5 @@
 """metrics: what else a matrix's singular values say, beyond the Spectrum SNR. Pure math (numpy); no I/O.
+The ``snr`` column is compute/spectrum.py's own SNR with the scan method's rank floor (one implementation).
 
 WeightWatcher 0.7.7's defaults (``WeightWatcher(model).analyze()``), reproduced from its source:
 - eigenvalues are ``s**2`` of the unnormalized W, all ``min(m, n)`` of them;
@@ -24,6 +25,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from streamscan.records import DEFAULT_METHOD, METHODS
 
 EVALS_THRESH = 1e-5
 EPSILON = 1e-10
@@ -184,16 +187,15 @@ def effective_rank(s: np.ndarray) -> float | None:
     return float(math.exp(-np.sum(p * np.log(p))))
 
 
-def spectrum_snr(s: np.ndarray, shape: tuple[int, int]) -> float | None:
-    """The Spectrum SNR from singular values (linear quartiles, as torch.quantile); None without noise."""
-    m, n = shape
-    q25, q75 = np.percentile(s, [25, 75])
-    threshold = (q75 - q25) / 1.349 * (1 + math.sqrt(min(m, n) / max(m, n)))
-    below = s <= threshold
-    noise = float(np.sum(s[below])) if below.any() else 1.0  # as compute/spectrum.py: no noise values, noise 1
-    if noise <= 0 or s[0] <= 0:
-        return None
-    return float(np.sum(s[~below])) / noise / float(s[0])
+def spectrum_snr(s: np.ndarray, shape: tuple[int, int], method: str = DEFAULT_METHOD) -> float | None:
+    """The Spectrum SNR of a scan by METHOD: compute/spectrum.py's one SNR function, with METHOD's rank
+    floor (``rank_floor``), so the column agrees with the scan's own score."""
+    import torch
+
+    from streamscan.compute.spectrum import rank_floor, snr_from_singular_values
+
+    floor = rank_floor(method if method in METHODS else DEFAULT_METHOD, shape)
+    return snr_from_singular_values(torch.from_numpy(np.ascontiguousarray(s, dtype=np.float64)), shape, floor).snr
 
 
 def mp_threshold(s: np.ndarray, shape: tuple[int, int]) -> float:
@@ -278,8 +280,10 @@ class MatrixMetrics:
 FIELDS = tuple(MatrixMetrics.__dataclass_fields__)
 
 
-def matrix_metrics(s, shape: tuple[int, int], *, pl_package: str = "ww", softrank: bool = True) -> MatrixMetrics:
-    """Every metric of one matrix of SHAPE from its singular values S (any order)."""
+def matrix_metrics(
+    s, shape: tuple[int, int], *, pl_package: str = "ww", softrank: bool = True, method: str = DEFAULT_METHOD
+) -> MatrixMetrics:
+    """Every metric of one matrix of SHAPE from its singular values S (any order), computed by METHOD."""
     s = as_sorted(s)
     top = float(s[0]) if len(s) else 0.0
     fit = power_law(s, pl_package)
@@ -299,6 +303,6 @@ def matrix_metrics(s, shape: tuple[int, int], *, pl_package: str = "ww", softran
         entropy=entropy(s, shape) if spec else None,
         effective_rank=effective_rank(s),
         matrix_rank=matrix_rank(s, shape) if spec else 0,
-        snr=spectrum_snr(s, shape) if spec else None,
+        snr=spectrum_snr(s, shape, method) if spec else None,
         ww_eligible=ww_eligible(shape),
     )

@@ -47,6 +47,17 @@ def mp_factor(m: int, n: int) -> float:
     return math.sqrt((1 + math.sqrt(beta)) ** 2)
 
 
+def rank_floor(method: str, shape: tuple[int, int]) -> float:
+    """METHOD's numerical floor relative to S[0] for a matrix of SHAPE (``snr_from_singular_values``'s
+    ``rtol``): gram64 squares the matrix, so sqrt(min(m, n) eps64); svdvals, max(m, n) eps of its dtype."""
+    m, n = shape
+    if method == "gram64":
+        return math.sqrt(min(m, n) * torch.finfo(torch.float64).eps)
+    if method in ("svdvals32", "svdvals64"):
+        return max(m, n) * torch.finfo(torch.float32 if method == "svdvals32" else torch.float64).eps
+    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
 def snr_from_singular_values(S: torch.Tensor, shape: tuple[int, int], rtol: float = 0.0, *, keep: bool = False) -> SNR:
     """The reference's SNR from singular values S (any order), computed in S's dtype.
 
@@ -241,8 +252,7 @@ def score_pieces(pieces, shape: tuple[int, int], device=None) -> SNR:
     eig = torch.linalg.eigvalsh(G, UPLO="U").cpu()
     del G
     S = torch.sqrt(torch.clamp(eig, min=0)).flip(0)
-    rtol = math.sqrt(min(m, n) * torch.finfo(torch.float64).eps)
-    return snr_from_singular_values(S, (m, n), rtol, keep=True)
+    return snr_from_singular_values(S, (m, n), rank_floor("gram64", (m, n)), keep=True)
 
 
 def _small_grams(stack: torch.Tensor) -> torch.Tensor:
@@ -300,11 +310,11 @@ def singular_values(
     if method == "gram64":
         eig = eigenvalues(gram(W, device), path)
         S = torch.sqrt(torch.clamp(eig, min=0)).flip(0)
-        return S, math.sqrt(min(m, n) * torch.finfo(torch.float64).eps)
+        return S, rank_floor(method, (m, n))
     if method in ("svdvals32", "svdvals64"):
         dtype = torch.float32 if method == "svdvals32" else torch.float64
         S = torch.linalg.svdvals(W.to(device=device, dtype=dtype)).cpu()
-        return S, max(m, n) * torch.finfo(dtype).eps
+        return S, rank_floor(method, (m, n))
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -354,13 +364,12 @@ def score_batch(Ws, method: str = DEFAULT_METHOD, device=None, path: str = "gram
         eig = eigenvalues(G, path)
         del G
         S_all = torch.sqrt(torch.clamp(eig, min=0)).flip(-1)
-        rtol = math.sqrt(min(m, n) * torch.finfo(torch.float64).eps)
     elif method in ("svdvals32", "svdvals64"):
         dtype = torch.float32 if method == "svdvals32" else torch.float64
         S_all = torch.linalg.svdvals(stack.to(device=device, dtype=dtype)).cpu()
-        rtol = max(m, n) * torch.finfo(dtype).eps
     else:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    rtol = rank_floor(method, (m, n))
     for j, i in enumerate(keep):
         out[i] = snr_from_singular_values(S_all[j], (m, n), rtol, keep=True)
     return out

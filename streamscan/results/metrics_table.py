@@ -77,12 +77,13 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
-def _chunk_metrics(items: list[tuple[str, object, tuple[int, int]]]) -> list[tuple[str, dict]]:
-    return [(name, matrix_metrics(S, shape).to_dict()) for name, S, shape in items]
+def _chunk_metrics(items: list[tuple[str, object, tuple[int, int], str]]) -> list[tuple[str, dict]]:
+    return [(name, matrix_metrics(S, shape, method=method).to_dict()) for name, S, shape, method in items]
 
 
-def compute_all(items: list[tuple[str, object, tuple[int, int]]], workers: int | None = None) -> dict[str, dict]:
-    """Metrics of every (name, singular values as numpy, shape), in WORKERS processes (1: this one)."""
+def compute_all(items: list[tuple[str, object, tuple[int, int], str]], workers: int | None = None) -> dict[str, dict]:
+    """Metrics of every (name, singular values as numpy, shape, scan method), in WORKERS processes (1: this
+    one)."""
     workers = workers or min(8, os.cpu_count() or 1)
     if workers <= 1 or len(items) < 64:
         return dict(_chunk_metrics(items))
@@ -103,7 +104,7 @@ def metrics_rows(results: Iterable[Result], spectra: dict, workers: int | None =
     """One row per result (in the given order), with its metrics when its spectrum is stored."""
     results = list(results)
     items = [
-        (r.name, spectra[r.name].numpy(), (int(r.shape[0]), int(r.shape[1])))
+        (r.name, spectra[r.name].numpy(), (int(r.shape[0]), int(r.shape[1])), r.method)
         for r in results
         if r.name in spectra and len(r.shape) == 2
     ]

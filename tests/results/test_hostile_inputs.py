@@ -390,3 +390,23 @@ def test_a_non_ascii_digit_in_a_layer_index_is_a_name_not_a_number(tmp_path):
     res = invoke("run", model, "--out", tmp_path / "out", "-q", "--workers", "1")
     assert res.exit_code == 0, res.output
     assert invoke("report", tmp_path / "out").exit_code == 0
+
+
+def test_the_metrics_snr_column_is_the_scans_own_snr_with_its_rank_floor(tmp_path):
+    from tests.conftest import planted
+
+    g = torch.Generator().manual_seed(1)
+    tensors = {
+        "model.layers.0.mlp.down_proj.weight": torch.randn(64, 48, generator=g),
+        "model.layers.1.mlp.down_proj.weight": planted(64, 48, [5.0, 4.0, 3.0, 2.0, 1.0]),  # rank 5 of 48
+    }
+    model = write_tensors(tmp_path / "m" / "model.safetensors", tensors).parent
+    out = tmp_path / "out"
+    res = streamscan.scan(model, out, devices="cpu", cpu_workers=1)
+    assert invoke("metrics", out, "--workers", "1").exit_code == 0
+    rows = json.loads((out / "metrics.json").read_text())
+    by_name = {r.name: r for r in res.results}
+    full, deficient = "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"
+    assert rows[full]["snr"] == pytest.approx(by_name[full].snr, rel=1e-12)
+    assert by_name[deficient].snr is None or math.isinf(by_name[deficient].snr)  # below the floor: no noise
+    assert rows[deficient]["snr"] is None  # not a huge number from rounding noise
