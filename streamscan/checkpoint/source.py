@@ -1,4 +1,4 @@
-"""resolve: turn MODEL (a local directory or a single .safetensors file) into a ModelSource."""
+"""source: turn MODEL (a local directory or a single .safetensors file) into a ModelSource."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
 
 
 def _other_format(path: Path) -> ModelSource | None:
-    """A GGUF file, a PyTorch .bin/.pt/.pth file, or a directory of either (formats.py reads them)."""
+    """A GGUF file, a PyTorch .bin/.pt/.pth file, or a directory of either (checkpoint/formats/ reads them)."""
     if path.is_file():
         if path.suffix == ".gguf":
             from streamscan.checkpoint.formats.gguf import gguf_config

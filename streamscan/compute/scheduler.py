@@ -1,4 +1,4 @@
-"""schedule: run jobs on a pool of devices (GPUs and CPU workers), reading ahead within a RAM budget.
+"""scheduler: run jobs on a pool of devices (GPUs and CPU workers), reading ahead within a RAM budget.
 
 One thread per GPU and one per CPU worker, each driving a device (backends.Device: real CPU and CUDA ones,
 or simulated ones that tests and benchmarks pass in). The dispatcher (the generator :func:`run_jobs`) asks

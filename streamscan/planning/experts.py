@@ -1,4 +1,4 @@
-"""moe: Mixture-of-Experts layouts, read from the checkpoint's own names, shapes and config.json.
+"""experts: Mixture-of-Experts layouts, read from the checkpoint's own names, shapes and config.json.
 
 - Which scored matrices are experts (layer, expert, projection), shared experts and routers.
 - How a flattened (DBRX) or fused 3-D expert tensor (Llama-4, transformers v5, gpt-oss) splits into one

@@ -1,4 +1,4 @@
-"""report: the Spectrum-compatible outputs, written atomically from the journal's results.
+"""outputs: the Spectrum-compatible outputs, written atomically from the journal's results.
 
 - ``snr_results_{slug}.json``: {module: {"snr": float | null, "type": str}} (+ "reason" when null)
 - ``snr_results_{slug}_sorted.json``: {type: {module: snr}} by descending SNR, unscored last as null

@@ -1,4 +1,4 @@
-"""select: the reference's top-N%-per-type rule, and the Axolotl `unfrozen_parameters` lines for it."""
+"""selection: the reference's top-N%-per-type rule, and the Axolotl `unfrozen_parameters` lines for it."""
 
 from __future__ import annotations
 

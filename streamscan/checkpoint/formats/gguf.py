@@ -63,7 +63,7 @@ _TOP_NAME = re.compile(r"^([a-z_]+?)(\.weight|\.bias)?$")
 def hf_name(gguf_name: str) -> str:
     """`blk.3.ffn_down.weight` -> `model.layers.3.mlp.down_proj.weight`; unknown names stay as they are.
     Stacked experts (`blk.3.ffn_down_exps.weight`, [E, out, in]) become transformers' fused expert tensors
-    (`model.layers.3.mlp.experts.down_proj`, no `.weight`), which moe.py splits one expert at a time."""
+    (`model.layers.3.mlp.experts.down_proj`, no `.weight`), which planning/experts.py splits one expert at a time."""
     m = _BLOCK_NAME.match(gguf_name)
     if m and m.group(2) in GGUF_BLOCK:
         suffix = "" if m.group(2).endswith("_exps") and m.group(3) == ".weight" else (m.group(3) or "")
