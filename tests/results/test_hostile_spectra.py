@@ -238,3 +238,18 @@ def test_fresh_removes_a_spectra_symlink_not_its_target(single_llama, tmp_path):
     assert invoke("run", single_llama, "--out", out, "-q", "--fresh", "--workers", "1").exit_code == 0
     assert not spectra_dir(out).is_symlink() and NAME not in load_spectra(out) or load_spectra(out)[NAME].numel() > 2
     assert sorted(p.name for p in target.iterdir()) == ["segment-main-000001.safetensors"]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300), header=st.booleans())
+def test_any_bytes_as_a_segment_are_skipped_or_read_never_raised(tmp_path, data, header):
+    import json as _json
+
+    out = tmp_path / f"b{abs(hash((data, header)))}"
+    spectra_dir(out).mkdir(parents=True)
+    if header:  # a plausible header over arbitrary data
+        head = _json.dumps({"w": {"dtype": "F64", "shape": [len(data) // 8], "data_offsets": [0, len(data)]}}).encode()
+        data = len(head).to_bytes(8, "little") + head + data
+    (spectra_dir(out) / "segment-main-000001.safetensors").write_bytes(data)
+    got = load_spectra(out, {"w": (4, 4)})
+    assert set(got) <= {"w"} and all(check_spectrum(v, (4, 4)) is None for v in got.values())
