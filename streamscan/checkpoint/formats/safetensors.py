@@ -1,4 +1,5 @@
-"""safetensors: headers parsed here (also those read remotely from the Hub), tensors read with safetensors.
+"""safetensors: headers validated by safetensors (those read remotely from the Hub by safetensors_header.py),
+tensors read by byte range or with safetensors.
 
 A safetensors file starts with an 8-byte little-endian header length, then that many bytes of JSON
 mapping each tensor name to its dtype, shape and byte range (relative to the end of the header).
@@ -23,8 +24,7 @@ from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open
 
-from streamscan.checkpoint.formats.safetensors_header import MAX_HEADER_SIZE, HeaderError
-from streamscan.checkpoint.formats.safetensors_header import parse_header as validate_header
+from streamscan.checkpoint.formats.safetensors_header import MAX_HEADER_SIZE, HeaderError, check_header, dtype_bits
 from streamscan.errors import CheckpointError
 from streamscan.records import DTYPE_BYTES, Part, ShardInfo, TensorInfo
 
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     import torch
 
 SUFFIX = ".safetensors"
-
-MAX_HEADER = MAX_HEADER_SIZE  # safetensors' own limit: a decimal 100 MB
 
 _TORCH_DTYPES = {
     "F64": "float64",
@@ -65,42 +63,89 @@ def torch_dtype(name: str):
 
 
 def read_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
-    """Parse and validate one shard's header (safetensors_header.py: at least as strict as safetensors).
-    Raises CheckpointError naming the file, and the tensor where one is at fault, in one line."""
+    """One shard's tensors, validated by safetensors itself (``safe_open``: dtypes, shapes, offsets that tile
+    the data exactly). The header length is checked before the header is read, which is hashed (for the
+    fingerprint) as it is read, a block at a time. Raises CheckpointError naming the file in one line."""
+    size, length, digest = _hash_header(path)
+    base = 8 + length
+    shapes: dict = {}  # one tuple per distinct shape (a 900k-entry header has a few dozen)
+    tensors = []
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            start = 0
+            for name in fh.offset_keys():  # safetensors checked that, in this order, the tensors tile the data
+                view = fh.get_slice(name)
+                dtype, shape = view.get_dtype(), tuple(view.get_shape())
+                shape = shapes.setdefault(shape, shape)
+                end = start + math.prod(shape) * dtype_bits(dtype) // 8
+                tensors.append(TensorInfo(name, path, dtype, shape, base + start, base + end))
+                start = end
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{path}: not a valid safetensors file ({_first_line(err)}); re-download or re-export it"
+        ) from None
+    tensors.sort(key=_name)  # empty tensors at one offset by name, as check_header lists them
+    tensors.sort(key=_end)
+    tensors.sort(key=_start)
+    return tensors, ShardInfo(path, size, digest)
+
+
+def _hash_header(path: Path) -> tuple[int, int, str]:
+    """(file size, header length, sha256 of the header bytes after the 8-byte length); the length is checked
+    against safetensors' limit and the file size before any of it is read."""
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             head = fh.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes); re-download it")
-            (length,) = struct.unpack("<Q", head)
-            if length > min(MAX_HEADER, size - 8):
-                raise CheckpointError(f"{path}: corrupt safetensors header (length {length}); re-download it")
-            raw = fh.read(length)
+            (length,) = struct.unpack("<Q", head) if len(head) == 8 else (None,)
+            if length is None or length > min(MAX_HEADER_SIZE, size - 8):
+                raise CheckpointError(
+                    f"{path}: not a safetensors file (its header length {length} does not fit its {size} bytes "
+                    f"or passes safetensors' {MAX_HEADER_SIZE}-byte limit); re-download it"
+                )
+            digest = hashlib.sha256()
+            left = length
+            while left:
+                block = fh.read(min(left, 1 << 20))
+                if not block:
+                    raise CheckpointError(f"{path}: the file ends inside its header; re-download it")
+                digest.update(block)
+                left -= len(block)
     except OSError as err:
         raise CheckpointError(
             f"{path}: cannot read ({err.strerror or err}); check the file and its permissions"
         ) from None
-    return parse_header(path, raw, size)
+    return size, length, digest.hexdigest()
+
+
+def _name(info: TensorInfo) -> str:
+    return info.name
+
+
+def _start(info: TensorInfo) -> int:
+    return info.start
+
+
+def _end(info: TensorInfo) -> int:
+    return info.end
 
 
 def parse_header(path: Path, raw: bytes, size: int) -> tuple[list[TensorInfo], ShardInfo]:
-    """A shard's header JSON (the bytes after the 8-byte length) -> its tensors, with absolute byte ranges.
-
-    The same for a local file and for a header read remotely (hub.py), so both fingerprint alike. Every
-    rule safetensors applies is checked here, plus a few stricter ones (duplicate names, control characters
-    in names, unknown fields): a shard that safetensors would refuse is refused up front, in one line.
-    """
+    """A shard's header read remotely (hub.py: the JSON after the 8-byte length, and the file's size) -> its
+    tensors, checked as safetensors would check the file (safetensors_header.check_header)."""
     try:
-        entries, _metadata = validate_header(raw, size, str(path))
+        entries = check_header(raw, size)
     except HeaderError as err:
-        raise CheckpointError(str(err)) from None
+        raise CheckpointError(f"{path}: not a valid safetensors header ({err}); report it to the repo") from None
     base = 8 + len(raw)
     tensors = [
         TensorInfo(name, path, dtype, shape, base + begin, base + end) for name, dtype, shape, begin, end in entries
     ]
-    digest = hashlib.sha256(raw).hexdigest()
-    return tensors, ShardInfo(path, size, digest)
+    return tensors, ShardInfo(path, size, hashlib.sha256(raw).hexdigest())
+
+
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split("\n")[:1]).strip()[:300] or type(err).__name__
 
 
 def _open(info: TensorInfo, sliced: bool = False):
