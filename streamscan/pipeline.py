@@ -26,7 +26,16 @@ from streamscan.distributed import Group, Rank, assign, digest, from_env, local_
 from streamscan.errors import DistributedError, JournalError, UsageError
 from streamscan.planning.experts import GROUPINGS, moe_rows
 from streamscan.planning.plan import Plan, make_plan
-from streamscan.records import DEFAULT_OUT, Fingerprint, RankInfo, Result, ScanHeader, ScanOptions, ScanSummary
+from streamscan.records import (
+    DEFAULT_OUT,
+    Fingerprint,
+    HubNetwork,
+    RankInfo,
+    Result,
+    ScanHeader,
+    ScanOptions,
+    ScanSummary,
+)
 from streamscan.results.files import os_error, prepare_dir
 from streamscan.results.journal import (
     COMMIT_RECORDS,
@@ -70,9 +79,11 @@ def inspect_model(
     *,
     revision: str | None = None,
     offline: bool | None = None,
+    network: HubNetwork | None = None,
 ) -> tuple[CheckpointIndex, Plan]:
-    """Headers only (read remotely for a Hub model's shards not yet downloaded): what a scan would score and skip."""
-    index = build_index(resolve(model, revision=revision, offline=offline))
+    """Headers only (read remotely for a Hub model's shards not yet downloaded): what a scan would score and skip.
+    NETWORK: the Hub requests' timeout and retries (a ``HubNetwork``; its defaults when None)."""
+    index = build_index(resolve(model, revision=revision, offline=offline, network=network))
     return index, make_plan(index, tuple(include), tuple(exclude))
 
 
@@ -147,7 +158,9 @@ def scan(
     started = time.perf_counter()
     disk_budget = parse_size(opts.max_disk, "--max-disk") if opts.max_disk is not None else None
     out_dir = prepare_dir(out)  # a bad --out is refused before any work, in one line
-    index, full = inspect_model(model, opts.include, opts.exclude, revision=opts.revision, offline=opts.offline)
+    index, full = inspect_model(
+        model, opts.include, opts.exclude, revision=opts.revision, offline=opts.offline, network=opts.network
+    )
     hub_only = opts.max_disk is not None or opts.keep_shards
     if index.source.hub is None and hub_only:
         raise UsageError(f"--max-disk/--keep-shards: only for Hub ids, and {model} is a local path")

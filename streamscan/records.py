@@ -372,13 +372,28 @@ class ScanSummary:
 
 
 @dataclass(frozen=True)
+class HubNetwork:
+    """How requests to the Hub wait and retry: ``timeout`` seconds without a byte before a request fails; a
+    transient failure (HTTP 408, 429, 5xx, a timeout, a dropped connection) is retried ``retries`` times,
+    waiting ``backoff`` seconds, then twice as long each time up to ``max_wait`` (huggingface_hub's
+    defaults); ``workers`` shard headers are read at once."""
+
+    timeout: float = 10.0
+    retries: int = 5
+    backoff: float = 1.0
+    max_wait: float = 8.0
+    workers: int = 8
+
+
+@dataclass(frozen=True)
 class ScanOptions:
     """Everything that shapes a scan besides MODEL and OUT (``streamscan.scan``'s keywords, ``run``'s options).
 
     ``devices``: "auto" (every visible GPU, else the CPU), "cpu", or GPU indices mixed with "cpu" ("0,1,cpu").
     ``max_memory``: RAM for tensors read ahead and CPU work, bytes or "24G" (default: available minus headroom).
     ``shard`` ("i/N") and ``distributed`` split a scan (see ``streamscan.scan``); ``revision``, ``offline``,
-    ``max_disk`` and ``keep_shards`` are for Hub models; ``moe_grouping`` ranks MoE experts for the YAML.
+    ``max_disk``, ``keep_shards`` and ``network`` (a HubNetwork: timeouts and retries) are for Hub models;
+    ``moe_grouping`` ranks MoE experts for the YAML.
     ``commit_records``/``commit_seconds``: the journal commits (writes and fsyncs) a batch of records once it
     holds that many or its oldest waited that long; a kill loses at most that batch (1: a fsync per record).
     """
@@ -399,6 +414,7 @@ class ScanOptions:
     offline: bool | None = None
     max_disk: int | str | None = None
     keep_shards: bool = False
+    network: HubNetwork = HubNetwork()
     moe_grouping: str = "reference"
     spectra: bool = True  # keep every matrix's singular values in OUT/spectra (results/spectra.py)
     commit_records: int = 256

@@ -8,16 +8,23 @@ exceptions become one-line SourceErrors. Nothing here reads a tensor: shards are
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import struct
-from dataclasses import dataclass
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from streamscan.checkpoint.config import read_config, read_weight_map
 from streamscan.checkpoint.formats.safetensors_header import MAX_HEADER_SIZE
 from streamscan.errors import SourceError
+from streamscan.records import HubNetwork
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,9 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 HEADER_PROBE = 100_000  # first Range read of a shard; most headers fit (huggingface_hub's own choice)
+LONG_HEADER = 1_000_000  # a longer header is read after the probes, one at a time (memory stays bounded)
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)  # huggingface_hub's http_backoff retries these
+T = TypeVar("T")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -32,6 +42,38 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 def looks_like_repo_id(model: str) -> bool:
     """``org/name`` that is not a local path (no leading ./ or /, not a .safetensors file)."""
     return bool(_REPO_ID.match(model)) and not model.endswith(".safetensors") and ".." not in model
+
+
+def retrying(network: HubNetwork, what: str, fn: Callable[[], T]) -> T:
+    """FN(), retried on transient errors (see ``transient``) as NETWORK says, waiting ``backoff`` seconds, then
+    twice as long each time up to ``max_wait`` (huggingface_hub's http_backoff schedule); each retry is
+    logged once, naming WHAT."""
+    wait = network.backoff
+    for attempt in range(1, network.retries + 2):
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - re-raised unless transient
+            if attempt > network.retries or not transient(err):
+                raise
+            log.warning(
+                "%s: %s: %s; retry %d of %d in %.3g s",
+                *(what, type(err).__name__, _first_line(err), attempt, network.retries, wait),
+            )
+        time.sleep(wait)
+        wait = min(network.max_wait, wait * 2)
+    raise AssertionError("unreachable")
+
+
+def transient(err: BaseException) -> bool:
+    """A failure worth retrying: HTTP 408/429/5xx, a timeout, a refused, dropped or short connection."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
+        err = err.__cause__  # hf_hub_download could not reach the file
+    if isinstance(err, HfHubHTTPError):
+        return err.response is not None and err.response.status_code in TRANSIENT_STATUS
+    return isinstance(err, (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError))
 
 
 @dataclass(frozen=True)
@@ -54,6 +96,7 @@ class HubSource:
     offline: bool
     endpoint: str | None = None
     token: str | bool | None = None
+    network: HubNetwork = field(default_factory=HubNetwork)
 
     @property
     def storage(self) -> Path:
@@ -74,42 +117,90 @@ class HubSource:
     def present(self, name: str) -> bool:
         return self.path(name).exists()
 
+    def headers(self, names: Iterable[str]) -> Iterator[tuple[bytes, int]]:
+        """(raw header JSON, file size) of each shard of NAMES, in order, read with HTTP Range: the first
+        HEADER_PROBE bytes of up to ``network.workers`` shards at once (with the rest of a header up to
+        LONG_HEADER bytes), a longer header's rest afterwards, one at a time."""
+        with ThreadPoolExecutor(self.network.workers, thread_name_prefix="streamscan-header") as pool:
+            window: deque = deque()
+            for name in names:
+                window.append((name, pool.submit(self._probe, name)))
+                if len(window) > self.network.workers:
+                    yield self._finish(*window.popleft())
+            while window:
+                yield self._finish(*window.popleft())
+
     def header(self, name: str) -> tuple[bytes, int]:
-        """(raw header JSON, file size) of a shard, read with HTTP Range through huggingface_hub's session."""
+        return next(self.headers([name]))
+
+    def _probe(self, name: str) -> tuple[int, bytes]:
+        """(header length, its bytes read so far): all of them when the header is at most LONG_HEADER bytes."""
+        size = self.file(name).size
+        data = self._range(name, 0, min(HEADER_PROBE, size))
+        if len(data) < 8:
+            raise SourceError(f"{self.repo_id}/{name}: not a safetensors file ({size} bytes); report it to the repo")
+        (length,) = struct.unpack("<Q", data[:8])
+        if length > min(MAX_HEADER_SIZE, size - 8):
+            raise SourceError(
+                f"{self.repo_id}/{name}: not a safetensors file (its header length {length} does not fit its "
+                f"{size} bytes or passes safetensors' {MAX_HEADER_SIZE}-byte limit); report it to the repo"
+            )
+        raw = data[8 : 8 + length]
+        if len(raw) < length <= LONG_HEADER:
+            raw += self._range(name, 8 + len(raw), 8 + length)
+        return length, raw
+
+    def _finish(self, name: str, probe) -> tuple[bytes, int]:
+        try:
+            length, raw = probe.result()
+        except SourceError:
+            raise
+        except Exception as err:  # noqa: BLE001 - mapped to one line
+            raise hub_error(err, self.repo_id, self.revision, self.endpoint, name) from None
+        if len(raw) < length:
+            try:
+                raw += self._range(name, 8 + len(raw), 8 + length)
+            except Exception as err:  # noqa: BLE001 - mapped to one line
+                raise hub_error(err, self.repo_id, self.revision, self.endpoint, name) from None
+        return raw, self.file(name).size
+
+    def _range(self, name: str, start: int, stop: int) -> bytes:
+        """Bytes START..STOP of a shard (one HTTP Range GET through huggingface_hub's session, read as a stream
+        and never past STOP, whatever the server sends), retried on transient errors."""
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         url = hf_hub_url(self.repo_id, name, revision=self.commit, endpoint=self.endpoint)
-        headers = build_hf_headers(token=self.token)
-        try:
-            response = get_session().get(url, headers={**headers, "Range": f"bytes=0-{HEADER_PROBE - 1}"})
-            hf_raise_for_status(response)
-            data = response.content
-            if len(data) < 8:
-                raise SourceError(f"{self.repo_id}/{name}: not a safetensors file ({len(data)} bytes)")
-            (length,) = struct.unpack("<Q", data[:8])
-            if length > MAX_HEADER_SIZE:
-                raise SourceError(f"{self.repo_id}/{name}: corrupt safetensors header (length {length})")
-            if 8 + length > len(data):
-                response = get_session().get(url, headers={**headers, "Range": f"bytes=8-{length + 7}"})
+        headers = {**build_hf_headers(token=self.token), "Range": f"bytes={start}-{stop - 1}"}
+
+        def get() -> bytes:
+            chunks, got = [], 0
+            with get_session().stream("GET", url, headers=headers, timeout=self.network.timeout) as response:
+                if response.status_code >= 400:
+                    response.read()  # an error page: small, and hf_raise_for_status reads its message
                 hf_raise_for_status(response)
-                raw = response.content
-            else:
-                raw = data[8 : 8 + length]
-            if len(raw) != length:
-                raise SourceError(f"{self.repo_id}/{name}: the server sent {len(raw)} of {length} header bytes; retry")
-        except SourceError:
-            raise
-        except Exception as err:  # noqa: BLE001 - mapped to one line
-            raise hub_error(err, self.repo_id, self.revision, self.endpoint) from None
-        return raw, self.file(name).size
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk[: stop - start - got])
+                    got += len(chunks[-1])
+                    if got >= stop - start:
+                        break
+            if got < stop - start:  # not a dropped connection (that is retried): the file is shorter than listed
+                raise SourceError(
+                    f"{self.repo_id}/{name}: the server sent {got} of the {stop - start} bytes asked for (bytes "
+                    f"{start}-{stop - 1} of a file listed at {self.file(name).size} bytes); retry later, and "
+                    "report it to the repo or the mirror if it persists"
+                )
+            return b"".join(chunks)
+
+        return retrying(self.network, f"{self.repo_id}/{name}: header", get)
 
     def download(self, name: str) -> Path:
         """Fetch one shard into the HF cache (huggingface_hub resumes dropped connections with Range)."""
         from huggingface_hub import hf_hub_download
 
         self._drop_stale_partials(name)
-        try:
+
+        def fetch() -> Path:
             return Path(
                 hf_hub_download(
                     self.repo_id,
@@ -118,10 +209,14 @@ class HubSource:
                     cache_dir=self.cache_dir,
                     endpoint=self.endpoint,
                     token=self.token,
+                    etag_timeout=self.network.timeout,
                 )
             )
+
+        try:
+            return retrying(self.network, f"{self.repo_id}/{name}", fetch)
         except Exception as err:  # noqa: BLE001 - mapped to one line
-            raise hub_error(err, self.repo_id, self.revision, self.endpoint) from None
+            raise hub_error(err, self.repo_id, self.revision, self.endpoint, name) from None
 
     def _lock(self, blob: str):
         from filelock import FileLock
@@ -174,8 +269,12 @@ class HubSource:
         return size
 
 
-def hub_error(err: BaseException, repo_id: str, revision: str | None, endpoint: str | None) -> SourceError:
-    """One line for each way the Hub can refuse: gated, missing repo, missing revision or file, offline, network."""
+def hub_error(
+    err: BaseException, repo_id: str, revision: str | None, endpoint: str | None, name: str | None = None
+) -> SourceError:
+    """One line for each way the Hub can refuse: gated, missing repo, missing revision or file, offline, a
+    body shorter than the server declared, network (after the retries of HubNetwork.call)."""
+    import httpx2
     from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -213,6 +312,12 @@ def hub_error(err: BaseException, repo_id: str, revision: str | None, endpoint: 
         )
     if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
         err = err.__cause__  # online: huggingface_hub could not reach the file (network, Hub down, refused)
+    what = f"{repo_id}/{name}" if name else repo_id
+    if isinstance(err, httpx2.RemoteProtocolError) or "Consistency check failed" in str(err):
+        return SourceError(
+            f"{what}: the server sent fewer bytes than it declared ({_first_line(err)}); retry later, and report "
+            "it to the repo or the mirror if it persists"
+        )
     return SourceError(
         f"{repo_id}: cannot reach {where} ({type(err).__name__}: {_first_line(err)}); check the "
         "network or HF_ENDPOINT, or use --offline to scan from the HF cache"
@@ -225,25 +330,38 @@ def _first_line(err: BaseException) -> str:
 
 
 def resolve_hub(
-    repo_id: str, revision: str | None = None, offline: bool | None = None, token: str | bool | None = None
+    repo_id: str,
+    revision: str | None = None,
+    offline: bool | None = None,
+    token: str | bool | None = None,
+    network: HubNetwork | None = None,
 ) -> tuple[HubSource, list[Path], Path | None, dict]:
     """Pin REPO_ID@REVISION to a commit. Returns (hub source, shard paths, index path or None, config).
 
     Online: one ``model_info`` call (commit, file sizes), then the small index and config files through
     ``hf_hub_download`` (cached, and they record the branch -> commit ref for a later offline run).
-    Offline (``offline`` or ``HF_HUB_OFFLINE=1``): the cache only; a missing shard is named.
+    Offline (``offline`` or ``HF_HUB_OFFLINE=1``): the cache only; a missing shard is named. Every request
+    has NETWORK's timeout and retries.
     """
     from huggingface_hub import constants
+
+    network = network or HubNetwork()
 
     offline = constants.is_offline_mode() if offline is None else (offline or constants.is_offline_mode())
     cache = Path(constants.HF_HUB_CACHE)
     endpoint = constants.ENDPOINT
     if offline:
-        return _resolve_offline(repo_id, revision, cache, token)
+        return _resolve_offline(repo_id, revision, cache, token, network)
     from huggingface_hub import HfApi, hf_hub_download
 
     try:
-        info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, files_metadata=True)
+        info = retrying(
+            network,
+            f"{repo_id}: model info",
+            lambda: HfApi(endpoint=endpoint, token=token).model_info(
+                repo_id, revision=revision, files_metadata=True, timeout=network.timeout
+            ),
+        )
         sizes = {s.rfilename: s for s in info.siblings or []}
         commit = info.sha
         if not commit:
@@ -253,8 +371,18 @@ def resolve_hub(
         local: dict[str, Path] = {}
         for n in small:  # with the asked revision: the cache records its ref for offline runs
             local[n] = Path(
-                hf_hub_download(
-                    repo_id, n, revision=revision or commit, cache_dir=cache, endpoint=endpoint, token=token
+                retrying(
+                    network,
+                    f"{repo_id}/{n}",
+                    lambda n=n: hf_hub_download(
+                        repo_id,
+                        n,
+                        revision=revision or commit,
+                        cache_dir=cache,
+                        endpoint=endpoint,
+                        token=token,
+                        etag_timeout=network.timeout,
+                    ),
                 )
             )
             if local[n].parent.name != commit:
@@ -273,25 +401,30 @@ def resolve_hub(
                 "the repo is inconsistent, pick another --revision"
             )
         if sib.size is None:  # mirrors and proxies may list files without sizes: ask for each (HEAD)
-            files.append(_remote_file_by_head(repo_id, commit, n, endpoint, token, revision))
+            files.append(_remote_file_by_head(repo_id, commit, n, endpoint, token, revision, network))
             continue
         files.append(RemoteFile(n, int(sib.size), sib.lfs.sha256 if sib.lfs else _etag(sib)))
     _record_ref(cache, repo_id, revision, commit)
-    hub = HubSource(repo_id, revision or "main", commit, cache, tuple(files), frozenset(), False, endpoint, token)
+    hub = HubSource(
+        repo_id, revision or "main", commit, cache, tuple(files), frozenset(), False, endpoint, token, network
+    )
     hub = _with_cached(hub)
     return hub, [hub.path(n) for n in shards], local.get(INDEX_NAME), _config(local.get(CONFIG_NAME))
 
 
 def _remote_file_by_head(
-    repo_id: str, commit: str, name: str, endpoint: str, token, revision: str | None
+    repo_id: str, commit: str, name: str, endpoint: str, token, revision: str | None, network: HubNetwork
 ) -> RemoteFile:
     """A shard's size and etag from a HEAD request (get_hf_file_metadata), when model info lacks them."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
+    url = hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint)
     try:
-        meta = get_hf_file_metadata(hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint), token=token)
+        meta = retrying(
+            network, f"{repo_id}/{name}", lambda: get_hf_file_metadata(url, token=token, timeout=network.timeout)
+        )
     except Exception as err:  # noqa: BLE001 - mapped to one line
-        raise hub_error(err, repo_id, revision, endpoint) from None
+        raise hub_error(err, repo_id, revision, endpoint, name) from None
     if meta.size is None:
         raise SourceError(f"{repo_id}@{commit[:12]}: the Hub gives no size for {name}; retry, or use another endpoint")
     return RemoteFile(name, int(meta.size), meta.etag)
@@ -303,9 +436,7 @@ def _etag(sibling) -> str | None:
 
 def _with_cached(hub: HubSource) -> HubSource:
     cached = frozenset(f.name for f in hub.files if hub.present(f.name))
-    return HubSource(
-        hub.repo_id, hub.revision, hub.commit, hub.cache_dir, hub.files, cached, hub.offline, hub.endpoint, hub.token
-    )
+    return dataclasses.replace(hub, cached=cached)
 
 
 def _record_ref(cache: Path, repo_id: str, revision: str | None, commit: str) -> None:
@@ -336,7 +467,7 @@ def _shard_names(repo_id: str, index: Path | None, names: set[str]) -> list[str]
 
 
 def _resolve_offline(
-    repo_id: str, revision: str | None, cache: Path, token
+    repo_id: str, revision: str | None, cache: Path, token, network: HubNetwork
 ) -> tuple[HubSource, list[Path], Path | None, dict]:
     from huggingface_hub.file_download import repo_folder_name
 
@@ -373,7 +504,7 @@ def _resolve_offline(
             "to download them"
         )
     files = tuple(RemoteFile(n, (snap / n).stat().st_size, Path(os.path.realpath(snap / n)).name) for n in shards)
-    hub = HubSource(repo_id, rev, commit, cache, files, frozenset(shards), True, None, token)
+    hub = HubSource(repo_id, rev, commit, cache, files, frozenset(shards), True, None, token, network)
     config = snap / CONFIG_NAME
     return (
         hub,

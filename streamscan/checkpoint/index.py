@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +28,19 @@ class CheckpointIndex:
         return sum(s.size for s in self.shards)
 
 
-def _shard_header(source: ModelSource, path: Path) -> tuple[list[TensorInfo], ShardInfo]:
-    """Local shards are read from disk; a Hub shard not downloaded yet is read remotely (headers only)."""
-    if source.hub is not None and not path.exists():
-        raw, size = source.hub.header(path.name)
-        return parse_header(path, raw, size)
-    return read_any_header(path)
+def _shard_headers(source: ModelSource) -> Iterator[tuple[Path, list[TensorInfo], ShardInfo]]:
+    """Each shard's tensors, in order: local shards read from disk; Hub shards not downloaded yet read
+    remotely, headers only, several at once (HubSource.headers)."""
+    hub = source.hub
+    remote = [path for path in source.files if hub is not None and not path.exists()]
+    fetched = hub.headers(p.name for p in remote) if remote else iter(())
+    wanted = set(remote)
+    for path in source.files:
+        if path in wanted:
+            raw, size = next(fetched)
+            yield path, *parse_header(path, raw, size)
+        else:
+            yield path, *read_any_header(path)
 
 
 def read_any_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
@@ -68,8 +76,7 @@ def build_index(source: ModelSource) -> CheckpointIndex:
     tensors: list[TensorInfo] = []
     shards: list[ShardInfo] = []
     seen: dict[str, Path] = {}
-    for path in source.files:
-        found, shard = _shard_header(source, path)
+    for path, found, shard in _shard_headers(source):
         shards.append(shard)
         for t in found:
             check_name(path, t.name)

@@ -12,6 +12,7 @@ from streamscan.errors import SourceError, UsageError
 
 if TYPE_CHECKING:
     from streamscan.checkpoint.hub import HubSource
+    from streamscan.records import HubNetwork
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -39,11 +40,18 @@ def slugify(model_id: str) -> str:
     return re.sub(r"[/_]", "-", model_id.strip("/"))
 
 
-def resolve(model: str | Path, *, revision: str | None = None, offline: bool | None = None) -> ModelSource:
+def resolve(
+    model: str | Path,
+    *,
+    revision: str | None = None,
+    offline: bool | None = None,
+    network: HubNetwork | None = None,
+) -> ModelSource:
     """Find the checkpoint files of MODEL without reading any tensor data.
 
     MODEL is a local directory or .safetensors file, or else a Hub repo id (``org/name``) at REVISION,
-    pinned to a commit; its shards need not be downloaded yet (see hub.py, shards.py).
+    pinned to a commit; its shards need not be downloaded yet (see hub.py, shards.py). NETWORK: the Hub
+    requests' timeout and retries (records.HubNetwork; its defaults when None).
     """
     path = Path(model).expanduser()
     if not path.exists():
@@ -51,7 +59,7 @@ def resolve(model: str | Path, *, revision: str | None = None, offline: bool | N
 
         if looks_like_repo_id(str(model)):
             try:
-                hub, files, index, config = resolve_hub(str(model), revision, offline)
+                hub, files, index, config = resolve_hub(str(model), revision, offline, network=network)
             except SourceError as err:
                 raise _not_a_path_either(model, path, err) from None
             return ModelSource(hub.repo_id, hub.snapshot, tuple(files), index, config, hub)

@@ -93,6 +93,7 @@ def main(debug: bool) -> None:
       streamscan select --out scan -p 50
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="streamscan: %(message)s")
+    logging.getLogger("huggingface_hub").propagate = False  # it prints its own messages (retries): once, not twice
 
 
 @main.command()

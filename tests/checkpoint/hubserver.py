@@ -5,9 +5,14 @@ Served: ``GET /api/models/{repo}[/revision/{rev}]`` (sha, siblings with sizes an
 ``HEAD|GET /{repo}/resolve/{rev}/{file}`` with ``X-Repo-Commit``, ``ETag`` and for LFS files
 ``X-Linked-Etag``/``X-Linked-Size``, ``Range`` -> 206, ``401 GatedRepo`` without a valid token for a gated
 repo, ``404`` with the Hub's ``X-Error-Code`` for a missing repo, revision or file. Switches: ``drop``
-(cut the connection after N bytes of a file, a given number of times), ``rate`` (bytes/s per response) and
-``fail`` (an HTTP status for a file's downloads, header Range reads still served).
-Every request is logged in ``requests`` as (method, path, Range header).
+(cut the connection after N bytes of a file, a given number of times), ``rate`` (bytes/s per response),
+``fail`` (an HTTP status for a file's downloads, header Range reads still served), and faults for a request
+kind (``"info"``: model info; ``"head:F"``, ``"get:F"``, ``"range:F"``: HEAD, GET, Range GET of file F), each
+used once per request, in order: ``errors`` (an HTTP status, e.g. one 500), ``stall`` (send N bytes of the body,
+then nothing until the server stops), ``short`` (declare the whole body, send N bytes, close); ``truncate``
+serves only a file's first N bytes to GETs, model info and HEAD still listing its full size.
+``latency`` delays every answer (a network's round trip); ``max_in_flight`` is the most Range GETs answered at
+once. Every request is logged in ``requests`` as (method, path, Range header).
 """
 
 from __future__ import annotations
@@ -51,10 +56,17 @@ class FakeHub:
         self.requests: list[tuple[str, str, str | None]] = []
         self.drop: dict[str, list[int]] = {}  # filename -> byte offsets (in the file) at which to cut, one per drop
         self.rate: float | None = None
+        self.latency = 0.0  # seconds each request waits before its answer (a network's round trip)
+        self.in_flight = self.max_in_flight = 0  # Range GETs (header probes) being answered at once
         self.fail: dict[str, int] = {}  # filename -> HTTP status for its downloads (HEAD, GET without Range)
         # file sizes (and LFS info) in model info: "always"; "blobs": only with ?blobs=true, as the real Hub;
         # "never": as some mirrors and proxies (clients must HEAD each file)
         self.sizes = "always"
+        self.errors: dict[str, list[int]] = {}  # request kind -> HTTP statuses to answer, one per request
+        self.stall: dict[str, list[int]] = {}  # request kind -> body bytes sent before it stalls, one per request
+        self.short: dict[str, list[int]] = {}  # request kind -> body bytes sent before it closes, one per request
+        self.truncate: dict[str, int] = {}  # filename -> bytes its GETs serve (model info and HEAD: the full size)
+        self.stopped = threading.Event()
         self.token = "hf_streamscan_test_token"
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -70,6 +82,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stopped.set()  # stalled responses end
         self.server.shutdown()
         self.server.server_close()
 
@@ -86,6 +99,12 @@ class FakeHub:
         repo.commits[sha] = files
         repo.refs[branch] = sha
         return sha
+
+    def fault(self, kind: str, faults: dict[str, list[int]]) -> int | None:
+        """The next fault of FAULTS for a request of KIND, used up; None when there is none."""
+        with self.lock:
+            queue = faults.get(kind)
+            return queue.pop(0) if queue else None
 
     def gets(self, suffix: str) -> list[tuple[str, str, str | None]]:
         """GET requests of files whose path ends with SUFFIX."""
@@ -104,15 +123,28 @@ def _handler(hub: FakeHub):
             self._route(body=False)
 
         def do_GET(self) -> None:
-            self._route(body=True)
+            probe = bool(self.headers.get("Range"))
+            with hub.lock:
+                hub.in_flight += probe
+                hub.max_in_flight = max(hub.max_in_flight, hub.in_flight)
+            try:
+                self._route(body=True)
+            finally:
+                with hub.lock:
+                    hub.in_flight -= probe
 
         # routing ------------------------------------------------------------------------------------
         def _route(self, body: bool) -> None:
             path = unquote(urlsplit(self.path).path)
             with hub.lock:
                 hub.requests.append((self.command, path, self.headers.get("Range")))
+            if hub.latency:
+                time.sleep(hub.latency)
             m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
             if m:
+                status = hub.fault("info", hub.errors)
+                if status:
+                    return self._error(status, None, "Injected error")
                 blobs = "blobs=true" in (urlsplit(self.path).query or "")
                 return self._info(m.group(1), m.group(2) or "main", blobs)
             m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
@@ -186,9 +218,15 @@ def _handler(hub: FakeHub):
             status = hub.fail.get(name)
             if status and (self.command == "HEAD" or not self.headers.get("Range")):
                 return self._error(status, None, "Forbidden")
+            kind = f"{'head' if self.command == 'HEAD' else 'range' if self.headers.get('Range') else 'get'}:{name}"
+            status = hub.fault(kind, hub.errors)
+            if status:
+                return self._error(status, None, "Injected error")
             content = repo.commits[sha].get(name)
             if content is None:
                 return self._error(404, "EntryNotFound", f"{name} does not exist on {rev}", commit=sha)
+            if self.command == "GET" and name in hub.truncate:  # a body shorter than model info and HEAD say
+                content = content[: hub.truncate[name]]
             start, end = 0, len(content) - 1
             rng = self.headers.get("Range")
             if rng:
@@ -214,6 +252,15 @@ def _handler(hub: FakeHub):
                 offsets = hub.drop.get(name)
                 if offsets and start < offsets[0] <= end:
                     cut = offsets.pop(0)
+            stall, short = hub.fault(kind, hub.stall), hub.fault(kind, hub.short)
+            if stall is not None:
+                self._send(content, start, min(end + 1, start + stall))
+                self.wfile.flush()
+                hub.stopped.wait(120)  # the client's timeout must end this
+                self.close_connection = True
+                return
+            if short is not None:
+                cut = start + short
             self._send(content, start, end + 1 if cut is None else cut)
             if cut is not None:  # the connection drops mid-file
                 self.close_connection = True

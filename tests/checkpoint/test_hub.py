@@ -18,8 +18,10 @@ import pytest
 from click.testing import CliRunner
 
 from streamscan import SourceError, UsageError, scan
+from streamscan.api import inspect_model
 from streamscan.cli import main
 from streamscan.errors import JournalError
+from streamscan.records import HubNetwork
 from tests.fixtures.synthetic import LlamaShape, write_llama
 
 from .hubserver import FakeHub
@@ -288,19 +290,12 @@ def test_revision_is_pinned_and_a_resume_never_mixes_revisions(hub, checkpoint, 
         (["--revision", "nope"], {}, "no revision 'nope'; give an existing branch, tag or commit with --revision"),
         ([], {"repo": "acme/missing"}, "acme/missing: no such model on"),
         ([], {"gated": True}, "gated repo; accept its terms"),
-        ([], {"down": True}, "cannot reach http://127.0.0.1:"),
     ],
 )
 def test_hub_errors_are_one_clear_line(hub, tmp_path, monkeypatch, args, env, expected):
-    from huggingface_hub import constants
-
     repo = env.get("repo", REPO)
     if env.get("gated"):
         hub.repos[REPO].gated = True
-    if env.get("down"):
-        dead = "http://127.0.0.1:9"  # discard port: nothing listens
-        monkeypatch.setattr(constants, "ENDPOINT", dead)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
     result = CliRunner().invoke(main, ["run", repo, "--out", str(tmp_path / "o"), "-q", *args])
     assert result.exit_code == 2, result.output
     assert expected in result.output and result.output.count("\n") == 1, result.output
@@ -385,8 +380,6 @@ def test_kill_during_download_then_resume(hub, reference, tmp_path):
 
 @pytest.mark.parametrize("sizes", ["blobs", "never"])
 def test_model_info_without_sizes_gets_them_by_head(hub, checkpoint, reference, tmp_path, sizes):
-    from streamscan.api import inspect_model
-
     hub.sizes = sizes  # "blobs": as the real Hub; "never": a mirror or proxy that lists no sizes
     index, _ = inspect_model(REPO)
     assert index.total_bytes == sum(f.stat().st_size for f in checkpoint.glob("*.safetensors"))
@@ -403,3 +396,117 @@ def test_mistyped_local_path_is_not_reported_as_a_hub_error(hub, tmp_path, monke
     msg = str(err.value)
     assert msg.startswith("models/tiny-lama: no such file or directory") and "not a Hub id that exists" in msg
     assert "\n" not in msg and "cannot reach" not in msg
+
+
+# faults: timeouts, retries, short bodies ----------------------------------------------------------------
+FAST = HubNetwork(timeout=0.5, retries=2, backoff=0.01, max_wait=0.02)  # what the CLI's defaults do, quicker
+
+
+def retries_logged(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "; retry " in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["info", "head:config.json", "get:model.safetensors.index.json", "get:config.json", f"range:{SHARDS[2]}"],
+)
+def test_one_transient_500_is_retried(hub, kind, caplog):
+    hub.errors = {kind: [500]}
+    index, plan = inspect_model(REPO, network=FAST)  # before: "cannot reach ..." (huggingface_hub retries only HEAD)
+    assert len(plan.jobs) == 30 and hub.errors[kind] == []
+    assert len(retries_logged(caplog)) == (0 if kind.startswith("head:") else 1)  # HEADs: huggingface_hub retries
+
+
+def test_a_500_on_a_shard_download_is_retried(hub, reference, tmp_path, caplog):
+    hub.errors = {f"get:{SHARDS[1]}": [503]}
+    res = scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1, network=FAST)
+    assert res.snr == reference and hub.errors[f"get:{SHARDS[1]}"] == []
+    assert [m.split(":")[0] for m in retries_logged(caplog)] == [f"{REPO}/{SHARDS[1]}"]
+
+
+def test_a_header_probe_that_stalls_mid_body_times_out_and_is_retried(hub, caplog):
+    hub.stall = {f"range:{SHARDS[0]}": [100]}  # 100 bytes, then nothing: before, inspect and run hung forever
+    started = time.monotonic()
+    index, plan = inspect_model(REPO, network=FAST)
+    assert len(plan.jobs) == 30 and hub.stall[f"range:{SHARDS[0]}"] == []
+    assert "ReadTimeout" in " ".join(retries_logged(caplog)) and time.monotonic() - started < 60
+
+
+def test_a_server_that_keeps_stalling_fails_in_one_line_after_the_retries(hub):
+    hub.stall = {f"range:{SHARDS[3]}": [100] * 3}
+    with pytest.raises(SourceError) as err:
+        inspect_model(REPO, network=FAST)
+    msg = str(err.value)
+    assert msg.startswith(f"{REPO}: cannot reach http://127.0.0.1:") and "ReadTimeout" in msg and "\n" not in msg
+    assert hub.stall[f"range:{SHARDS[3]}"] == []  # 1 try + 2 retries
+
+
+def test_a_short_body_is_retried_then_named_as_one(hub):
+    hub.short = {f"range:{SHARDS[1]}": [50]}  # declares 100000 bytes, sends 50, closes: a dropped connection
+    assert len(inspect_model(REPO, network=FAST)[1].jobs) == 30
+    hub.short = {f"range:{SHARDS[1]}": [50] * 3}
+    with pytest.raises(SourceError) as err:
+        inspect_model(REPO, network=FAST)
+    msg = str(err.value)
+    assert msg.startswith(f"{REPO}/{SHARDS[1]}: the server sent fewer bytes than it declared (")
+    assert "cannot reach" not in msg and "retry later, and report it" in msg and "\n" not in msg
+
+
+def test_a_file_shorter_than_listed_is_named_as_one(hub, tmp_path):
+    hub.truncate = {SHARDS[0]: 20}  # model info lists the full size; every GET serves 20 bytes
+    with pytest.raises(SourceError) as err:
+        inspect_model(REPO, network=FAST)
+    assert str(err.value).startswith(f"{REPO}/{SHARDS[0]}: the server sent 20 of the 100000 bytes asked for")
+    hub.truncate = {SHARDS[2]: 150_000}  # the header reads fine; the download is short
+    with pytest.raises(SourceError) as err:
+        scan(REPO, tmp_path / "out", devices="cpu", cpu_workers=1, network=FAST)
+    msg = str(err.value)
+    assert msg.startswith(f"{REPO}/{SHARDS[2]}: the server sent fewer bytes than it declared (Consistency check")
+    assert "cannot reach" not in msg and "14 matrices scanned before it are saved" in msg
+
+
+def test_the_network_being_down_is_one_line_after_bounded_retries(hub, tmp_path, monkeypatch, caplog):
+    from huggingface_hub import constants
+
+    dead = "http://127.0.0.1:9"  # discard port: nothing listens
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    with pytest.raises(SourceError) as err:
+        scan(REPO, tmp_path / "o", devices="cpu", network=FAST)
+    msg = str(err.value)
+    assert msg.startswith(f"{REPO}: cannot reach {dead} (ConnectError") and "\n" not in msg
+    assert len(retries_logged(caplog)) == 2
+
+
+def test_headers_are_read_concurrently(hub, checkpoint, tmp_path):
+    """A many-shard repo: the header probes overlap (the server sees several at once)."""
+    from tests.fixtures.synthetic import LlamaShape, write_llama
+
+    many = write_llama(tmp_path / "many", LlamaShape(layers=16, hidden=32, ffn=64, kv=32, vocab=64), layers_per_shard=1)
+    hub.add_commit("acme/many", many)
+    hub.latency = 0.05  # each answer waits a round trip, so that concurrent probes overlap
+    sequential = inspect_model("acme/many", network=HubNetwork(workers=1))[0]
+    one_at_a_time, hub.max_in_flight = hub.max_in_flight, 0
+    concurrent = inspect_model("acme/many", network=HubNetwork(workers=8))[0]
+    assert concurrent.tensors == sequential.tensors and concurrent.shards == sequential.shards
+    assert one_at_a_time == 1 and hub.max_in_flight > 1
+
+
+def test_each_retry_message_is_printed_once(hub, tmp_path):
+    """huggingface_hub's own retry warnings (its HEAD) and ours reach the terminal once each."""
+    hub.errors = {"head:config.json": [500, 500], "info": [500]}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_CACHE": str(hub.cache),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    env.pop("HF_TOKEN", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "streamscan", "inspect", REPO], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert len([line for line in lines if "HTTP Error 500 thrown while requesting HEAD" in line]) == 1, lines
+    assert len([line for line in lines if f"{REPO}: model info: HfHubHTTPError" in line]) == 1, lines
