@@ -239,11 +239,13 @@ def _type_comments(selection: Selection, type_: str, chosen: tuple[str, ...], al
 
 @dataclass(frozen=True)
 class Line:
-    """One ``unfrozen_parameters`` line in trainer names: parameter PARAM, rows ROWS (dim 0) or all of it."""
+    """One ``unfrozen_parameters`` line in trainer names: parameter PARAM, rows ROWS (dim 0) or all of it;
+    REGIONS: the selected parts of it (where they are less than the line unfreezes)."""
 
     param: str
     rows: tuple[int, int] | None
     extra: int  # elements the line unfreezes beyond the selected ones (0: exact)
+    regions: tuple = ()
 
     @property
     def text(self) -> str:
@@ -259,14 +261,10 @@ def trainer_lines(selection: Selection, names: TrainerNames) -> dict[str, list[L
     order = [n[: -len(".weight")] if n.endswith(".weight") else n for n in selection.always] + selection.names()
     for n in order:
         wanted[n] = list(names.regions.get(n, ()))
-    covered: dict[tuple[str, tuple[int, int] | None], int] = {}  # line -> selected elements under it
-    seen: set = set()
+    covered: dict[tuple[str, tuple[int, int] | None], dict] = {}  # line -> the distinct selected regions under it
     for regions in wanted.values():
         for region in regions:
-            key = _line_key(region, names.shapes[region.param])
-            if (region.param, region.key) not in seen:
-                seen.add((region.param, region.key))
-                covered[key] = covered.get(key, 0) + region.numel()
+            covered.setdefault(_line_key(region, names.shapes[region.param]), {})[region.key] = region
     out: dict[str, list[Line]] = {}
     for n, regions in wanted.items():
         lines = out[n] = []
@@ -274,8 +272,26 @@ def trainer_lines(selection: Selection, names: TrainerNames) -> dict[str, list[L
             param, rows = key = _line_key(region, names.shapes[region.param])
             shape = names.shapes[param]
             size = (rows[1] - rows[0] if rows else shape[0]) * math.prod(shape[1:]) if shape else 1
-            lines.append(Line(param, rows, size - covered[key]))
+            under = tuple(covered[key].values())
+            extra = size - sum(r.numel() for r in under)
+            lines.append(Line(param, rows, extra, under if extra else ()))
     return out
+
+
+def region_text(key) -> str:
+    """A region's spans as ``[a:b:s, ...]`` (read back by ``parse_region``)."""
+    return "[" + ", ".join(f"{a}:{b}:{s}" for a, b, s in key) + "]"
+
+
+_REGION = re.compile(r"\[(\d+:\d+:\d+(?:, \d+:\d+:\d+)*)\]")
+EXACT = "#   ^ apply_selection trains only "
+
+
+def parse_region(text: str) -> tuple[tuple[int, int, int], ...] | None:
+    m = _REGION.fullmatch(text.strip())
+    if not m:
+        return None
+    return tuple(tuple(int(x) for x in span.split(":")) for span in m.group(1).split(", "))  # type: ignore[misc]
 
 
 def _line_key(region, shape: tuple[int, ...]) -> tuple[str, tuple[int, int] | None]:
@@ -307,6 +323,7 @@ def _trainer_yaml(selection: Selection, header: str, names: TrainerNames) -> str
                     f"#   ^ also trains {line.extra:,} unselected elements of these rows (Axolotl's dim-0 ranges "
                     "cannot separate an expert's gate rows from its up rows)"
                 )
+                lines.extend(f"{EXACT}{region_text(r.key)}" for r in line.regions)
 
     always_modules = set()
     for n in selection.always:

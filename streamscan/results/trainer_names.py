@@ -242,8 +242,9 @@ def _differs(names: TrainerNames) -> bool:
     return False
 
 
-def names_for(model: str, targets: list[str], mode: str = "auto") -> tuple[TrainerNames | None, str]:
-    """The trainer names of the scanned TARGETS of checkpoint MODEL (a directory, or a Hub id in the HF cache),
+def names_for(checkpoint: str, targets: list[str], mode: str = "auto", model=None) -> tuple[TrainerNames | None, str]:
+    """The trainer names of the scanned TARGETS of CHECKPOINT (a directory, or a Hub id in the HF cache) in
+    MODEL (the user's; default: built from its config.json on the meta device),
     and a one-line note saying whose names a selection uses. MODE ``checkpoint``: none (the checkpoint's own
     names, for transformers < 5 and trainers that load them as stored); ``transformers``: transformers'
     names, or a UsageError saying why not; ``auto``: transformers' names where they differ from the
@@ -270,13 +271,13 @@ def names_for(model: str, targets: list[str], mode: str = "auto") -> tuple[Train
     from streamscan.checkpoint.source import resolve
 
     try:
-        index = build_index(resolve(model, offline=True))
+        index = build_index(resolve(checkpoint, offline=True))
     except StreamscanError as err:
-        return fallback(f"the checkpoint {model} cannot be read here ({str(err).split(';')[0]})")
+        return fallback(f"the checkpoint {checkpoint} cannot be read here ({str(err).split(';')[0]})")
     config = index.source.config
     tensors = {t.name: t.shape for t in index.tensors}
     try:
-        names = trainer_names(config, tensors, scan_targets(targets, tensors, config))
+        names = trainer_names(config, tensors, scan_targets(targets, tensors, config), model)
     except Exception as err:  # a config transformers cannot build, an unknown architecture: say so, keep going
         return fallback(
             f"transformers {transformers.__version__} cannot build this model ({type(err).__name__}: "

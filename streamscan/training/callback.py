@@ -39,12 +39,13 @@ class SelectionSchedule:
         method: str = DEFAULT_METHOD,
         replace_prefix: tuple[str, str] | None = None,
         strict: bool = True,
+        names: str = "auto",
     ):
         if rescan_every < 0:
             raise UsageError(f"rescan_every {rescan_every}: must be 0 (never) or a number of epochs")
         self.selection, self.top_percent, self.rescan_every = selection, top_percent, rescan_every
         self.rescan_percent = rescan_percent or top_percent or DEFAULT_TOP_PERCENT
-        self.method, self.replace_prefix, self.strict = method, replace_prefix, strict
+        self.method, self.replace_prefix, self.strict, self.names = method, replace_prefix, strict, names
         self.summary: TrainableSummary | None = None
         self.history: list[tuple[int, Rescan]] = []
 
@@ -57,7 +58,12 @@ class SelectionSchedule:
             self.summary = rescan(model, self.top_percent or DEFAULT_TOP_PERCENT, self.method).summary
         else:
             self.summary = apply_selection(
-                model, self.selection, self.top_percent, replace_prefix=self.replace_prefix, strict=self.strict
+                model,
+                self.selection,
+                self.top_percent,
+                replace_prefix=self.replace_prefix,
+                strict=self.strict,
+                names=self.names,
             )
         if optimizer is not None:
             sync_optimizer(optimizer, model)

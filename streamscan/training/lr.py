@@ -39,7 +39,10 @@ def snr_param_groups(
     ``lr * min_scale``, linearly in rank between. A module's weight and bias share its scale; trainable
     parameters without an SNR (norms, unscored modules) get ``lr`` (scale 1). Matrices get
     ``weight_decay``, vectors 0. RESULTS: a scan directory, or Results (``score_model``, ``load_results``).
-    Each group carries ``scale`` and ``names``; pass the list to any torch optimizer.
+    Each group carries ``scale`` and ``names``; pass the list to any torch optimizer. A parameter that
+    trains in part (a fused expert tensor of which some experts are selected) has its gradient masked;
+    call ``mask_optimizer(optimizer)`` once the optimizer is
+    built (``SpectrumCallback`` does): the frozen slices then stay bit-identical under weight decay.
     """
     if not 0 < min_scale <= max_scale:
         raise UsageError(f"scales: need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")

@@ -6,8 +6,13 @@ Matching a selection to parameter names
   ``re.match``, ``model.layers.1`` never catches ``model.layers.11`` and ``mlp.gate`` never ``mlp.gate_proj``.
 - Any other line is a regular expression applied as Axolotl's ``utils/freeze.py`` applies it: dots are
   literal unless followed by ``+``, and it is matched with ``re.match`` (anchored at the start only).
-- A name inside a fused expert parameter (``…experts.gate_up_proj.3``, ``…experts.3.gate_proj`` for a
-  3-D ``…experts.gate_up_proj``) unfreezes that parameter whole: a slice cannot be trained alone.
+- A line may end in Axolotl's dim-0 range ``[start:end]`` (``^…experts.down_proj$[3:4]``: expert 3): only
+  those rows train (gradient masks). The YAML writer's ``# ^ apply_selection trains only [...]`` comment under
+  such a line narrows it to the selected slice (one expert's gate rows, not its up rows).
+- A scan directory, results JSON or ``Selection`` is matched in the trainer's names (``trainer_names``):
+  each selected matrix trains exactly its slice of the parameter transformers loads it into.
+- A checkpoint name of a fused expert (``…experts.3.gate_proj`` for a 3-D ``…experts.gate_up_proj``) that
+  has no trainer name unfreezes that parameter whole (``summary.fused`` lists which).
 - Tied parameters (``lm_head.weight`` is ``model.embed_tokens.weight``) answer to either name and are
   counted once. A selection entry that matches nothing is an error (unless ``strict=False``).
 """
@@ -26,7 +31,8 @@ import torch
 
 from streamscan.api import load_results
 from streamscan.errors import SelectionError, UsageError
-from streamscan.results.selection import Selection, select_top
+from streamscan.results.selection import EXACT, Selection, parse_region, select_top
+from streamscan.results.trainer_names import names_for
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +65,28 @@ class Rule:
     line: str  # as given (after replace_prefix)
     name: str | None  # a plain dotted name, matched exactly
     regex: re.Pattern | None  # any other line, matched as Axolotl does
+    rows: tuple[int, int | None] | None = None  # Axolotl's dim-0 range
+    exact: tuple[tuple[tuple[int, int, int], ...], ...] = ()  # the selected slices under a ranged line
+    regions: tuple = ()  # trainer-name regions (Region) of a selected matrix: name and regex are None
 
 
-def make_rule(line: str) -> Rule:
+def make_rule(line: str, exact: tuple = ()) -> Rule:
     line = line.strip()
+    ranged = _RANGE.match(line)
+    if ranged and not (_SLICE.match(line) and not ranged.group(1).endswith((".weight", ".bias"))):
+        start = int(ranged.group(2) or 0)
+        end = int(ranged.group(3)) if ranged.group(3) else (None if ":" in line[line.rindex("[") :] else start + 1)
+        if end is not None and end <= start:
+            raise SelectionError(f"selection line {line!r}: empty row range [{start}:{end}]; fix the YAML")
+        rule = make_rule(ranged.group(1))
+        if rule.name is not None:  # a plain name with a range: match it as Axolotl does, a regex
+            rule = Rule(rule.line, None, re.compile(re.sub(r"\.(?!\+)", r"\\.", ranged.group(1))))
+        return Rule(line, None, rule.regex, (start, end), exact)
     plain = _PLAIN.match(line)
     if plain:
         return Rule(line, plain.group(1), None)
     if _SLICE.match(line) and not line.split("[", 1)[0].endswith((".weight", ".bias")):
         return Rule(line, line, None)  # a scan's slice name; `x.weight[5]` stays Axolotl's row range
-    if _RANGE.match(line):
-        raise SelectionError(
-            f"selection line {line!r}: Axolotl's [start:end] row ranges are not supported by "
-            "apply_selection; unfreeze the whole parameter (drop the range) or train with Axolotl"
-        )
     try:
         return Rule(line, None, re.compile(re.sub(r"\.(?!\+)", r"\\.", line)))
     except re.error as err:
@@ -132,6 +146,8 @@ class Names:
 
     def resolve(self, rule: Rule) -> tuple[list[str], bool]:
         """(parameter names the rule unfreezes, whether they are fused parameters unfrozen whole)."""
+        if rule.regions:
+            return list(dict.fromkeys(r.param for r in rule.regions if r.param in self.params)), False
         if rule.regex is not None:
             return [n for n in self.sorted if rule.regex.match(n)], False
         hit = self.exact(rule.name)
@@ -187,15 +203,34 @@ def missing_error(missing: list[str], total: int, names: Names) -> SelectionErro
 # ------------------------------------------------------------------------------------------- selection
 
 
-def selection_rules(selection, top_percent: float | None) -> list[Rule]:
-    """The entries of SELECTION: a scan directory, a YAML file, a Selection, or names/patterns."""
+def selection_rules(selection, top_percent: float | None, model=None, names: str = "auto") -> list[Rule]:
+    """The entries of SELECTION: a scan directory, a YAML file, a Selection, or names/patterns. A selection
+    (directory, results JSON, Selection) is matched in MODEL's parameter names where transformers' names
+    differ from the checkpoint's (NAMES, see ``trainer_names.names_for``)."""
+    chosen = _as_selection(selection, top_percent)
+    if chosen is not None:
+        return _selected_rules(chosen, model, names)
+    if isinstance(selection, (str, Path)):
+        path = Path(selection).expanduser()
+        if top_percent is not None:
+            raise UsageError(
+                f"{path}: a YAML selection already fixes its percentage; pass the scan directory instead to "
+                "choose top_percent"
+            )
+        return [make_rule(x, exact) for x, exact in _yaml_lines(path)]
+    return [make_rule(x) for x in selection]
+
+
+def _as_selection(selection, top_percent: float | None) -> Selection | None:
+    """SELECTION as a Selection (a scan directory or results JSON: its top TOP_PERCENT%); None for a YAML
+    file or a list of lines."""
     if isinstance(selection, Selection):
-        return [Rule(n, n, None) for n in (*selection.always, *selection.names())]  # names, never patterns
+        return selection
     if isinstance(selection, (str, Path)):
         path = Path(selection).expanduser()
         if path.is_file() and path.suffix == ".json":  # a published results JSON, or some other JSON
             try:
-                return selection_rules(select_top(load_results(path)[1], top_percent or DEFAULT_TOP_PERCENT), None)
+                return select_top(load_results(path)[1], top_percent or DEFAULT_TOP_PERCENT)
             except UsageError as err:
                 raise SelectionError(
                     f"{selection}: neither a streamscan scan directory, a Spectrum results .json nor a .yaml "
@@ -210,14 +245,9 @@ def selection_rules(selection, top_percent: float | None) -> list[Rule]:
                     len(results),
                     len(header.targets),
                 )
-            return selection_rules(select_top(results, top_percent or DEFAULT_TOP_PERCENT), None)
+            return select_top(results, top_percent or DEFAULT_TOP_PERCENT)
         if path.is_file() and path.suffix in (".yaml", ".yml"):
-            if top_percent is not None:
-                raise UsageError(
-                    f"{path}: a YAML selection already fixes its percentage; pass the scan "
-                    "directory instead to choose top_percent"
-                )
-            return [make_rule(x) for x in _yaml_lines(path)]
+            return None
         raise SelectionError(
             f"{selection}: neither a streamscan scan directory, a Spectrum results .json nor a .yaml selection; "
             "give the --out directory of `streamscan run`, a snr_results_*.json or an unfrozen-parameters YAML"
@@ -225,7 +255,26 @@ def selection_rules(selection, top_percent: float | None) -> list[Rule]:
     lines = list(selection)
     if not all(isinstance(x, str) for x in lines):
         raise UsageError("selection: give a scan directory, a YAML path, a Selection or a list of names")
-    return [make_rule(x) for x in lines]
+    return None
+
+
+def _selected_rules(selection: Selection, model, names: str) -> list[Rule]:
+    """One rule per selected matrix: its regions in MODEL's parameters where transformers names them
+    otherwise than the checkpoint, else its (checkpoint) name."""
+    modules = [n[: -len(".weight")] if n.endswith(".weight") else n for n in selection.always]
+    plain = [Rule(n, n, None) for n in (*selection.always, *selection.names())]  # names, never patterns
+    checkpoint = getattr(model, "name_or_path", "") if model is not None else ""
+    if names == "checkpoint" or not checkpoint or not hasattr(model, "config"):
+        return plain
+    trainer, note = names_for(str(checkpoint), [*modules, *selection.names()], names, model=model)
+    log.info("selection matched in the %s", note)
+    if trainer is None:
+        return plain
+    rules = []
+    for n, rule in zip([*modules, *selection.names()], plain):
+        regions = trainer.regions.get(n)
+        rules.append(Rule(n, None, None, regions=regions) if regions else rule)
+    return rules
 
 
 def rename_rule(rule: Rule, old: str, new: str) -> Rule:
@@ -238,7 +287,7 @@ def rename_rule(rule: Rule, old: str, new: str) -> Rule:
     return make_rule(anchor + new + body[len(old) :]) if body.startswith(old) else rule
 
 
-def _yaml_lines(path: Path) -> list[str]:
+def _yaml_lines(path: Path) -> list[tuple[str, tuple]]:
     try:
         import yaml
     except ImportError:
@@ -252,4 +301,20 @@ def _yaml_lines(path: Path) -> list[str]:
         raise SelectionError(
             f"{path}: no `unfrozen_parameters:` list of strings; regenerate it with `streamscan select`"
         )
-    return lines
+    return list(zip(lines, _exact_comments(path.read_text(), len(lines))))
+
+
+def _exact_comments(text: str, count: int) -> list[tuple]:
+    """Per list item of TEXT (the YAML writer's layout), the slices its ``# ^ apply_selection trains only``
+    comments name; () for items without."""
+    out: list[list] = []
+    for raw in text.splitlines():
+        if raw.startswith("- "):
+            out.append([])
+        elif raw.startswith(EXACT) and out:
+            region = parse_region(raw[len(EXACT) :])
+            if region is not None:
+                out[-1].append(region)
+    if len(out) != count:  # not the writer's layout: the lines as Axolotl reads them
+        return [()] * count
+    return [tuple(x) for x in out]

@@ -100,7 +100,7 @@ def rescan(model: torch.nn.Module, top_percent: float = DEFAULT_TOP_PERCENT, met
     results = score_model(model, method)
     before = training_modules(model, results)
     selection = select_top(results, top_percent)
-    summary = apply_selection(model, selection)
+    summary = apply_selection(model, selection, names="checkpoint")  # score_model names the model's parameters
     after = training_modules(model, results)
     types = list(dict.fromkeys(r.type for r in results))
     added = {t: tuple(sorted(after.get(t, set()) - before.get(t, set()), key=natural_key)) for t in types}

@@ -17,6 +17,8 @@ import streamscan  # noqa: E402
 from streamscan.compute.spectrum import snr_from_singular_values  # noqa: E402
 from streamscan.results.selection import select_top, trainer_lines  # noqa: E402
 from streamscan.results.trainer_names import names_for  # noqa: E402
+from streamscan.training.apply import mask_optimizer  # noqa: E402
+from streamscan.training.callback import SelectionSchedule  # noqa: E402
 from tests.training import axolotl  # noqa: E402
 from tests.training.tiny_models import ARCHS, build  # noqa: E402
 
@@ -107,3 +109,66 @@ def test_selection_in_trainer_names_trains_what_axolotl_is_told(tiny, arch):
         assert bool(changed[n][mask].all()), n
     assert sum(int(c.sum()) for c in changed.values()) == sum(int(m.sum()) for m in selected.values()) + extra
     assert sum(len(v) for v in trainer_lines(selection, names).values()) >= len(lines)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_apply_selection_trains_exactly_the_selected_experts_with_weight_decay(tiny, arch):
+    if arch in NOT_SPLIT_YET:
+        pytest.xfail(f"{NOT_SPLIT_YET[arch]} are not split into experts yet (issue 20, layouts-ranking)")
+    plain, _, out = tiny(arch)
+    header, results = streamscan.load_results(out)
+    names, _ = names_for(str(plain), list(header.targets), "transformers")
+    selection = select_top(results, 25)
+    yaml_path = next(out.glob("*_25percent.yaml"))
+    seen = []
+    for given, percent in ((out, 25), (yaml_path, None), (selection, None)):
+        model = load(plain)
+        summary = streamscan.apply_selection(model, given, percent)
+        selected = masks(
+            model, [g for n in (*[a[:-7] for a in selection.always], *selection.names()) for g in names.regions[n]]
+        )
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+        mask_optimizer(opt)
+        gen = torch.Generator().manual_seed(0)
+        sum((p * torch.randn(p.shape, generator=gen)).sum() for p in params).backward()
+        opt.step()
+        for n, p in model.named_parameters():
+            changed = p.detach() != before[n]
+            assert torch.equal(changed, selected[n]), (given, n, int(changed.sum()), int(selected[n].sum()))
+            state = opt.state.get(p, {})
+            for moment in ("exp_avg", "exp_avg_sq"):
+                if moment in state:
+                    assert not bool(state[moment][~selected[n]].any()), (n, moment)
+        assert summary.trainable == sum(int(m.sum()) for m in selected.values())
+        seen.append(summary.trainable)
+    assert len(set(seen)) == 1
+
+
+@pytest.mark.parametrize("how", ["lr_groups", "schedule"])
+def test_lr_groups_and_the_callback_keep_unselected_experts_bit_identical(tiny, how):
+    plain, _, out = tiny("qwen3_moe")
+    header, results = streamscan.load_results(out)
+    names, _ = names_for(str(plain), list(header.targets), "transformers")
+    selection = select_top(results, 25)
+    model = load(plain)
+    if how == "lr_groups":
+        streamscan.apply_selection(model, out, 25)
+        opt = torch.optim.AdamW(streamscan.snr_param_groups(model, out, 1e-2, weight_decay=0.1))
+        mask_optimizer(opt)
+    else:  # what SpectrumCallback does at on_train_begin with the Trainer's optimizer
+        opt = torch.optim.AdamW([p for p in model.parameters()], lr=1e-2, weight_decay=0.1)
+        SelectionSchedule(out, 25).start(model, opt)
+    selected = masks(
+        model, [g for n in (*[a[:-7] for a in selection.always], *selection.names()) for g in names.regions[n]]
+    )
+    assert any(0 < int(m.sum()) < m.numel() for m in selected.values())  # some experts of a fused tensor
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(2):
+        opt.zero_grad()
+        gen = torch.Generator().manual_seed(0)
+        sum((p * torch.randn(p.shape, generator=gen)).sum() for p in model.parameters() if p.requires_grad).backward()
+        opt.step()
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach() != before[n], selected[n]), n
