@@ -10,6 +10,12 @@ bench/results/gpu.json: that file holds GPU numbers only.)
 Projection of one model on G GPUs: max(Σ over its matrices of the measured seconds of its shape / G,
 checkpoint bytes / --feed-gbps), the host feed being shared by the GPUs of one host. Expert shapes use
 the per-matrix time of a batch of --batch. Times are medians of --repeat runs after one warm-up.
+A model is projected only when every one of its shapes was measured (--shapes, --deadline can cut the list).
+
+On CUDA each issue shape also gets a row with MAGMA's eigensolver (torch.backends.cuda.preferred_linalg_library,
+set here for the row and set back: a benchmark may change the process; the scan's setting is the CLI's
+STREAMSCAN_CUDA_LINALG), and each shape up to CPU_MAX_ELEMENTS the relative difference of the GPU's gram64 SNR
+from the CPU's (``cpu_rel_diff``). The JSON is rewritten after every shape, so a run cut short keeps its rows.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from streamscan.compute.spectrum import score, score_batch
 RESULTS_JSON = Path(__file__).with_name("results") / "gpu.json"
 ISSUE_SHAPES = [(4096, 4096), (4096, 14336), (8192, 8192), (8192, 28672), (6144, 16384), (7168, 2048)]
 REF_MAX_ELEMENTS = {"cpu": 1 << 62, "cuda": 8192 * 8192}  # float64 SVD reference only up to this size on a GPU
+CPU_MAX_ELEMENTS = 4096 * 14336  # the GPU's SNR compared with the CPU's up to this size (CPU time: seconds)
 
 
 def _dense(c: Counter, layers: int, hidden: int, ffn: int, kv: int) -> None:
@@ -99,11 +106,21 @@ def planted(shape, seed: int) -> torch.Tensor:
     return W.to(torch.bfloat16)
 
 
-def measure(shape, device: str, repeat: int, batch: int, rates, kind: str) -> list[dict]:
+def magma(fn):
+    """FN() with MAGMA as torch's CUDA linear-algebra library (set back afterwards)."""
+    before = torch.backends.cuda.preferred_linalg_library()
+    torch.backends.cuda.preferred_linalg_library("magma")
+    try:
+        return fn()
+    finally:
+        torch.backends.cuda.preferred_linalg_library(before)
+
+
+def measure(shape, device: str, repeat: int, batch: int, rates, kind: str, forced: str | None = None) -> list[dict]:
     """Rows {shape, method, seconds, snr_rel_err} for SHAPE (seconds per matrix)."""
     W = planted(shape, hash(shape) % 2**31)
     Wd = W.to(device)
-    path = solver.choose(shape, 1, rates, kind, forced=solver.forced_path())
+    path = solver.choose(shape, 1, rates, kind, forced)
     exact = None
     if shape[0] * shape[1] <= REF_MAX_ELEMENTS[kind]:
         exact = score(Wd, "svdvals64", device).snr
@@ -118,10 +135,16 @@ def measure(shape, device: str, repeat: int, batch: int, rates, kind: str) -> li
         rows.append(
             {"shape": list(shape), "method": name, "seconds": sec, "snr_rel_err": err(score(Wd, method, device, p).snr)}
         )
-    if kind == "cuda" and path != "gram64-magma" and tuple(shape) in ISSUE_SHAPES:
-        sec = timed(lambda: score(Wd, "gram64", device, "gram64-magma"), device, repeat)
-        snr = score(Wd, "gram64", device, "gram64-magma").snr
-        rows.append({"shape": list(shape), "method": "gram64 (gram64-magma)", "seconds": sec, "snr_rel_err": err(snr)})
+    if kind == "cuda" and shape[0] * shape[1] <= CPU_MAX_ELEMENTS:
+        cpu = score(W, "gram64").snr
+        gpu = rows[0]["snr"] = score(Wd, "gram64", device, path).snr
+        rows[0]["cpu_rel_diff"] = None if cpu is None or gpu is None else abs(gpu - cpu) / abs(cpu)
+    if kind == "cuda" and tuple(shape) in ISSUE_SHAPES:
+        sec = magma(lambda: timed(lambda: score(Wd, "gram64", device, path), device, repeat))
+        snr = magma(lambda: score(Wd, "gram64", device, path).snr)
+        rows.append(
+            {"shape": list(shape), "method": f"gram64 ({path}, MAGMA)", "seconds": sec, "snr_rel_err": err(snr)}
+        )
     Wd = None  # free the device copy before the batch
     if batch > 1:
         try:
@@ -162,19 +185,49 @@ def project(specs: dict[str, dict], per_matrix: dict[tuple, float], scale: int, 
     return out
 
 
-def run(device: str, scale: int, repeat: int, batch: int, feed_gbps: float) -> dict:
+def run(
+    device: str,
+    scale: int,
+    repeat: int,
+    batch: int,
+    feed_gbps: float,
+    shapes: list[tuple[int, int]] | None = None,
+    deadline: float | None = None,
+    forced: str | None = None,
+    save=None,
+) -> dict:
+    """Measure SHAPES (default: the issue's and every model's), the first always, the others only until DEADLINE seconds
+    have passed; SAVE(data) is called after every shape with what is measured so far."""
     kind = "cpu" if device == "cpu" else "cuda"
+    start = time.perf_counter()
     rates = solver.probe(device)
     specs = models()
-    shapes = list(dict.fromkeys(ISSUE_SHAPES + [s for m in specs.values() for s in m["counts"]]))
+    if shapes is None:
+        shapes = list(dict.fromkeys(ISSUE_SHAPES + [s for m in specs.values() for s in m["counts"]]))
     experts = set().union(*(m["experts"] for m in specs.values()))
-    rows, per_matrix = [], {}
+    data = {
+        "device": torch.cuda.get_device_name(torch.device(device)) if kind == "cuda" else "cpu",
+        "scale": scale,
+        "solver": {
+            "fp64_tflops": rates.fp64_tflops,
+            "fp32_tflops": rates.fp32_tflops,
+            "path": solver.choose((8192, 8192), 1, rates, kind, forced),
+        },
+        "feed_gbps": feed_gbps,
+        "per_shape": [],
+        "projections": [],
+        "not_measured": [],
+    }
+    per_matrix = {}
     for shape in shapes:
+        if deadline is not None and per_matrix and time.perf_counter() - start > deadline:
+            data["not_measured"].append(list(shape))
+            continue
         small = (max(2, shape[0] // scale), max(2, shape[1] // scale))
-        got = measure(small, device, repeat, batch if shape in experts else 1, rates, kind)
+        got = measure(small, device, repeat, batch if shape in experts else 1, rates, kind, forced)
         for r in got:
             r["full_shape"] = list(shape)
-        rows += got
+        data["per_shape"] += got
         batched = [r["seconds"] for r in got if "batched" in r["method"]]
         per_matrix[shape] = batched[0] if batched else got[0]["seconds"]
         print(
@@ -182,24 +235,11 @@ def run(device: str, scale: int, repeat: int, batch: int, feed_gbps: float) -> d
             + ", ".join(f"{r['method']} {r['seconds']:.4f} s (err {r['snr_rel_err']})" for r in got),
             flush=True,
         )
-    timings: dict[str, dict[int, float]] = {}
-    for r in rows:
-        for p in ("gram64-magma", "gram64"):
-            if r["method"] == f"gram64 ({p})":
-                timings.setdefault(p, {})[min(r["shape"])] = r["seconds"]
-    return {
-        "device": torch.cuda.get_device_name(torch.device(device)) if kind == "cuda" else "cpu",
-        "scale": scale,
-        "solver": {
-            "fp64_tflops": rates.fp64_tflops,
-            "fp32_tflops": rates.fp32_tflops,
-            "path": solver.choose((8192, 8192), 1, rates, kind),
-        },
-        "feed_gbps": feed_gbps,
-        "per_shape": rows,
-        "projections": project(specs, per_matrix, scale, feed_gbps),
-        "solver_timings": {p: {str(k): v for k, v in t.items()} for p, t in timings.items()},
-    }
+        complete = {m: spec for m, spec in specs.items() if all(s in per_matrix for s in spec["counts"])}
+        data["projections"] = project(complete, per_matrix, scale, feed_gbps)
+        if save is not None:
+            save(data)
+    return data
 
 
 def markdown(data: dict) -> str:
@@ -209,6 +249,13 @@ def markdown(data: dict) -> str:
         for r in data["per_shape"]
         if tuple(r["full_shape"]) in ISSUE_SHAPES
     )
+    agree = [r["cpu_rel_diff"] for r in data["per_shape"] if r.get("cpu_rel_diff") is not None]
+    agreement = (
+        f"GPU gram64 SNR against the CPU's on {len(agree)} shapes: at most {max(agree):.1e} relative.\n"
+        if agree
+        else ""
+    )
+    missing = f"Not measured (out of time): {data['not_measured']}.\n" if data.get("not_measured") else ""
     proj = "\n".join(
         f"| {p['model']} | {p['gpus']} | {p['gb']:.0f} GB | {p['compute_seconds'] / 60:.1f} min | "
         f"{p['feed_seconds'] / 60:.1f} min | **{p['seconds'] / 60:.1f} min** |"
@@ -219,7 +266,7 @@ def markdown(data: dict) -> str:
 Device: {data["device"]}{f" (dimensions divided by {data['scale']})" if data["scale"] > 1 else ""}; fp64 {s["fp64_tflops"]:.1f} TFLOP/s,
 fp32 {s["fp32_tflops"]:.1f} TFLOP/s; solver path {s["path"]}. bf16 weights with strong rows and an outlier direction.
 SNR error against float64 SVD on the same device (n/a: too large for the reference). All rows: bench/results/gpu.json.
-
+{agreement}{missing}
 | shape | method | seconds per matrix | SNR rel. error |
 |---|---|---|---|
 {rows}
@@ -231,6 +278,13 @@ Projection: max(Σ measured seconds / GPUs, bytes / {data["feed_gbps"]} GB/s hos
 {proj}"""
 
 
+def parse_shapes(text: str | None) -> list[tuple[int, int]] | None:
+    """ "4096x4096,7168x2048" -> [(4096, 4096), (7168, 2048)]."""
+    if not text:
+        return None
+    return [tuple(int(x) for x in part.lower().split("x")) for part in text.split(",")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -238,18 +292,35 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16, help="matrices per batched job for expert shapes")
     ap.add_argument("--feed-gbps", type=float, default=2.0, help="host feed rate for the projection's I/O term")
+    ap.add_argument("--shapes", help="only these shapes, e.g. 4096x4096,7168x2048")
+    ap.add_argument("--deadline", type=float, help="seconds after which no further shape is started")
+    ap.add_argument("--solver", help="force a gram64 solver path (compute/solver.PATHS)")
     ap.add_argument("--json", type=Path, help="where the JSON goes (default bench/results/gpu.json on a GPU)")
     ap.add_argument("--no-write", action="store_true", help="no RESULTS.md section; the JSON to a temporary file")
     args = ap.parse_args()
     if args.device == "cuda":
         args.device = "cuda:0"
-    data = run(args.device, args.scale, args.repeat, args.batch, args.feed_gbps)
     target = args.json
     if target is None:
         on_gpu = args.device != "cpu" and args.scale == 1 and not args.no_write
         target = RESULTS_JSON if on_gpu else Path(tempfile.mkdtemp(prefix="streamscan-gpu-")) / "gpu.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=1) + "\n")
+
+    def save(data: dict) -> None:
+        target.write_text(json.dumps(data, indent=1) + "\n")
+
+    data = run(
+        args.device,
+        args.scale,
+        args.repeat,
+        args.batch,
+        args.feed_gbps,
+        parse_shapes(args.shapes),
+        args.deadline,
+        args.solver,
+        save,
+    )
+    save(data)
     text = markdown(data)
     print(text)
     print(f"JSON: {target}")

@@ -1,31 +1,70 @@
 #!/usr/bin/env bash
-# All GPU checks in one call (< 8 min on an H100/H200), for a session that is lent a device:
-#   bash bench/gpu_check.sh            results land in $OUT (or bench/results) and bench/RESULTS.md
+# All GPU checks in one call, for a session lent a GPU machine:   bash bench/gpu_check.sh
+#
+# Step budget (seconds; each step runs under `timeout`, killed 2 s after its budget), in this order:
+#   cuda-check 20 | gpu-tests 30 | one-shape 10       -> the first 60 s: a short run still gives numbers
+#   per-shape 160 | batching 50 | scan 90 | report 15 -> sum of budgets 375 s, + 7 x 2 s kill grace = 389 s <= 420 s
+# Outputs: $GPU_CHECK_OUT/gpu.json (default bench/results/gpu.json) and the "gpu-check" section of
+# $GPU_CHECK_RESULTS (default bench/RESULTS.md), written by the report step even when steps fail (each step's
+# exit status is in gpu.json's "steps"; a step that timed out says so). Without CUDA the script stops after
+# the first step with one line saying what to install, and still writes both, saying so.
 set -u
-OUT=${OUT:-bench/results}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD
+cd "$(dirname "$0")/.."
+OUTDIR=${GPU_CHECK_OUT:-bench/results}
+RESULTS_MD=${GPU_CHECK_RESULTS:-bench/RESULTS.md}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+mkdir -p "$OUTDIR"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+BUDGETS=(20 30 10 160 50 90 15)  # the budgets of the steps below, in order
+total=0; for b in "${BUDGETS[@]}"; do total=$((total + b + 2)); done
+if (( total > 420 )); then echo "gpu_check: step budgets add up to $total s > 420 s" >&2; exit 2; fi
 start=$(date +%s)
-nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv | tee "$OUT/nvidia-smi.csv"
-# 1. the GPU tests (scores vs CPU, memory estimate, real OOM -> CPU, mixed pool)
-timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tail -20 | tee "$OUT/pytest-gpu.txt"
-# 2. batching on the GPU: where one stacked job starts to pay (feeds placement.BATCH_MAX/BATCH_MAX_K["cuda"])
-timeout 120 python3 -m bench.batching --device cuda --scale 1 --no-write 2>&1 | tail -40 | tee "$OUT/batching-gpu.txt"
-# 3. per-shape gram64 (chosen solver path, batched experts) vs fp32 svdvals, MAGMA, SNR error, projections (gpu.json)
-timeout 200 python3 -m bench.gpu --repeat 2 --batch 16 --json "$OUT/gpu.json" 2>&1 | tail -40 | tee "$OUT/gpu.txt"
-# 4. an end-to-end scan of a multi-GB synthetic checkpoint on the GPU (feed rate, overlap, OOM notes)
-timeout 120 python3 - <<'PY' 2>&1 | tail -20 | tee "$OUT/scan-gpu.txt"
-import json, time, tempfile
+: > "$WORK/steps.tsv"
+
+step() {  # step NAME BUDGET COMMAND...: run it under its budget, log to $WORK/NAME.log, record its status
+  local name=$1 budget=$2; shift 2
+  local t0; t0=$(date +%s)
+  timeout --kill-after=2 "$budget" "$@" > "$WORK/$name.log" 2>&1
+  local rc=$?
+  printf '%s\t%s\t%s\t%s\n' "$name" "$budget" "$rc" "$(( $(date +%s) - t0 ))" >> "$WORK/steps.tsv"
+  tail -5 "$WORK/$name.log"
+  return $rc
+}
+
+report() {
+  step report 15 "$PY" -m bench.gpu_report --work "$WORK" --json "$OUTDIR/gpu.json" --results "$RESULTS_MD"
+  echo "gpu_check: $(( $(date +%s) - start )) s; $OUTDIR/gpu.json"
+}
+
+# 1. torch sees CUDA (and streamscan's own dependencies import), else one line saying what to install
+if ! step cuda-check 20 "$PY" -m bench.gpu_report --check --work "$WORK"; then
+  report
+  exit 1
+fi
+# 2. the GPU tests (scores vs CPU, memory estimate, real OOM -> CPU, mixed pool)
+step gpu-tests 30 "$PY" -m pytest -m gpu -q -x -p no:cacheprovider tests/compute/test_gpu.py
+# 3. one shape, so that a short run still has a number
+step one-shape 10 "$PY" -m bench.gpu --shapes 4096x4096 --repeat 1 --batch 1 --no-write --json "$WORK/one-shape.json"
+# 4. per-shape gram64 vs fp32 svdvals (+ MAGMA, SNR vs CPU), projections; no new shape after 140 s
+step per-shape 160 "$PY" -m bench.gpu --repeat 2 --batch 16 --deadline 140 --no-write --json "$WORK/per-shape.json"
+# 5. CUDA batch sizes: where one stacked job starts to pay (feeds placement.BATCH_MAX/BATCH_MAX_K["cuda"])
+step batching 50 "$PY" -m bench.batching --device cuda --scale 1 --no-write
+# 6. end-to-end: a ~2 GB synthetic checkpoint scanned on the GPU (feed rate with compute, overlap, OOM notes)
+step scan 90 "$PY" - "$WORK/scan.json" <<'PY'
+import json, sys, tempfile, time
 from pathlib import Path
 import streamscan
 from tests.fixtures.synthetic import LlamaShape, write_llama
 root = Path(tempfile.mkdtemp())
-ck = write_llama(root / "m", LlamaShape(layers=8, hidden=4096, ffn=14336, kv=1024, vocab=32000), layers_per_shard=2)
+ck = write_llama(root / "m", LlamaShape(layers=4, hidden=4096, ffn=14336, kv=1024, vocab=32000), layers_per_shard=1)
 gb = sum(p.stat().st_size for p in ck.glob("*.safetensors")) / 1e9
 t = time.perf_counter()
 res = streamscan.scan(ck, root / "out", devices="0")
 wall = time.perf_counter() - t
-print(json.dumps({"checkpoint_gb": round(gb, 2), "wall_s": round(wall, 2), "gb_per_s": round(gb / wall, 3),
-                  "scored": res.summary["scored"], "run": res.summary["run"]}, indent=1))
+out = {"checkpoint_gb": round(gb, 2), "wall_s": round(wall, 2), "gb_per_s": round(gb / wall, 3),
+       "scored": res.summary["scored"], "run": res.summary["run"]}
+Path(sys.argv[1]).write_text(json.dumps(out, indent=1))
+print(json.dumps({k: out[k] for k in ("checkpoint_gb", "wall_s", "gb_per_s", "scored")}))
 PY
-echo "gpu_check: $(( $(date +%s) - start )) s"
+report

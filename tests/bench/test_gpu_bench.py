@@ -2,6 +2,7 @@
 bench/results/gpu.json (that file holds GPU numbers only)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,47 @@ def test_cpu_check_mode_writes_the_json_keys_to_a_temporary_file():
     assert got == {(m, g) for m in models for g in (1, 8)}
     for p in data["projections"]:
         assert p["seconds"] == max(p["compute_seconds"], p["feed_seconds"]) > 0
+
+
+def test_shapes_and_deadline_cut_the_list_and_only_complete_models_are_projected(tmp_path):
+    out = tmp_path / "g.json"
+    args = ["--device", "cpu", "--scale", "64", "--repeat", "1", "--batch", "1", "--no-write", "--json", str(out)]
+    subprocess.run(
+        [sys.executable, "-m", "bench.gpu", *args, "--shapes", "4096x4096,7168x2048", "--deadline", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    data = json.loads(out.read_text())
+    assert {tuple(r["full_shape"]) for r in data["per_shape"]} == {(4096, 4096)}  # then the deadline had passed
+    assert data["not_measured"] == [[7168, 2048]] and data["projections"] == []
+
+
+def test_gpu_check_without_cuda_says_what_to_install_and_still_writes_its_outputs(tmp_path):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script would run the GPU checks")
+    env = {**__import__("os").environ, "GPU_CHECK_OUT": str(tmp_path), "GPU_CHECK_RESULTS": str(tmp_path / "R.md")}
+    run = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    said = [ln for ln in run.stdout.splitlines() if "sees no CUDA GPU" in ln]
+    assert (
+        len(said) == 1
+        and "pip install torch==" in said[0]
+        and "--index-url https://download.pytorch.org/whl/cu" in said[0]
+    )
+    data = json.loads((tmp_path / "gpu.json").read_text())
+    assert data["cuda"] is False and data["failed"] == ["cuda-check"] and "sees no CUDA GPU" in data["no_cuda"]
+    section = (tmp_path / "R.md").read_text()
+    assert "<!-- gpu-check:start -->" in section and "No GPU numbers" in section
+
+
+def test_gpu_check_step_budgets_fit_in_seven_minutes():
+    text = (ROOT / "bench" / "gpu_check.sh").read_text()
+    budgets = [int(b) for b in text.split("BUDGETS=(")[1].split(")")[0].split()]
+    steps = [int(b) for b in re.findall(r"\bstep [\w-]+ (\d+) ", text)]
+    assert sorted(steps) == sorted(budgets)  # the stated budgets are the ones the steps run under
+    assert sum(budgets) + 2 * len(budgets) <= 420 and sum(budgets[:3]) <= 60
