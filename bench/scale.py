@@ -1,6 +1,6 @@
-"""Scale: a DeepSeek-V3-shaped scan against a plain loop over the same tensors, whole-scan commands at
-70k matrices (Kimi-K2-shaped), peak RSS as n grows, a file of 20k tiny matrices; projections for the
-real models.
+"""Scale: a DeepSeek-V3-shaped scan against a plain loop over the same tensors, peak RSS as n grows, a file
+of 20k tiny matrices; projections for the real models; then the whole-scan commands at 70k matrices
+(bench/scale_commands.py, its own section).
 
 Run: python -m bench.scale   (writes ~0.2 GB of synthetic checkpoints under ~/.cache/streamscan-bench/scale;
 about 10 minutes on 2 busy cores)
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 import tempfile
 from pathlib import Path
 
+from bench import scale_commands
 from bench.common import CACHE, measure, python, update_section
 
 SCALE = CACHE / "scale"
@@ -56,35 +56,6 @@ def _scan(ck: Path, out: str, *extra: str) -> dict:
     return {**m, "summary": summary}
 
 
-def _journal_of_fake_results(ck: Path, out: Path) -> int:
-    """A finished scan of CK in OUT with made-up SNRs (the commands after a scan do not care how they were
-    computed); the number of matrices."""
-    from streamscan.api import inspect_model
-    from streamscan.pipeline import scan_header
-    from streamscan.records import Result, ScanOptions
-    from streamscan.results.journal import Journal
-
-    index, full = inspect_model(str(ck), (), ())
-    header = scan_header(index, full, ScanOptions.of())
-    rng = random.Random(0)
-    with Journal(out, header, fresh=True) as journal:
-        for job in full.jobs:
-            journal.append(
-                Result(
-                    name=job.name,
-                    type=job.type,
-                    shape=job.shape,
-                    dtype=job.tensor.dtype,
-                    snr=rng.random(),
-                    status="ok",
-                    role=job.role,
-                    seconds=0.001,
-                    worker="cpu0",
-                )
-            )
-    return len(full.jobs)
-
-
 def _tiny(root: Path) -> Path:
     """One 2 MB safetensors file of 20,000 4x4 matrices."""
     import torch
@@ -106,7 +77,6 @@ def main() -> None:
     ds = _checkpoint("dsv3", mtp=False)
     ds_quarter = _checkpoint("dsv3", mtp=False, layers=16, shards=43)
     kimi = _checkpoint("kimi")
-    rows: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         floor = _floor(ds)
         print(f"floor: {floor['count']} matrices in {floor['seconds']:.2f} s", flush=True)
@@ -120,18 +90,6 @@ def main() -> None:
         print(f"scan of Kimi-K2 shape: {kimi_scan['wall']:.1f} s wall", flush=True)
         tiny = _scan(_tiny(SCALE), f"{tmp}/t")
         print(f"20k tiny matrices: {tiny['wall']:.1f} s wall", flush=True)
-        kout = Path(tmp) / "kimi"
-        n_kimi = _journal_of_fake_results(kimi, kout)
-        cli = [python(), "-m", "streamscan"]
-        for name, args in {
-            "select -p 30": ["select", "--out", str(kout), "-p", "30"],
-            "status": ["status", "--out", str(kout)],
-            "report (MoE)": ["report", "--out", str(kout)],
-            "merge -p 25 -p 50": ["merge", "--out", str(kout), "-p", "25", "-p", "50"],
-            "inspect": ["inspect", str(kimi)],
-        }.items():
-            rows[name] = measure(cli + args)
-            print(f"{name} at {n_kimi} matrices: {rows[name]['wall']:.2f} s", flush=True)
     n = full["summary"]["matrices"]
     scan_s = alone["summary"]["run"]["wall_seconds"]  # scheduling through journaling, without startup/index/outputs
     per_matrix_ms = 1e3 * (alone["wall"] - floor["seconds"]) / n
@@ -155,10 +113,6 @@ def main() -> None:
         f"| `run` of one 2 MB file of 20k 4x4 matrices | {tiny['summary']['matrices']} | {tiny['wall']:.1f} s | "
         f"(did not finish in 300 s before) | {tiny['peak_rss_mb']:.0f} MB |",
     ]
-    for name, m in rows.items():
-        lines.append(
-            f"| `{name}` (Kimi-K2-shaped) | {n_kimi} | {m['wall']:.2f} s | ≤ 3 s | {m['peak_rss_mb']:.0f} MB |"
-        )
     lines += [
         "",
         f"Scan wall time over the floor: {alone['wall'] / floor['seconds']:.1f}×; overhead per matrix "
@@ -182,6 +136,7 @@ def main() -> None:
         lines.append(f"| {model} | {count:,} | {count * per_matrix_ms / 1e3:.0f} s | {count * 3.5e-3:.0f} s |")
     update_section("scale", "\n".join(lines))
     print("\n".join(lines))
+    scale_commands.main()  # the whole-scan commands at 70k: their own section
 
 
 if __name__ == "__main__":
