@@ -79,13 +79,28 @@ def select(
     dest: str | Path | None = None,
     names: str = "auto",
     checkpoint: str | Path | None = None,
+    format: str = "axolotl",
 ) -> Path:
     """Write the YAML for TOP_PERCENT from a finished or partial scan in OUT (or a published results JSON),
     without rescanning, into DEST (default: OUT, or the JSON's directory). NAMES: whose parameter names the
     lines use, ``auto`` | ``transformers`` | ``checkpoint`` (``trainer_names.names_for``), read from the
-    checkpoint at CHECKPOINT (default: the scanned model's id)."""
+    checkpoint at CHECKPOINT (default: the scanned model's id). FORMAT: ``axolotl`` (the YAML), ``peft``
+    (a LoRA config's target_modules/target_parameters/modules_to_save, JSON) or ``swift`` (ms-swift's
+    arguments); see ``results.formats``."""
+    from streamscan.results.formats import FORMATS, write_format
+
+    if format not in FORMATS:
+        raise UsageError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     check_grouping(moe_grouping)
     header, results = load_results(out)
+    options = yaml_options(header, moe_grouping, names, checkpoint)
+    if format != "axolotl":
+        from streamscan.results.selection import select_top
+
+        selection = select_top(results, check_percent(top_percent), options["group"])
+        header_line = f"streamscan: top {top_percent:g}% by Spectrum SNR per type, model {header.model}\n"
+        header_line += options["names"].line() if options["names"] is not None else options["names_note"]
+        return write_format(destination(out, dest), header.slug, selection, options["names"], format, header_line)
     return write_yaml(
         destination(out, dest),
         header.slug,
@@ -93,8 +108,21 @@ def select(
         check_percent(top_percent),
         all_names(header),
         header.model,
-        **yaml_options(header, moe_grouping, names, checkpoint),
+        **options,
     )
+
+
+def write_plugin(out: str | Path, plugin_dir: str | Path, model_name: str | None = None) -> Path:
+    """The results JSON of the scan in OUT (or a published one) where Axolotl's Spectrum plugin reads it:
+    ``PLUGIN_DIR/model_snr_results/snr_results_{slug}.json``, slug made from MODEL_NAME (Axolotl's
+    ``base_model`` or ``spectrum_model_name``; default: the scanned model's id) as the plugin makes it."""
+    from streamscan.results.formats import write_plugin_json
+
+    header, results = load_results(out)
+    try:
+        return write_plugin_json(Path(plugin_dir), model_name or header.model, results)
+    except ValueError as err:
+        raise UsageError(f"--plugin-model: {err}; give Axolotl's base_model") from None
 
 
 def moe_report(out: str | Path, dest: str | Path | None = None) -> list[Path]:

@@ -276,9 +276,25 @@ DEST = dest("the scan directory, or the results JSON's directory")
     metavar="PATH|ID",
     help="The scanned checkpoint (directory or Hub id), read for transformers' names [default: the scan's model].",
 )
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["axolotl", "peft", "swift"]),
+    default="axolotl",
+    show_default=True,
+    help="axolotl: the unfrozen_parameters YAML; peft: a LoRA config's target_modules/target_parameters/"
+    "modules_to_save (JSON); swift: ms-swift's --trainable_parameters_regex arguments.",
+)
+@click.option(
+    "--plugin-dir",
+    default=None,
+    metavar="DIR",
+    help="Also write the results JSON where Axolotl's Spectrum plugin reads it: DIR/model_snr_results/.",
+)
+@click.option("--plugin-model", default=None, metavar="ID", help="Axolotl's base_model, for the plugin's file name.")
 @friendly
 @creates("dest")
-def select_cmd(out, top_percent, moe_grouping, dest, names, checkpoint):
+def select_cmd(out, top_percent, moe_grouping, dest, names, checkpoint, fmt, plugin_dir, plugin_model):
     """Write unfrozen-parameters YAMLs from the (finished or partial) scan in --out, or from a published
     Spectrum results JSON given in its place, without rescanning.
 
@@ -290,7 +306,11 @@ def select_cmd(out, top_percent, moe_grouping, dest, names, checkpoint):
     from streamscan.api import select
 
     for p in top_percent:
-        click.echo(select(out, p, moe_grouping=moe_grouping, dest=dest, names=names, checkpoint=checkpoint))
+        click.echo(select(out, p, moe_grouping=moe_grouping, dest=dest, names=names, checkpoint=checkpoint, format=fmt))
+    if plugin_dir is not None:
+        from streamscan.api import write_plugin
+
+        click.echo(write_plugin(out, plugin_dir, plugin_model))
 
 
 @main.command("metrics")

@@ -273,7 +273,9 @@ def names_for(checkpoint: str, targets: list[str], mode: str = "auto", model=Non
     try:
         index = build_index(resolve(checkpoint, offline=True))
     except StreamscanError as err:
-        return fallback(f"the checkpoint {checkpoint} cannot be read here ({str(err).split(';')[0]})")
+        return fallback(
+            f"the checkpoint {checkpoint} cannot be read here ({str(err).split(';')[0]}; select --model PATH)"
+        )
     config = index.source.config
     tensors = {t.name: t.shape for t in index.tensors}
     try:
