@@ -84,9 +84,10 @@ def read_header(path: Path) -> tuple[list[TensorInfo], ShardInfo]:
         raise CheckpointError(
             f"{path}: not a valid safetensors file ({_first_line(err)}); re-download or re-export it"
         ) from None
-    tensors.sort(key=_name)  # empty tensors at one offset by name, as check_header lists them
-    tensors.sort(key=_end)
-    tensors.sort(key=_start)
+    if any(t.start == t.end for t in tensors):  # empty tensors at one offset: by name, as check_header lists them
+        tensors.sort(key=_name)
+        tensors.sort(key=_end)
+        tensors.sort(key=_start)
     return tensors, ShardInfo(path, size, digest)
 
 
