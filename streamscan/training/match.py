@@ -218,7 +218,7 @@ def selection_rules(selection, top_percent: float | None, model=None, names: str
                 "choose top_percent"
             )
         return [make_rule(x, exact) for x, exact in _yaml_lines(path)]
-    return [make_rule(x) for x in selection]
+    return [x if isinstance(x, Rule) else make_rule(x) for x in selection]
 
 
 def _as_selection(selection, top_percent: float | None) -> Selection | None:
@@ -253,7 +253,7 @@ def _as_selection(selection, top_percent: float | None) -> Selection | None:
             "give the --out directory of `streamscan run`, a snr_results_*.json or an unfrozen-parameters YAML"
         )
     lines = list(selection)
-    if not all(isinstance(x, str) for x in lines):
+    if not all(isinstance(x, (str, Rule)) for x in lines):
         raise UsageError("selection: give a scan directory, a YAML path, a Selection or a list of names")
     return None
 

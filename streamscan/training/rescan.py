@@ -17,8 +17,9 @@ from streamscan.layout import natural_key
 from streamscan.planning.plan import make_plan
 from streamscan.records import Result
 from streamscan.results.selection import Selection, select_top
+from streamscan.results.trainer_names import Region
 from streamscan.training.apply import TrainableSummary, apply_selection
-from streamscan.training.match import DEFAULT_TOP_PERCENT, Names
+from streamscan.training.match import DEFAULT_TOP_PERCENT, Names, Rule
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,28 @@ def score_model(
     return sorted(results, key=lambda r: natural_key(r.name))
 
 
+def model_rules(model: torch.nn.Module, selection: Selection) -> list[Rule]:
+    """SELECTION of ``score_model`` results (the model's own names) as rules: a selected expert slice of a
+    fused parameter trains that slice alone (``Region``), any other name its module or parameter."""
+    params = dict(model.named_parameters())
+    cfg = getattr(model, "config", None)
+    config = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+    plan = make_plan(memory_index(params, config, type(model).__name__), (), ())
+    parts = {j.name: j for j in plan.jobs if j.part is not None}
+    rules = []
+    for name in (*selection.always, *selection.names()):
+        job = parts.get(name)
+        if job is None:
+            rules.append(Rule(name, name, None))
+            continue
+        shape = tuple(params[job.tensor.name].shape)
+        key = tuple(
+            (k, k + 1, 1) if isinstance(k, int) else (k.start, k.stop, k.step or 1) for k in job.part.key
+        ) + tuple((0, n, 1) for n in shape[len(job.part.key) :])
+        rules.append(Rule(name, None, None, regions=(Region(job.tensor.name, key),)))
+    return rules
+
+
 @dataclass(frozen=True)
 class Rescan:
     """A re-selection from the model's current weights: per type, the scored modules that became trainable
@@ -100,7 +123,7 @@ def rescan(model: torch.nn.Module, top_percent: float = DEFAULT_TOP_PERCENT, met
     results = score_model(model, method)
     before = training_modules(model, results)
     selection = select_top(results, top_percent)
-    summary = apply_selection(model, selection, names="checkpoint")  # score_model names the model's parameters
+    summary = apply_selection(model, model_rules(model, selection), names="checkpoint")
     after = training_modules(model, results)
     types = list(dict.fromkeys(r.type for r in results))
     added = {t: tuple(sorted(after.get(t, set()) - before.get(t, set()), key=natural_key)) for t in types}

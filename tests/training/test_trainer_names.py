@@ -19,6 +19,7 @@ from streamscan.results.selection import select_top, trainer_lines  # noqa: E402
 from streamscan.results.trainer_names import names_for  # noqa: E402
 from streamscan.training.apply import mask_optimizer  # noqa: E402
 from streamscan.training.callback import SelectionSchedule  # noqa: E402
+from streamscan.training.rescan import model_rules  # noqa: E402
 from tests.training import axolotl  # noqa: E402
 from tests.training.tiny_models import ARCHS, build  # noqa: E402
 
@@ -172,3 +173,23 @@ def test_lr_groups_and_the_callback_keep_unselected_experts_bit_identical(tiny, 
         opt.step()
     for n, p in model.named_parameters():
         assert torch.equal(p.detach() != before[n], selected[n]), n
+
+
+def test_a_rescan_trains_only_the_experts_it_selects(tiny):
+    plain, _, _ = tiny("qwen3_moe")
+    model = load(plain)
+    res = streamscan.rescan(model, 25)
+    rules = model_rules(model, res.selection)
+    selected = masks(model, [g for rule in rules for g in rule.regions])
+    for rule in rules:
+        if not rule.regions:
+            p = dict(model.named_parameters())[
+                rule.name + ".weight" if rule.name + ".weight" in selected else rule.name
+            ]
+            selected[rule.name + ".weight" if rule.name + ".weight" in selected else rule.name][...] = True
+            assert p.requires_grad
+    assert any(0 < int(m.sum()) < m.numel() for m in selected.values())
+    assert res.summary.trainable == sum(int(m.sum()) for m in selected.values())
+    changed = one_step(model, weight_decay=0.0)
+    for n, m in selected.items():
+        assert torch.equal(changed[n], m), n
