@@ -70,9 +70,9 @@ def test_two_workers_under_load_equal_one_worker(model, tmp_path):
 def test_shards_then_merge_equal_one_process(model, tmp_path):
     ck, ref = model
     out = tmp_path / "sharded"
-    for shard, workers in (("0/2", "2"), ("1/2", "1")):
-        subprocess.run(cli(ck, out, "--shard", shard, "--workers", workers), check=True)
-    subprocess.run([sys.executable, "-m", "streamscan", "merge", str(out), *TOP], check=True)
+    for shard, workers in (("0/2", 2), ("1/2", 1)):  # in this process: the CLI's --shard is tested elsewhere
+        streamscan.scan(ck, out, devices="cpu", cpu_workers=workers, shard=shard)
+    streamscan.merge(out, [25, 50])
     same_as(out, ref)
 
 

@@ -170,7 +170,7 @@ def test_a_line_that_parses_but_is_no_record_is_set_aside(tmp_path, line):
 _VALUES = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=True) | st.text(max_size=3)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.sampled_from([*(f.name for f in dataclasses.fields(Result)), "extra"]), _VALUES, max_size=4))
 def test_a_journal_line_is_read_as_its_record_or_refused_with_a_value_error(over):
     # what any JSON object becomes: the Result it spells (unknown fields left out), or a ValueError
