@@ -125,8 +125,9 @@ class Prefixes:
 
     def nests(self, name: str) -> bool:
         """True if another name starts with ``NAME.`` (a module inside the module NAME)."""
-        i = bisect_right(self.names, name + ".")
-        return (name + ".") in self.names or (i < len(self.names) and self.names[i].startswith(name + "."))
+        names, inner = self.names, name + "."
+        i = bisect_right(names, inner)
+        return (i > 0 and names[i - 1] == inner) or (i < len(names) and names[i].startswith(inner))
 
     def pattern(self, name: str) -> str:
         """The reference writes a module name, which Axolotl applies as a prefix `re.match` (dots literal).

@@ -182,3 +182,21 @@ def test_the_json_outputs_are_json_dumps_indent_4_of_their_definition(tmp_path_f
     assert paths["results"].read_text() == dumps(results_doc)
     assert paths["sorted"].read_text() == dumps(sorted_doc)
     assert (out / "streamscan_summary.json").read_text() == dumps(summary)
+
+
+def test_prefix_checks_bisect_the_sorted_names_and_never_scan_them():
+    # a scan over every name per YAML line is quadratic: 70k names made `select` take minutes
+    from streamscan.results.selection import Prefixes
+
+    class NoScan(list):
+        def __contains__(self, item):
+            raise AssertionError("a linear scan over every name")
+
+        def __iter__(self):
+            raise AssertionError("a linear scan over every name")
+
+    names = ["mlp.gate", "mlp.gate_proj", "attn", "attn.inner", "attn.inner.x", "a.b", "a.b."]
+    expected = {n: Prefixes(names).pattern(n) for n in names}
+    prefixes = Prefixes(names)
+    prefixes.names = NoScan(prefixes.names)
+    assert {n: prefixes.pattern(n) for n in names} == expected
