@@ -13,9 +13,12 @@ name and says why (``unmapped``).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 Span = tuple[int, int, int]  # (start, stop, step) along one axis
 
@@ -229,6 +232,7 @@ def trainer_names(
 
 
 NAMES = ("auto", "transformers", "checkpoint")
+STORED = "parameter names of the checkpoint as stored"
 
 
 def _differs(names: TrainerNames) -> bool:
@@ -273,9 +277,12 @@ def names_for(checkpoint: str, targets: list[str], mode: str = "auto", model=Non
     try:
         index = build_index(resolve(checkpoint, offline=True))
     except StreamscanError as err:
-        return fallback(
-            f"the checkpoint {checkpoint} cannot be read here ({str(err).split(';')[0]}; select --model PATH)"
-        )
+        why = f"the checkpoint {checkpoint} cannot be read here ({str(err).split(';')[0]}); select --model PATH"
+        if mode == "transformers":
+            fallback(why)
+        # where the checkpoint is must not change the YAML's bytes (a merge elsewhere writes the same file)
+        log.info("parameter names of the checkpoint as stored: %s", why)
+        return None, STORED
     config = index.source.config
     tensors = {t.name: t.shape for t in index.tensors}
     try:
@@ -290,5 +297,6 @@ def names_for(checkpoint: str, targets: list[str], mode: str = "auto", model=Non
             first, why = next(iter(names.unmapped.items()))
             return fallback(f"{len(names.unmapped)} scanned matrices have no transformers name (e.g. {first}: {why})")
         if not _differs(names):
-            return None, f"parameter names of the checkpoint, the same in transformers {transformers.__version__}"
+            log.info("transformers %s loads every scanned matrix under its stored name", transformers.__version__)
+            return None, STORED
     return names, names.line()
