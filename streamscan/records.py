@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,9 +160,18 @@ class Job:
         return m * m * n + 4 / 3 * m**3
 
 
+NOISE_SUM_0 = "noise-sum-0"  # no singular value at or below the threshold: the reference's Infinity
+RANK_DEFICIENT = "rank-deficient"  # every value at or below it is rounding error (the reference: huge, finite)
+DEGENERATE_KINDS = (NOISE_SUM_0, RANK_DEFICIENT)
+JSON_INF = sys.float_info.max  # how a degenerate matrix's infinite SNR is written in strict JSON (read back as inf)
+
+
 @dataclass(frozen=True)
 class Result:
-    """What became of one job: a score, a degenerate matrix (``snr`` None with ``reason``) or an error."""
+    """What became of one job: a score, an unscored matrix (``snr`` None with ``reason``) or an error.
+
+    A degenerate matrix (``degenerate`` = ``NOISE_SUM_0`` or ``RANK_DEFICIENT``) is scored: ``snr`` is
+    ``math.inf``, status "ok", and it ranks first in its type (team decision D2)."""
 
     name: str
     type: str
@@ -179,11 +189,32 @@ class Result:
     n_signal: int | None = None
     read_seconds: float = 0.0  # reading it (in the prefetch thread while it waited, if prefetched)
     note: str | None = None  # why it ran where it did, when that was not its first choice
+    degenerate: str | None = None  # NOISE_SUM_0 | RANK_DEFICIENT (snr inf), else None
 
     def to_dict(self) -> dict:
         """``dataclasses.asdict(self)`` (every field is a plain value), at a tenth of its cost: the journal
-        writes one per matrix."""
-        return dict(self.__dict__)
+        writes one per matrix. An infinite SNR is written as ``JSON_INF`` (strict JSON); ``from_json_snr``
+        reads it back."""
+        d = dict(self.__dict__)
+        if d["snr"] == math.inf:
+            d["snr"] = JSON_INF
+        return d
+
+
+def upgrade_legacy(fields: dict) -> None:
+    """A record of a journal written before D2 (no ``degenerate`` key), brought to what a scan gives now, in
+    place: all values above the threshold (``n_signal`` = min(m, n): it was scored signal/1/S[0]) is
+    ``NOISE_SUM_0``; the null "no noise: rank-deficient" is ``RANK_DEFICIENT``; both SNR inf, status ok."""
+    shape, n_signal = fields.get("shape"), fields.get("n_signal")
+    if fields.get("status") == "ok" and n_signal is not None and len(shape or ()) == 2 and n_signal == min(shape):
+        fields.update(snr=math.inf, degenerate=NOISE_SUM_0)
+    elif fields.get("status") == "null" and str(fields.get("reason") or "").startswith("no noise: rank-deficient"):
+        fields.update(snr=math.inf, degenerate=RANK_DEFICIENT, status="ok", reason=None)
+
+
+def from_json_snr(snr: float | None, degenerate: str | None) -> float | None:
+    """The SNR a strict JSON record holds, back as the Result's: ``JSON_INF`` of a degenerate matrix is inf."""
+    return math.inf if degenerate is not None and snr == JSON_INF else snr
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +379,10 @@ class ScanSummary:
     placement_notes: dict[str, str] = OMITTED
     hub: dict = OMITTED
     moe: dict = OMITTED
+    # D1/D2: what the results JSON leaves out (name -> why it has no SNR) and the degenerate matrices it ranks
+    # first (name -> NOISE_SUM_0 | RANK_DEFICIENT); a scan's summary always has both
+    unscored_tensors: dict[str, str] = OMITTED
+    degenerate_tensors: dict[str, str] = OMITTED
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not OMITTED}

@@ -87,6 +87,7 @@ def _result(job: Job, out: SNR, method: str, worker: str, seconds: float, read: 
         sigma_max=out.sigma_max,
         threshold=out.threshold,
         n_signal=out.n_signal,
+        degenerate=out.degenerate,
         **_base(job, method, worker),
     )
 

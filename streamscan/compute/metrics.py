@@ -195,7 +195,8 @@ def spectrum_snr(s: np.ndarray, shape: tuple[int, int], method: str = DEFAULT_ME
     from streamscan.compute.spectrum import rank_floor, snr_from_singular_values
 
     floor = rank_floor(method if method in METHODS else DEFAULT_METHOD, shape)
-    return snr_from_singular_values(torch.from_numpy(np.ascontiguousarray(s, dtype=np.float64)), shape, floor).snr
+    snr = snr_from_singular_values(torch.from_numpy(np.ascontiguousarray(s, dtype=np.float64)), shape, floor).snr
+    return None if snr == math.inf else snr  # a degenerate matrix (ranked first by the scan): no number here
 
 
 def mp_threshold(s: np.ndarray, shape: tuple[int, int]) -> float:

@@ -20,23 +20,27 @@ from dataclasses import dataclass, field
 
 import torch
 
-from streamscan.records import DEFAULT_METHOD, METHODS
+from streamscan.records import DEFAULT_METHOD, METHODS, NOISE_SUM_0, RANK_DEFICIENT
 
 CHUNK_ELEMENTS = 1 << 22  # float64 elements converted at a time (32 MiB)
 BLOCKED_FROM = 512  # a Gram of this small side or more is built by row blocks (its upper block triangle)
-MIN_DIM = 2
+MIN_DIM = 1  # a 1 x n matrix has one singular value: no noise, the reference's Infinity (noise-sum-0)
 GRAM_PATHS = ("gram64", "gram64-host-eig")  # where gram64's eigenvalues are found (solver.py)
 
 
 @dataclass(frozen=True)
 class SNR:
-    """A matrix's score: ``snr`` is None exactly when ``reason`` says why it could not be scored."""
+    """A matrix's score: ``snr`` is None exactly when ``reason`` says why it could not be scored.
+
+    A degenerate matrix (``degenerate`` = ``NOISE_SUM_0`` or ``RANK_DEFICIENT``) scores ``math.inf``: the
+    reference ranks it first in its type (its ``Infinity``, or a huge finite fp32 value)."""
 
     snr: float | None
     reason: str | None = None
     sigma_max: float | None = None
     threshold: float | None = None
     n_signal: int | None = None
+    degenerate: str | None = None
     # the matrix's singular values (descending, CPU) when it had a spectrum; kept beside the journal, never in it
     singular_values: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
@@ -61,8 +65,10 @@ def rank_floor(method: str, shape: tuple[int, int]) -> float:
 def snr_from_singular_values(S: torch.Tensor, shape: tuple[int, int], rtol: float = 0.0, *, keep: bool = False) -> SNR:
     """The reference's SNR from singular values S (any order), computed in S's dtype.
 
-    ``rtol`` is the method's numerical floor relative to S[0]: when every value at or below the threshold
-    is under it, the "noise" is rounding error of a rank-deficient matrix and the SNR is undefined.
+    No value at or below the threshold (the reference's noise sum 0, its ``Infinity``) scores ``math.inf``
+    with ``degenerate`` = ``noise-sum-0``. ``rtol`` is the method's numerical floor relative to S[0]: when
+    every value at or below the threshold is under it, the "noise" is rounding error of a rank-deficient
+    matrix (the reference's fp32 gives a huge finite SNR, ranked first): ``math.inf``, ``rank-deficient``.
     With ``keep`` the result carries S as its ``singular_values``.
     """
     out = _snr(S, shape, rtol)
@@ -87,13 +93,11 @@ def _snr(S: torch.Tensor, shape: tuple[int, int], rtol: float) -> SNR:
     above = S > threshold
     signal = S[above].sum() if bool(above.any()) else torch.zeros((), dtype=S.dtype)
     below = ~above
-    if bool(below.any()):
-        noise = S[below].sum()
-        if float(S[below].max()) <= float(top) * rtol:  # rtol 0: every noise value is exactly 0
-            rank = int((S > top * rtol).sum())
-            return SNR(None, f"no noise: rank-deficient matrix (numerical rank {rank} of {min(m, n)})", float(top))
-    else:
-        noise = torch.ones((), dtype=S.dtype)
+    if not bool(below.any()):  # no value at or below the threshold: the reference's Infinity
+        return SNR(math.inf, None, float(top), float(threshold), int(above.sum()), NOISE_SUM_0)
+    noise = S[below].sum()
+    if float(S[below].max()) <= float(top) * rtol:  # rtol 0: every noise value is exactly 0
+        return SNR(math.inf, None, float(top), float(threshold), int(above.sum()), RANK_DEFICIENT)
     value = float(signal / noise / top)
     if not math.isfinite(value):
         return SNR(None, "SNR is not finite", float(top))
@@ -126,14 +130,12 @@ def _snr_float64(values: list[float], shape: tuple[int, int], rtol: float) -> SN
     sigma = (_quantile(values, 0.75) - _quantile(values, 0.25)) / 1.349
     threshold = sigma * mp_factor(m, n)
     cut = bisect.bisect_right(values, threshold)  # values[cut:] are above the threshold
+    if not cut:  # no value at or below the threshold: the reference's Infinity
+        return SNR(math.inf, None, top, threshold, len(values), NOISE_SUM_0)
+    if values[cut - 1] <= top * rtol:  # rtol 0: every noise value is exactly 0
+        return SNR(math.inf, None, top, threshold, len(values) - cut, RANK_DEFICIENT)
     signal = math.fsum(values[cut:])
-    if cut:
-        noise = math.fsum(values[:cut])
-        if values[cut - 1] <= top * rtol:  # rtol 0: every noise value is exactly 0
-            rank = len(values) - bisect.bisect_right(values, top * rtol)
-            return SNR(None, f"no noise: rank-deficient matrix (numerical rank {rank} of {min(m, n)})", top)
-    else:
-        noise = 1.0
+    noise = math.fsum(values[:cut])
     value = signal / noise / top
     if not math.isfinite(value):
         return SNR(None, "SNR is not finite", top)

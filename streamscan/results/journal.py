@@ -36,7 +36,15 @@ from pathlib import Path
 from typing import IO
 
 from streamscan.errors import JournalError, StreamscanError
-from streamscan.records import JOURNAL_FORMAT, Fingerprint, Result, ScanHeader
+from streamscan.records import (
+    DEGENERATE_KINDS,
+    JOURNAL_FORMAT,
+    Fingerprint,
+    Result,
+    ScanHeader,
+    from_json_snr,
+    upgrade_legacy,
+)
 from streamscan.results.files import open_nofollow, os_error, prepare_dir, write_atomic
 
 log = logging.getLogger(__name__)
@@ -116,10 +124,15 @@ def _result_from(row) -> Result:
         raise ValueError(str(err)) from None
     if not (type(result.name) is type(result.type) is type(result.dtype) is str):
         raise ValueError("bad field types")
-    if result.status not in ("ok", "null", "error"):
+    if result.status not in ("ok", "null", "error") or result.degenerate not in (None, *DEGENERATE_KINDS):
         raise ValueError("bad field types")
     if not all(_finite(getattr(result, k)) for k in _NUMBERS):
         raise ValueError("a number that is not finite")
+    if "degenerate" not in fields:  # a journal written before degenerate matrices were scored (D2)
+        upgrade_legacy(fields)
+        return Result(**fields)
+    if result.degenerate is not None:  # its SNR written as JSON_INF is inf again
+        return Result(**{**fields, "snr": from_json_snr(result.snr, result.degenerate)})
     return result
 
 

@@ -125,7 +125,7 @@ def metrics_rows(results: Iterable[Result], spectra: dict, workers: int | None =
         else:
             row["status"] = MISSING if r.status == "ok" else (r.reason or r.status)
             row.update(dict.fromkeys(FIELDS))
-            row["snr"] = r.snr
+            row["snr"] = _clean(r.snr)  # a degenerate matrix's inf: no number in strict JSON
         rows.append(row)
     return rows
 

@@ -46,6 +46,8 @@ VIRIDIS = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231,
 
 
 def _flag(snr: float | None, reason: str | None, median: float | None) -> str:
+    if snr == math.inf:
+        return "degenerate (SNR inf: ranked first, as the reference ranks it)"
     if snr is None:
         reason = reason or ""
         if reason == "all-zero matrix":
@@ -92,7 +94,8 @@ def expert_table(results: Iterable[Result], rows: Iterable[ExpertRow]) -> list[d
             groups.setdefault((entry["layer"], entry["projection"]), []).append(entry)
     for members in groups.values():
         scored = sorted((e for e in members if e["snr"] is not None), key=lambda e: (-e["snr"], e["expert"]))
-        median = statistics.median(e["snr"] for e in scored) if scored else None
+        finite = [e["snr"] for e in scored if e["snr"] != math.inf]  # degenerate ones (inf) are flagged apart
+        median = statistics.median(finite) if finite else None
         for rank, e in enumerate(scored, start=1):
             e["rank_in_layer"] = rank
         for e in members:

@@ -1,7 +1,9 @@
 """outputs: the Spectrum-compatible outputs, written atomically from the journal's results.
 
-- ``snr_results_{slug}.json``: {module: {"snr": float | null, "type": str}} (+ "reason" when null)
-- ``snr_results_{slug}_sorted.json``: {type: {module: snr}} by descending SNR, unscored last as null
+- ``snr_results_{slug}.json``: {module: {"snr": float, "type": str}} for every scored matrix; a degenerate
+  one (SNR inf, ranked first) has "snr": 1.7976931348623157e+308 (``JSON_INF``) and "degenerate": its kind
+- ``snr_results_{slug}_sorted.json``: {type: {module: snr}} by descending SNR, scored matrices only
+  (unscored ones are listed with their reasons in the summary, D1)
 - ``snr_results_{slug}_unfrozenparameters_{N}percent.yaml``: per --top-percent N
 - ``streamscan_summary.json``: method, counts, timings and every skipped tensor with its reason
 """
@@ -9,13 +11,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamscan.errors import UsageError
-from streamscan.records import Result
+from streamscan.records import JSON_INF, Result
 from streamscan.results.files import write_atomic
 from streamscan.results.selection import (
     Group,
@@ -36,13 +39,22 @@ def _dumps(obj) -> str:
     return json.dumps(obj, indent=4, allow_nan=False) + "\n"
 
 
+def _json_snr(snr: float) -> float:
+    """A scored SNR as strict JSON holds it: inf (a degenerate matrix) as ``JSON_INF``."""
+    return JSON_INF if snr == math.inf else snr
+
+
 def results_json(results: Iterable[Result], ordered: bool = False) -> dict:
-    """The results JSON; ORDERED: RESULTS are already in natural order (``natural_order``)."""
+    """The results JSON; ORDERED: RESULTS are already in natural order (``natural_order``). Scored matrices
+    only (D1: no ``null`` SNR for the Axolotl plugin to trip on; the summary lists the unscored ones); a
+    degenerate one's inf is written as ``JSON_INF`` beside ``"degenerate": kind``."""
     out = {}
     for r in results if ordered else natural_order(results):
-        entry: dict = {"snr": r.snr, "type": r.type}
         if r.snr is None:
-            entry["reason"] = r.reason
+            continue
+        entry: dict = {"snr": _json_snr(r.snr), "type": r.type}
+        if r.degenerate is not None:
+            entry["degenerate"] = r.degenerate
         out[r.name] = entry
     return out
 
@@ -50,16 +62,11 @@ def results_json(results: Iterable[Result], ordered: bool = False) -> dict:
 def sorted_json(
     results: Iterable[Result], ranked: dict[str, list[Result]] | None = None, ordered: bool = False
 ) -> dict:
-    """The sorted JSON; RANKED: ``rank_by_type(results)`` when at hand, ORDERED: RESULTS are already in
-    natural order."""
-    ordered = list(results) if ordered else natural_order(results)
+    """The sorted JSON, scored matrices only (D1); RANKED: ``rank_by_type(results)`` when at hand, ORDERED:
+    RESULTS are already in natural order."""
     if ranked is None:
-        ranked = rank_ordered(ordered)
-    out = {t: {r.name: r.snr for r in members} for t, members in ranked.items()}
-    for r in ordered:
-        if r.snr is None:
-            out[r.type][r.name] = None
-    return out
+        ranked = rank_ordered(list(results) if ordered else natural_order(results))
+    return {t: {r.name: _json_snr(r.snr) for r in members} for t, members in ranked.items() if members}
 
 
 def percent_label(percent: float) -> str:

@@ -131,7 +131,7 @@ def snr_by_depth_svg(
     """SNR against layer for RESULTS (one pooled type), CHOSEN marked; LAYERS: ``layer_index`` of every
     name when at hand. A point's x is formatted once per layer."""
     where = layers.__getitem__ if layers is not None else layer_index
-    pts = [(where(r.name), r) for r in results if r.snr is not None and r.snr > 0]
+    pts = [(where(r.name), r) for r in results if r.snr is not None and 0 < r.snr < math.inf]  # inf: flagged list
     pts = [(lay, r) for lay, r in pts if lay is not None]
     lays = [lay for lay, _ in pts] or [0]
     lo, hi = _range([r.snr for _, r in pts], True)
@@ -294,6 +294,7 @@ def html_text(
                 f"<tr><td>{_esc(r.name)}</td><td>{snr}</td><td>{'yes' if r.name in chosen or r.role else ''}</td></tr>"
             )
         out.append("</table>")
+    out += degenerate_list(ordered, chosen)
     out.append("<h2>Metric curves</h2>")
     if metric_rows:
         out.append('<div class="grid">')
@@ -327,6 +328,29 @@ def html_text(
     out.append(f"<script>{_SCRIPT}</script>" if hist else "")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def degenerate_list(ordered: list[Result], chosen: set[str]) -> list[str]:
+    """The flagged degenerate matrices (SNR inf, ranked first in their type; D2), in ranking order."""
+    flagged = [r for r in ordered if r.snr == math.inf]
+    if not flagged:
+        return []
+    out = [
+        f"<h2>Degenerate matrices ({len(flagged)})</h2>",
+        '<p class="note">SNR infinite, ranked first in their type as the reference ranks them: noise-sum-0 = no '
+        "singular value at or below the threshold (the reference's <code>Infinity</code>), rank-deficient = "
+        "everything below it is rounding error (the reference: a huge finite SNR). Among themselves in name order "
+        "(a published scan: file order).</p>",
+        "<table><tr><th>name</th><th>type</th><th>kind</th><th>selected</th></tr>",
+    ]
+    for r in flagged:
+        kind = r.degenerate or "noise-sum-0"  # a published Infinity
+        out.append(
+            f"<tr><td>{_esc(r.name)}</td><td>{_esc(r.type)}</td><td>{kind}</td>"
+            f"<td>{'yes' if r.name in chosen else ''}</td></tr>"
+        )
+    out.append("</table>")
+    return out
 
 
 def write_report(out_dir: Path, model: str, results: list[Result], percent: float, **kw) -> Path:

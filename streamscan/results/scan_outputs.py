@@ -77,6 +77,8 @@ def summarize(
         failures={r.name: r.reason for r in results if r.status == "error"},
         skipped_tensors=dict(header.skipped),
         consumed_tensors=dict(header.consumed),
+        unscored_tensors={r.name: r.reason or "" for r in results if r.status == "null"},
+        degenerate_tensors={r.name: r.degenerate for r in results if r.degenerate is not None},
         **extra,
     )
 

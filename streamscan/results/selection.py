@@ -36,9 +36,16 @@ def _group(r: Result, group: Group | None) -> str:
     return group(r.name, r.type) if group else r.type
 
 
+PUBLISHED_WORKER = "published"  # Result.worker of the results read from a published Spectrum scan
+
+
 def natural_order(results: Iterable[Result]) -> list[Result]:
-    """RESULTS sorted by the natural order of their names (stable: equal keys keep their order)."""
+    """RESULTS sorted by the natural order of their names (stable: equal keys keep their order); the results
+    of a published scan (every ``worker`` is ``PUBLISHED_WORKER``) stay in the order given, the file's: the
+    reference's stable sort leaves its ties (its ``Infinity`` entries) in file order, and so does ours."""
     results = list(results)
+    if results and all(r.worker == PUBLISHED_WORKER for r in results):
+        return results
     keys = list(map(natural_key, map(_name, results)))
     return [results[i] for i in sorted(range(len(results)), key=keys.__getitem__)]
 
@@ -47,13 +54,15 @@ _name, _type = attrgetter("name"), attrgetter("type")
 
 
 def rank_by_type(results: Iterable[Result], group: Group | None = None) -> dict[str, list[Result]]:
-    """Per type (or per ``group``, in first-seen natural order), its scored results by descending SNR, ties by name."""
+    """Per type (or per ``group``, in first-seen natural order), its scored results by descending SNR, ties by
+    name (a published scan's: in file order). Degenerate matrices (SNR inf) come first, as the reference ranks them."""
     return rank_ordered(natural_order(results), group)
 
 
 def rank_ordered(ordered: list[Result], group: Group | None = None) -> dict[str, list[Result]]:
     """``rank_by_type`` of results already in natural order (``natural_order``): the ranking sorts each
-    group by SNR alone, the sort being stable (and reverse keeping it so) leaves ties in name order."""
+    group by SNR alone, the sort being stable (and reverse keeping it so) leaves ties in name order: among
+    the degenerate matrices (inf) too, which precede every finite SNR."""
     ranked: dict[str, list[Result]] = {}
     key_of = _type if group is None else (lambda r: group(r.name, r.type))
     for r in ordered:

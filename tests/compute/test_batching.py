@@ -27,7 +27,7 @@ def test_score_batch_is_bit_identical_to_one_by_one_on_cpu(shape, method):
     assert score_batch(Ws, method) == [score(W, method) for W in Ws]
 
 
-def test_degenerate_members_get_the_reasons_score_gives():
+def test_unscored_and_degenerate_members_get_what_score_gives():
     Ws = torch.randn(4, 40, 60, dtype=torch.float64)
     Ws[1] = 0.0
     Ws[2, 3, 4] = float("nan")
@@ -35,7 +35,7 @@ def test_degenerate_members_get_the_reasons_score_gives():
     out = score_batch(Ws)
     assert out == [score(W) for W in Ws]
     assert out[0].snr is not None and out[1].reason == "all-zero matrix"
-    assert out[2].reason == "weights contain NaN or Inf" and out[3].reason.startswith("no noise: rank-deficient")
+    assert out[2].reason == "weights contain NaN or Inf" and out[3].degenerate == "rank-deficient"
     assert score_batch([]) == [] and score_batch(list(Ws[:2])) == out[:2]
     with pytest.raises(ValueError):
         score_batch(torch.zeros(3, 3))

@@ -89,27 +89,62 @@ def test_gram_is_chunked_and_block_triangular(monkeypatch):
     "W,reason",
     [
         (torch.zeros(50, 80), "all-zero"),
-        (torch.full((50, 80), 0.3), "rank-deficient"),  # constant matrix = rank 1
-        (planted(40, 90, [5.0]), "rank-deficient"),  # rank 1
-        (torch.randn(1, 300), "too small"),
-        (torch.randn(300, 1), "too small"),
+        (torch.zeros(1, 300), "all-zero"),
         (torch.tensor([[1.0, float("nan")], [0.0, 2.0]]), "NaN or Inf"),
         (torch.tensor([[1.0, float("inf")], [0.0, 2.0]]), "NaN or Inf"),
         (torch.randn(5), "1-D"),
+        (torch.randn(0, 5), "too small"),
     ],
 )
 @pytest.mark.parametrize("method", ["gram64", "svdvals32", "svdvals64"])
-def test_degenerate_inputs_give_null_with_reason(W, reason, method):
+def test_unscorable_inputs_give_null_with_reason(W, reason, method):
     r = score(W, method)
-    assert r.snr is None
+    assert r.snr is None and r.degenerate is None
     assert reason in r.reason
 
 
-def test_no_values_below_threshold_uses_noise_one_like_the_reference():
-    # Two equal singular values: IQR = 0, threshold 0, every value is signal, noise = 1.0.
-    S = torch.tensor([2.0, 2.0], dtype=torch.float64)
-    r = snr_from_singular_values(S, (2, 2))
-    assert r.snr == pytest.approx(4.0 / 1.0 / 2.0)
+@pytest.mark.parametrize(
+    "W,kind",
+    [
+        (torch.full((50, 80), 0.3), "rank-deficient"),  # constant matrix = rank 1
+        (planted(40, 90, [5.0]), "rank-deficient"),  # rank 1
+        (planted(40, 90, [5.0, 4.0, 3.0]), "rank-deficient"),  # rank 3: the noise is rounding error
+        # one singular value (the reference's unsqueezed 1 x H, e.g. Qwen2-MoE's shared_expert_gate): IQR 0,
+        # threshold 0, the value is signal, the noise sum is 0 -> the reference's Infinity
+        (torch.randn(1, 300), "noise-sum-0"),
+        (torch.randn(300, 1), "noise-sum-0"),
+        (torch.eye(64) * 0.7, "noise-sum-0"),  # all values equal: threshold 0, no noise
+    ],
+)
+@pytest.mark.parametrize("method", ["gram64", "svdvals32", "svdvals64"])
+def test_degenerate_matrices_score_inf_with_their_kind(W, kind, method):
+    r = score(W, method)
+    assert r.snr == math.inf and r.reason is None
+    assert r.degenerate == kind
+    assert r.sigma_max > 0
+
+
+def test_one_by_h_follows_the_reference_formula():
+    """The reference on a 1 x H matrix: S = [s], q25 = q75 = s, sigma 0, threshold 0, s > 0 is signal, the
+    noise sum is 0 -> ``signal / noise if noise != 0 else inf`` = inf; inf / S[0] = inf."""
+    W = torch.tensor([[3.0, 4.0]])
+    r = score(W, "svdvals64")
+    assert (r.snr, r.degenerate, r.sigma_max, r.threshold, r.n_signal) == (math.inf, "noise-sum-0", 5.0, 0.0, 1)
+
+
+def test_no_values_below_threshold_is_the_references_infinity():
+    # Two equal singular values: IQR = 0, threshold 0, every value is signal, the noise sum is 0.
+    for S in (torch.tensor([2.0, 2.0], dtype=torch.float64), torch.tensor([2.0, 2.0], dtype=torch.float32)):
+        r = snr_from_singular_values(S, (2, 2))
+        assert (r.snr, r.degenerate, r.n_signal) == (math.inf, "noise-sum-0", 2)
+
+
+def test_rank_deficient_is_flagged_only_under_the_floor():
+    # q25 = 0, q75 = 1e-9 + (4 - 1e-9) / 4, threshold ~1.27: 4 is signal, 1e-9 and the zeros are noise
+    S = torch.tensor([4.0, 1e-9, 0.0, 0.0], dtype=torch.float64)
+    assert snr_from_singular_values(S, (4, 8), rtol=1e-8).degenerate == "rank-deficient"  # floor 4e-8
+    r = snr_from_singular_values(S, (4, 8), rtol=1e-12)  # 1e-9 is above this floor: a real (tiny) noise sum
+    assert r.degenerate is None and r.snr == pytest.approx(4.0 / 1e-9 / 4.0)
 
 
 def test_mp_factor_is_one_plus_sqrt_aspect():

@@ -183,3 +183,34 @@ def test_a_journal_line_is_read_as_its_record_or_refused_with_a_value_error(over
         return
     assert got == Result(**{k: v for k, v in row.items() if k != "extra"} | {"shape": tuple(row["shape"])})
     assert isinstance(got.name, str) and got.status in ("ok", "null", "error") and isinstance(got.shape, tuple)
+
+
+def test_degenerate_records_are_strict_json_and_read_back_as_inf(tmp_path):
+    import math
+
+    inf = replace(res("a", math.inf), degenerate="rank-deficient")
+    with Journal(tmp_path, HEADER) as j:
+        j.append(inf)
+        j.append(res("b", 2.0))
+    text = (tmp_path / JOURNAL_NAME).read_text()
+    assert "Infinity" not in text and '"snr":1.7976931348623157e+308' in text
+    rows = [json.loads(line, parse_constant=pytest.fail) for line in text.splitlines()]
+    assert rows[1]["degenerate"] == "rank-deficient" and rows[2]["degenerate"] is None
+    _, results, _ = read_journal(tmp_path)
+    assert results["a"] == inf and results["b"].snr == 2.0 and results["b"].degenerate is None
+
+
+def test_a_journal_before_degenerate_scores_reads_them_as_a_scan_gives_them_now(tmp_path):
+    with Journal(tmp_path, HEADER) as j:
+        j.append(res("b", 2.0))
+    path = tmp_path / JOURNAL_NAME
+    old = dict(res("a", 3.0).to_dict(), n_signal=4)  # 4 of 4 values above the threshold: was signal / 1 / S[0]
+    deficient = dict(res("c", None, "null").to_dict(), reason="no noise: rank-deficient matrix (numerical rank 1 of 4)")
+    with open(path, "a") as fh:
+        for row in (old, deficient):
+            del row["degenerate"]
+            fh.write(json.dumps(row) + "\n")
+    _, results, _ = read_journal(tmp_path)
+    assert (results["a"].snr, results["a"].degenerate) == (float("inf"), "noise-sum-0")
+    assert (results["c"].snr, results["c"].degenerate, results["c"].status) == (float("inf"), "rank-deficient", "ok")
+    assert results["b"].degenerate is None and results["b"].snr == 2.0

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import yaml
@@ -62,25 +63,69 @@ def test_prefix_collisions_get_a_trailing_dot():
     )
 
 
-def test_results_json_is_valid_strict_json_with_reasons(tmp_path):
+def test_results_json_is_strict_json_of_the_scored_matrices_only(tmp_path):
     def no_constants(token):
         raise AssertionError(f"invalid JSON token {token}")
 
-    paths = write_outputs(tmp_path, "m", RESULTS, [25, 12.5], [x.name for x in RESULTS], {"model": "m"})
+    summary = {"model": "m", "unscored_tensors": {"model.layers.10.mlp.down_proj": "all-zero matrix"}}
+    paths = write_outputs(tmp_path, "m", RESULTS, [25, 12.5], [x.name for x in RESULTS], summary)
     for p in paths:
         if p.suffix == ".json":
             json.loads(p.read_text(), parse_constant=no_constants)
     data = results_json(RESULTS)
     assert data["model.layers.3.mlp.down_proj"] == {"snr": 3.0, "type": "mlp.down_proj"}
-    assert data["model.layers.10.mlp.down_proj"] == {"snr": None, "type": "mlp.down_proj", "reason": "all-zero matrix"}
+    assert "model.layers.10.mlp.down_proj" not in data  # D1: unscored, listed in the summary instead
+    assert "null" not in (tmp_path / "snr_results_m.json").read_text()
     assert list(data)[:4] == ["lm_head"] + [
         "model.layers.0.mlp.down_proj",
         "model.layers.0.mlp.gate",
         "model.layers.0.mlp.gate_proj",
     ]
     srt = sorted_json(RESULTS)["mlp.down_proj"]
-    assert list(srt.values())[:3] == [9.0, 8.0, 7.0] and list(srt.values())[-1] is None
+    assert list(srt.values()) == [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0]
     assert (tmp_path / "snr_results_m_unfrozenparameters_12_5percent.yaml").exists()
+
+
+DEGENERATE = [
+    *[r(f"model.layers.{i}.self_attn.v_proj", "self_attn.v_proj", float(i)) for i in range(8)],
+    Result("model.layers.10.self_attn.v_proj", "self_attn.v_proj", (8, 8), "BF16", math.inf, degenerate="noise-sum-0"),
+    Result(
+        "model.layers.9.self_attn.v_proj", "self_attn.v_proj", (8, 8), "BF16", math.inf, degenerate="rank-deficient"
+    ),
+    r("model.layers.11.self_attn.v_proj", "self_attn.v_proj", None, reason="all-zero matrix"),
+]
+
+
+def test_degenerate_matrices_rank_first_in_name_order_and_stay_strict_json(tmp_path):
+    sel = select_top(DEGENERATE, 25)  # 10 scored (8 finite + 2 degenerate): int(10 * 25 / 100) = 2
+    assert sel.chosen["self_attn.v_proj"] == ("model.layers.9.self_attn.v_proj", "model.layers.10.self_attn.v_proj")
+    assert sel.counts["self_attn.v_proj"] == 10 and sel.unscored["self_attn.v_proj"] == 1
+    write_outputs(tmp_path, "m", DEGENERATE, [25], [x.name for x in DEGENERATE], {"model": "m"})
+    text = (tmp_path / "snr_results_m.json").read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"invalid JSON token {c}"))
+    assert data["model.layers.9.self_attn.v_proj"] == {
+        "snr": 1.7976931348623157e308,
+        "type": "self_attn.v_proj",
+        "degenerate": "rank-deficient",
+    }
+    assert data["model.layers.10.self_attn.v_proj"]["degenerate"] == "noise-sum-0"
+    assert "model.layers.11.self_attn.v_proj" not in data
+    srt = json.loads((tmp_path / "snr_results_m_sorted.json").read_text())["self_attn.v_proj"]
+    assert list(srt)[:3] == [
+        "model.layers.9.self_attn.v_proj",
+        "model.layers.10.self_attn.v_proj",
+        "model.layers.7.self_attn.v_proj",
+    ]
+    # what the Axolotl plugin does with our file: group by type, stable sort by snr descending, int(n * fraction)
+    by_type: dict = {}
+    for name, info in data.items():
+        by_type.setdefault(info["type"], []).append((name, info["snr"]))
+    plugin = [
+        n
+        for layers in by_type.values()
+        for n, _ in sorted(layers, key=lambda x: x[1], reverse=True)[: int(len(layers) * 0.25)]
+    ]
+    assert plugin == sel.names()
 
 
 def test_percent_out_of_range():

@@ -436,12 +436,12 @@ def test_score_model_records_unscorable_weights_and_refuses_unknown_methods():
     model = nn.Module()
     model.a = nn.Linear(16, 8)
     model.b = nn.Linear(16, 8, device="meta")  # offloaded / never loaded
-    model.c = nn.Linear(16, 1)  # 1 x 16: too small for a spectrum
+    model.c = nn.Linear(16, 1)  # 1 x 16: one singular value, no noise: the reference's Infinity
     a, b, c = streamscan.score_model(model)
     assert a.name == "a" and a.status == "ok" and a.snr == pytest.approx(streamscan.score(model.a.weight.detach()).snr)
     assert b.snr is None and b.status == "null" and "meta device" in b.reason
-    assert c.snr is None and "too small" in c.reason
-    assert select_top([a, b, c], 100).names() == ["a"]
+    assert c.snr == float("inf") and c.degenerate == "noise-sum-0" and c.status == "ok"
+    assert select_top([a, b, c], 100).names() == ["a", "c"]
     with pytest.raises(streamscan.UsageError, match="unknown"):
         streamscan.score_model(model, "svd16")
 
