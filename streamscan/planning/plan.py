@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from streamscan.checkpoint.index import CheckpointIndex
 from streamscan.layout import embedding_role, module_name, natural_key, type_key
-from streamscan.planning.experts import MoeConfig, split_experts
+from streamscan.planning.experts import MoeConfig, split_experts, zero_expert_reason
 from streamscan.planning.quant import pair_quantized
 from streamscan.records import Job, Skipped, TensorInfo
 
@@ -52,8 +52,8 @@ def classify(t: TensorInfo) -> str | None:
     if len(t.shape) != 2:
         what = {0: "scalar", 1: "1-D tensor (norm or bias)"}.get(len(t.shape), f"{len(t.shape)}-D tensor")
         return f"{what}: no matrix spectrum"
-    if not t.name.endswith(".weight"):
-        return "2-D tensor not named *.weight"
+    if not t.name.rsplit(".", 1)[-1].endswith("weight"):  # x.weight, Gemma-3's mm_input_projection_weight, in_proj_weight
+        return "2-D tensor not named *.weight or *_weight: not a weight matrix"
     if t.dtype not in FLOAT_DTYPES and not t.dequantized:
         return f"dtype {t.dtype} is not a float weight"
     return None
@@ -82,7 +82,10 @@ def make_plan(
             skipped.append(Skipped(name, _type(name), split))
             continue
         for label, part in split or [(name, None)]:
-            reason = (quant_reason or classify(t)) if part is None else None
+            if isinstance(part, str):  # a slot the model never uses (LongCat-Flash's zero experts)
+                skipped.append(Skipped(label, _type(label), part))
+                continue
+            reason = (quant_reason or classify(t) or zero_expert_reason(name, moe)) if part is None else None
             reason = reason or _option_reason((label, name, t.name), include, exclude)
             if reason is None:
                 role = embedding_role(t.name, t.shape, index.source.config) if part is None else None
