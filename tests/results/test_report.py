@@ -1,5 +1,7 @@
 import json
 import math
+import sys
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -157,7 +159,8 @@ def test_output_json_refuses_nan_like_json_does():
 
 # names with equal natural keys ("a7" and "a07"), prefixes of one another, digit runs anywhere
 NAMES = st.text(alphabet="ab.07_[]", min_size=1, max_size=8)
-SNRS = st.none() | st.sampled_from([0.5, 1.0, 2.0]) | st.floats(0.0, 10.0, allow_nan=False)
+SNRS = st.none() | st.sampled_from([0.5, 1.0, 2.0, math.inf]) | st.floats(0.0, 10.0, allow_nan=False)
+KINDS = st.sampled_from(["noise-sum-0", "rank-deficient"])
 
 
 @st.composite
@@ -166,7 +169,8 @@ def results(draw):
     for name in draw(st.lists(NAMES, min_size=0, max_size=25, unique=True)):
         snr = draw(SNRS)
         role = draw(st.sampled_from([None, None, None, "embedding", "head"]))
-        out.append(r(name, draw(st.sampled_from(["t.a", "t.b", name])), snr, role, None if snr is not None else "x"))
+        x = r(name, draw(st.sampled_from(["t.a", "t.b", name])), snr, role, None if snr is not None else "x")
+        out.append(replace(x, degenerate=draw(KINDS)) if snr == math.inf else x)
     return draw(st.permutations(out))
 
 
@@ -176,7 +180,7 @@ def by_first_letter(name, type_):
 
 def spec_ranking(results, group=None):
     """Per type (or group), in order of first appearance by natural name: its scored members by descending
-    SNR, ties by natural name."""
+    SNR (degenerate ones, inf, first), ties by natural name."""
     from streamscan.layout import natural_key
 
     ranked = {}
@@ -212,13 +216,16 @@ def test_the_json_outputs_are_json_dumps_indent_4_of_their_definition(tmp_path_f
     summary = {"model": "m", "seconds": 1.5, "skipped_tensors": {"x": "why"}, "failures": {}, "ranks": 1}
     write_outputs(out, "m", rs, [25], [x.name for x in rs], summary)
     natural = sorted(rs, key=lambda x: natural_key(x.name))
-    results_doc = {
-        x.name: {"snr": x.snr, "type": x.type, **({"reason": x.reason} if x.snr is None else {})} for x in natural
+
+    def strict(snr):  # D2: inf as the largest double
+        return sys.float_info.max if snr == math.inf else snr
+
+    results_doc = {  # D1: the scored matrices only
+        x.name: {"snr": strict(x.snr), "type": x.type, **({"degenerate": x.degenerate} if x.degenerate else {})}
+        for x in natural
+        if x.snr is not None
     }
-    sorted_doc = {t: {x.name: x.snr for x in m} for t, m in spec_ranking(rs).items()}
-    for x in natural:
-        if x.snr is None:
-            sorted_doc[x.type][x.name] = None
+    sorted_doc = {t: {x.name: strict(x.snr) for x in m} for t, m in spec_ranking(rs).items() if m}
     paths = output_paths(out, "m")
 
     def dumps(doc):
