@@ -14,6 +14,8 @@ from pathlib import Path
 
 from streamscan.errors import UsageError
 from streamscan.pipeline import ScanResult, check_grouping, inspect_model, merge_journals, scan
+from streamscan.layout import TOWERS
+from streamscan.layout import tower as tower_of
 from streamscan.records import DEFAULT_OUT, Result, ScanHeader
 from streamscan.results.journal import is_locked, journal_files, no_scan, read_journals
 from streamscan.results.moe_report import write_moe_outputs
@@ -80,19 +82,25 @@ def select(
     names: str = "auto",
     checkpoint: str | Path | None = None,
     format: str = "axolotl",
+    tower: str | None = None,
 ) -> Path:
     """Write the YAML for TOP_PERCENT from a finished or partial scan in OUT (or a published results JSON),
     without rescanning, into DEST (default: OUT, or the JSON's directory). NAMES: whose parameter names the
     lines use, ``auto`` | ``transformers`` | ``checkpoint`` (``trainer_names.names_for``), read from the
     checkpoint at CHECKPOINT (default: the scanned model's id). FORMAT: ``axolotl`` (the YAML), ``peft``
     (a LoRA config's target_modules/target_parameters/modules_to_save, JSON) or ``swift`` (ms-swift's
-    arguments); see ``results.formats``."""
+    arguments); see ``results.formats``. TOWER ("language", "vision", "audio"): select from that tower of a
+    multimodal model only (``layout.tower``)."""
     from streamscan.results.formats import FORMATS, write_format
 
     if format not in FORMATS:
         raise UsageError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     check_grouping(moe_grouping)
     header, results = load_results(out)
+    if tower is not None:
+        if tower not in TOWERS:
+            raise UsageError(f"--tower {tower}: unknown; choose one of {', '.join(TOWERS)}")
+        results = [r for r in results if tower_of(r.name) == tower]
     options = yaml_options(header, moe_grouping, names, checkpoint)
     if format != "axolotl":
         from streamscan.results.selection import select_top

@@ -1,4 +1,4 @@
-"""layout: tensor names -> roles (module name, type key, layer index, embedding or head)."""
+"""layout: tensor names -> roles (module name, type key, layer index, embedding or head, tower)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,26 @@ _ASCII_DIGITS = re.compile(r"([0-9]+)")
 # Module names (last component) that hold token embeddings or the output head in common families.
 EMBEDDING_LEAVES = {"embed_tokens", "wte", "word_embeddings", "tok_embeddings", "embed_in", "embeddings"}
 HEAD_LEAVES = {"lm_head", "embed_out", "output"}
+
+
+# A multimodal checkpoint's towers other than the language model, by the first word of a module in front of
+# the layer index: Gemma-3/LLaVA/Mistral-3 `vision_tower.…`, Llama-4 `vision_model.…`, Qwen2.5-VL `visual.…`;
+# audio encoders `audio_tower.…` (config.json: the tower's `vision_config` / `audio_config`).
+TOWER_WORDS = {"vision": ("vision", "visual"), "audio": ("audio",)}
+LANGUAGE = "language"
+TOWERS = (LANGUAGE, *TOWER_WORDS)
+
+
+def tower(name: str) -> str:
+    """Which tower of a multimodal model NAME belongs to: 'vision', 'audio' or 'language' (the text model,
+    its embeddings and head, and the projectors between the towers; every name of a text-only model)."""
+    for part in name.split("."):
+        if part.isdigit():
+            break
+        for kind, words in TOWER_WORDS.items():
+            if part.startswith(words):
+                return kind
+    return LANGUAGE
 
 
 def module_name(tensor_name: str) -> str:

@@ -260,6 +260,13 @@ DEST = dest("the scan directory, or the results JSON's directory")
 @scan_dir
 @top_percent("Percent per type (repeatable).", required=True)
 @MOE_GROUPING
+@click.option(
+    "--tower",
+    type=click.Choice(["language", "vision", "audio"]),
+    default=None,
+    help="Select from one tower of a multimodal model only (e.g. language: the text model, its embeddings and "
+    "head) [default: every tower, each ranked apart].",
+)
 @DEST
 @click.option(
     "--names",
@@ -294,7 +301,7 @@ DEST = dest("the scan directory, or the results JSON's directory")
 @click.option("--plugin-model", default=None, metavar="ID", help="Axolotl's base_model, for the plugin's file name.")
 @friendly
 @creates("dest")
-def select_cmd(out, top_percent, moe_grouping, dest, names, checkpoint, fmt, plugin_dir, plugin_model):
+def select_cmd(out, top_percent, moe_grouping, tower, dest, names, checkpoint, fmt, plugin_dir, plugin_model):
     """Write unfrozen-parameters YAMLs from the (finished or partial) scan in --out, or from a published
     Spectrum results JSON given in its place, without rescanning.
 
@@ -306,7 +313,18 @@ def select_cmd(out, top_percent, moe_grouping, dest, names, checkpoint, fmt, plu
     from streamscan.api import select
 
     for p in top_percent:
-        click.echo(select(out, p, moe_grouping=moe_grouping, dest=dest, names=names, checkpoint=checkpoint, format=fmt))
+        click.echo(
+            select(
+                out,
+                p,
+                moe_grouping=moe_grouping,
+                dest=dest,
+                names=names,
+                checkpoint=checkpoint,
+                format=fmt,
+                tower=tower,
+            )
+        )
     if plugin_dir is not None:
         from streamscan.api import write_plugin
 

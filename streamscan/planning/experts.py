@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from streamscan.layout import layer_index
+from streamscan.layout import LANGUAGE, layer_index, tower
 from streamscan.records import GROUPINGS, ExpertRow, Part
 
 # Leaf name of a per-expert matrix -> projection (exact components: `linear` is not `linear_1`).
@@ -217,15 +217,28 @@ def pooled_type(type_: str) -> str:
     return _SLICE_INDEX.sub("[*]", _EXPERT_INDEX.sub(r"\1experts.*", type_))
 
 
-def group_function(mode: str, rows: Iterable[ExpertRow]) -> Callable[[str, str], str] | None:
+def group_function(mode: str, rows: Iterable[ExpertRow], names: Iterable[str] = ()) -> Callable[[str, str], str] | None:
     """(name, reference type) -> selection group for --moe-grouping MODE; None for the reference's own
-    (and for a dense model, whatever the mode)."""
+    ranking of a text-only model (and for a dense one, whatever the mode). Matrices of a multimodal model's
+    vision (or audio) tower among NAMES rank apart from the language tower's of the same type key: their group
+    is ``"vision tower: <group>"`` (the JSON's ``type`` stays the reference's)."""
     if mode not in GROUPINGS:
         raise ValueError(f"unknown MoE grouping {mode!r}; choose one of {', '.join(GROUPINGS)}")
     experts = {r.name: r for r in rows if r.kind == "expert"}
-    if mode == "reference" or not experts:
-        return None
+    inner = None if mode == "reference" or not experts else _moe_group(mode, experts)
+    if all(tower(n) == LANGUAGE for n in names):
+        return inner
 
+    def group(name: str, type_: str) -> str:
+        key = inner(name, type_) if inner is not None else type_
+        where = tower(name)
+        return key if where == LANGUAGE else f"{where} tower: {key}"
+
+    group.towers = True  # type: ignore[attr-defined]  # the YAML's header says so
+    return group
+
+
+def _moe_group(mode: str, experts: dict[str, ExpertRow]) -> Callable[[str, str], str]:
     def group(name: str, type_: str) -> str:
         row = experts.get(name)
         if row is None:

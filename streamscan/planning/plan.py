@@ -52,7 +52,8 @@ def classify(t: TensorInfo) -> str | None:
     if len(t.shape) != 2:
         what = {0: "scalar", 1: "1-D tensor (norm or bias)"}.get(len(t.shape), f"{len(t.shape)}-D tensor")
         return f"{what}: no matrix spectrum"
-    if not t.name.rsplit(".", 1)[-1].endswith("weight"):  # x.weight, Gemma-3's mm_input_projection_weight, in_proj_weight
+    # x.weight, and Gemma-3's mm_input_projection_weight or an attention pooling head's in_proj_weight
+    if not t.name.rsplit(".", 1)[-1].endswith("weight"):
         return "2-D tensor not named *.weight or *_weight: not a weight matrix"
     if t.dtype not in FLOAT_DTYPES and not t.dequantized:
         return f"dtype {t.dtype} is not a float weight"

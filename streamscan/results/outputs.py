@@ -116,10 +116,12 @@ def write_yaml(
     (``trainer_names.names_for``), ``names_note``: the line saying whose names the YAML uses."""
     path = output_paths(out_dir, slug, [percent])[f"yaml{percent:g}"]
     header = f"streamscan: top {percent:g}% by Spectrum SNR per type, model {model}"
-    if group is not None:
+    if group is not None and grouping != "reference":
         header += f"\nMoE experts ranked with --moe-grouping {grouping}"
     if names is None and names_note:
         header += f"\n{names_note}"
+    if getattr(group, "towers", False):
+        header += "\nvision/audio tower matrices ranked apart from the language tower's of the same type"
     selection = (
         select_top(results, percent, group) if ranked is None else select_ranked(results, ranked, percent, group)
     )

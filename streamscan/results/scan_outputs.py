@@ -35,7 +35,7 @@ def yaml_options(
     fused = {n: t for n in header.targets if (t := fused_tensor(n))}
     trainer, note = names_for(str(checkpoint or header.model), list(header.targets), names)
     return {
-        "group": group_function(moe_grouping, header.experts),
+        "group": group_function(moe_grouping, header.experts, header.targets),
         "fused": fused,
         "grouping": moe_grouping,
         "names": trainer,

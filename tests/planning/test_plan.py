@@ -1,5 +1,6 @@
 import torch
 
+import streamscan
 from streamscan.checkpoint.index import build_index
 from streamscan.checkpoint.source import resolve
 from streamscan.layout import (
@@ -67,3 +68,29 @@ def test_non_weight_and_integer_2d_tensors_are_skipped_with_reason(tmp_path):
     reasons = {s.name: s.reason for s in plan.skipped}
     assert "not named *.weight" in reasons["x.weight_scale"]
     assert "I8" in reasons["y"] and "3-D" in reasons["z"]
+
+
+def test_2d_weights_not_named_dot_weight_and_1xh_gates_are_scored(tmp_path):
+    """Gemma-3's multimodal projector and a pooling head's fused attention input are 2-D weights named
+    ``*_weight``; Qwen-MoE's shared_expert_gate is 1 x H: the reference scores all three."""
+    path = write_tensors(
+        tmp_path / "m" / "model.safetensors",
+        {
+            "multi_modal_projector.mm_input_projection_weight": torch.randn(8, 6),
+            "vision_tower.vision_model.head.attention.in_proj_weight": torch.randn(12, 4),
+            "model.layers.0.mlp.shared_expert_gate.weight": torch.randn(1, 8),
+            "model.layers.0.self_attn.A_log": torch.randn(4, 4),  # a 2-D parameter that is no weight matrix
+        },
+    )
+    plan = make_plan(build_index(resolve(path)))
+    jobs = {j.name: j.type for j in plan.jobs}
+    assert jobs == {
+        "multi_modal_projector.mm_input_projection_weight": "multi_modal_projector.mm_input_projection_weight",
+        "vision_tower.vision_model.head.attention.in_proj_weight": "vision_tower.vision_model.head.attention.in_proj_weight",
+        "model.layers.0.mlp.shared_expert_gate": "mlp.shared_expert_gate",
+    }
+    assert [s.name for s in plan.skipped] == ["model.layers.0.self_attn.A_log"]
+    scan = streamscan.scan(tmp_path / "m", tmp_path / "out", devices="cpu", cpu_workers=1, spectra=False)
+    gate = next(r for r in scan.results if r.name == "model.layers.0.mlp.shared_expert_gate")
+    assert (gate.snr, gate.degenerate, gate.n_signal) == (float("inf"), "noise-sum-0", 1)  # the reference's Infinity
+    assert scan.summary.no_snr == 0 and scan.summary.failed == 0
