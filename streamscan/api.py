@@ -13,9 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from streamscan.errors import UsageError
-from streamscan.pipeline import ScanResult, check_grouping, inspect_model, merge_journals, scan
-from streamscan.layout import TOWERS
 from streamscan.layout import tower as tower_of
+from streamscan.pipeline import ScanResult, check_grouping, check_tower, inspect_model, merge_journals, scan
 from streamscan.records import DEFAULT_OUT, Result, ScanHeader
 from streamscan.results.journal import is_locked, journal_files, no_scan, read_journals
 from streamscan.results.moe_report import write_moe_outputs
@@ -96,10 +95,9 @@ def select(
     if format not in FORMATS:
         raise UsageError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     check_grouping(moe_grouping)
+    check_tower(tower)
     header, results = load_results(out)
     if tower is not None:
-        if tower not in TOWERS:
-            raise UsageError(f"--tower {tower}: unknown; choose one of {', '.join(TOWERS)}")
         results = [r for r in results if tower_of(r.name) == tower]
     options = yaml_options(header, moe_grouping, names, checkpoint)
     if format != "axolotl":

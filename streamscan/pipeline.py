@@ -24,6 +24,7 @@ from streamscan.checkpoint.shards import ShardFeed
 from streamscan.checkpoint.source import resolve, slugify
 from streamscan.distributed import Group, Rank, assign, digest, from_env, local_devices, parse_shard, share
 from streamscan.errors import DistributedError, JournalError, UsageError
+from streamscan.layout import TOWERS
 from streamscan.planning.experts import GROUPINGS, moe_rows
 from streamscan.planning.plan import Plan, make_plan
 from streamscan.records import (
@@ -80,11 +81,14 @@ def inspect_model(
     revision: str | None = None,
     offline: bool | None = None,
     network: HubNetwork | None = None,
+    tower: str | None = None,
 ) -> tuple[CheckpointIndex, Plan]:
     """Headers only (read remotely for a Hub model's shards not yet downloaded): what a scan would score and skip.
-    NETWORK: the Hub requests' timeout and retries (a ``HubNetwork``; its defaults when None)."""
+    NETWORK: the Hub requests' timeout and retries (a ``HubNetwork``; its defaults when None); TOWER: one tower
+    of a multimodal model only (``layout.tower``)."""
+    check_tower(tower)
     index = build_index(resolve(model, revision=revision, offline=offline, network=network))
-    return index, make_plan(index, tuple(include), tuple(exclude))
+    return index, make_plan(index, tuple(include), tuple(exclude), towers=tower)
 
 
 def check_grouping(moe_grouping: str) -> None:
@@ -92,7 +96,14 @@ def check_grouping(moe_grouping: str) -> None:
         raise UsageError(f"--moe-grouping {moe_grouping}: unknown; choose one of {', '.join(GROUPINGS)}")
 
 
-def fingerprint(index: CheckpointIndex, method: str, include: Iterable[str], exclude: Iterable[str]) -> Fingerprint:
+def check_tower(tower: str | None) -> None:
+    if tower is not None and tower not in TOWERS:
+        raise UsageError(f"--tower {tower}: unknown; choose one of {', '.join(TOWERS)}")
+
+
+def fingerprint(
+    index: CheckpointIndex, method: str, include: Iterable[str], exclude: Iterable[str], tower: str | None = None
+) -> Fingerprint:
     """What must match for a resume: the checkpoint's files and headers, the method and the target options."""
     return Fingerprint(
         model=index.source.model_id,
@@ -101,6 +112,7 @@ def fingerprint(index: CheckpointIndex, method: str, include: Iterable[str], exc
         include=tuple(sorted(include)),
         exclude=tuple(sorted(exclude)),
         revision=index.source.hub.commit if index.source.hub is not None else None,
+        tower=tower,
     )
 
 
@@ -109,7 +121,7 @@ def scan_header(index: CheckpointIndex, full: Plan, opts: ScanOptions) -> ScanHe
     source = index.source
     return ScanHeader(
         version=__version__,
-        fingerprint=fingerprint(index, opts.method, opts.include, opts.exclude),
+        fingerprint=fingerprint(index, opts.method, opts.include, opts.exclude, opts.tower),
         model=opts.name or source.model_id,
         slug=slugify(opts.name) if opts.name else source.slug,
         targets=tuple(sorted(j.name for j in full.jobs)),
@@ -159,7 +171,13 @@ def scan(
     disk_budget = parse_size(opts.max_disk, "--max-disk") if opts.max_disk is not None else None
     out_dir = prepare_dir(out)  # a bad --out is refused before any work, in one line
     index, full = inspect_model(
-        model, opts.include, opts.exclude, revision=opts.revision, offline=opts.offline, network=opts.network
+        model,
+        opts.include,
+        opts.exclude,
+        revision=opts.revision,
+        offline=opts.offline,
+        network=opts.network,
+        tower=opts.tower,
     )
     hub_only = opts.max_disk is not None or opts.keep_shards
     if index.source.hub is None and hub_only:

@@ -242,6 +242,7 @@ class Fingerprint:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     revision: str | None = None  # a Hub model's commit: a resume never mixes revisions
+    tower: str | None = None  # --tower: one tower of a multimodal model scanned
 
     def to_dict(self) -> dict:
         d: dict = {
@@ -253,6 +254,8 @@ class Fingerprint:
         }
         if self.revision is not None:
             d["revision"] = self.revision
+        if self.tower is not None:
+            d["tower"] = self.tower
         return d
 
     @classmethod
@@ -264,6 +267,7 @@ class Fingerprint:
             tuple(d.get("include", ())),
             tuple(d.get("exclude", ())),
             d.get("revision"),
+            d.get("tower"),
         )
 
 
@@ -451,6 +455,7 @@ class ScanOptions:
     keep_shards: bool = False
     network: HubNetwork = HubNetwork()
     moe_grouping: str = "reference"
+    tower: str | None = None  # scan one tower of a multimodal model only: language | vision | audio (layout.tower)
     spectra: bool = True  # keep every matrix's singular values in OUT/spectra (results/spectra.py)
     commit_records: int = 256
     commit_seconds: float = 0.5

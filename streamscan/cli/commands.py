@@ -96,6 +96,15 @@ def main(debug: bool) -> None:
     logging.getLogger("huggingface_hub").propagate = False  # it prints its own messages (retries): once, not twice
 
 
+TOWER = click.option(
+    "--tower",
+    type=click.Choice(["language", "vision", "audio"]),
+    default=None,
+    help="One tower of a multimodal model only (language: the text model, its embeddings, head and projectors) "
+    "[default: every tower, each ranked apart].",
+)
+
+
 @main.command()
 @click.argument("model")
 @click.option(
@@ -131,6 +140,7 @@ def main(debug: bool) -> None:
     "directory name].",
 )
 @MOE_GROUPING
+@TOWER
 @click.option(
     "--quiet",
     "-q",
@@ -260,13 +270,7 @@ DEST = dest("the scan directory, or the results JSON's directory")
 @scan_dir
 @top_percent("Percent per type (repeatable).", required=True)
 @MOE_GROUPING
-@click.option(
-    "--tower",
-    type=click.Choice(["language", "vision", "audio"]),
-    default=None,
-    help="Select from one tower of a multimodal model only (e.g. language: the text model, its embeddings and "
-    "head) [default: every tower, each ranked apart].",
-)
+@TOWER
 @DEST
 @click.option(
     "--names",

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from streamscan.checkpoint.index import CheckpointIndex
-from streamscan.layout import embedding_role, module_name, natural_key, type_key
+from streamscan.layout import embedding_role, module_name, natural_key, tower, type_key
 from streamscan.planning.experts import MoeConfig, split_experts, zero_expert_reason
 from streamscan.planning.quant import pair_quantized
 from streamscan.records import Job, Skipped, TensorInfo
@@ -70,7 +70,10 @@ def make_plan(
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
     done: frozenset[str] = frozenset(),
+    towers: str | None = None,
 ) -> Plan:
+    """Every target of INDEX (``include``/``exclude`` globs; ``towers``: one tower of a multimodal model only,
+    ``layout.tower``), minus the names in DONE."""
     targets, skipped = [], []
     moe = MoeConfig.from_config(index.source.config)
     tensors, quant_skips, consumed = pair_quantized(index.tensors, index.source.config)
@@ -88,6 +91,8 @@ def make_plan(
                 continue
             reason = (quant_reason or classify(t) or zero_expert_reason(name, moe)) if part is None else None
             reason = reason or _option_reason((label, name, t.name), include, exclude)
+            if reason is None and towers is not None and (where := tower(label)) != towers:
+                reason = f"{where} tower: not scanned (--tower {towers})"
             if reason is None:
                 role = embedding_role(t.name, t.shape, index.source.config) if part is None else None
                 targets.append(Job(label, t, _type(label), role, part))

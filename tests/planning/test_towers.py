@@ -89,3 +89,17 @@ def test_select_only_the_language_tower(qwen25vl, tmp_path):
     assert "^lm_head.weight$" in lines and sum(n.endswith("mlp.up_proj") for n in lines) == 2
     vision = streamscan.select(root / "scan", 50, dest=tmp_path / "v", tower="vision")
     assert all(n.startswith("visual") for n in _lines(vision) if not n.startswith("^"))
+
+
+def test_scan_only_the_language_tower(qwen25vl, tmp_path):
+    root, full = qwen25vl
+    res = CliRunner().invoke(main, ["run", str(root / "m"), "--out", str(tmp_path / "lang"), "--devices", "cpu",
+                                    "--workers", "1", "--no-spectra", "--tower", "language", "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "lang" / "streamscan_summary.json").read_text())
+    skipped = {n: why for n, why in summary["skipped_tensors"].items() if "tower" in why}
+    assert skipped and all(n.startswith("visual.") and why == "vision tower: not scanned (--tower language)"
+                           for n, why in skipped.items())  # fmt: skip
+    data = json.loads((tmp_path / "lang" / "snr_results_m.json").read_text())
+    assert set(data) == {r.name for r in full.results if not r.name.startswith("visual.")}
+    assert all(data[n]["snr"] == pytest.approx(r.snr) for r in full.results if (n := r.name) in data and r.snr < 1e308)
