@@ -115,7 +115,11 @@ def _f(v) -> str:
 
 
 def _scatter(rows: list[dict], label_a: str, label_b: str, size: int = 520) -> str:
-    pts = [(r["snr_a"], r["snr_b"], r) for r in rows if r["snr_a"] and r["snr_b"] and r["snr_a"] > 0 and r["snr_b"] > 0]
+    pts = [  # degenerate matrices (SNR inf) have no place on a log scale; the table lists them
+        (r["snr_a"], r["snr_b"], r)
+        for r in rows
+        if r["snr_a"] and r["snr_b"] and 0 < r["snr_a"] < math.inf and 0 < r["snr_b"] < math.inf
+    ]
     if not pts:
         return ""
     logs = [math.log10(v) for a, b, _ in pts for v in (a, b)]

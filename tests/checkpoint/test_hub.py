@@ -371,7 +371,8 @@ def test_kill_during_download_then_resume(hub, reference, tmp_path):
     hub.rate = None
     subprocess.run(args, env=env, check=True, timeout=300)
     results = json.loads((out / "snr_results_acme-tiny-llama.json").read_text())
-    assert {k: v["snr"] for k, v in results.items() if v["snr"] is not None} == reference
+    # the JSON holds a degenerate matrix's inf as the largest double (D2)
+    assert {k: v["snr"] for k, v in results.items()} == {k: min(v, sys.float_info.max) for k, v in reference.items()}
     names = [json.loads(line)["name"] for line in journal.read_text().splitlines()[1:]]
     assert len(names) == len(set(names)) == 30  # nothing lost, nothing counted twice
     assert [s for s, r in shard_bodies(hub)].count(SHARDS[0]) == 1  # the finished shard was not fetched again

@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def test_run_writes_spectrum_outputs_and_summary(sharded_llama, tmp_path):
     assert summary["skipped_tensors"]["model.norm"].startswith("1-D")
     # the Python API gives the same numbers
     api = streamscan.scan(sharded_llama, tmp_path / "api", top_percent=[25])
-    assert api.snr == {k: v["snr"] for k, v in data.items()}
+    assert {k: min(v, sys.float_info.max) for k, v in api.snr.items()} == {k: v["snr"] for k, v in data.items()}
 
 
 def test_rerun_resumes_from_the_journal(sharded_llama, tmp_path):
@@ -110,10 +111,16 @@ def test_degenerate_matrices_are_reported_not_crashed(tmp_path):
         },
     )
     res = invoke("run", path, "--out", tmp_path / "o")
-    assert res.exit_code == 0 and "1 scored, 3 without SNR" in res.output
+    assert res.exit_code == 0 and "2 scored, 2 without SNR" in res.output
     data = json.loads((tmp_path / "o" / "snr_results_deg.json").read_text())
-    assert data["model.layers.0.zero"] == {"snr": None, "type": "zero", "reason": "all-zero matrix"}
-    assert "NaN" in data["model.layers.0.nan"]["reason"] and "too small" in data["model.layers.0.row"]["reason"]
+    # D1: the unscored are listed in the summary, not in the results JSON; D2: the 1 x 32 row has one singular
+    # value and no noise, the reference's Infinity, written as the largest double and flagged
+    assert set(data) == {"model.layers.0.ok", "model.layers.0.row"}
+    assert data["model.layers.0.row"] == {"snr": sys.float_info.max, "type": "row", "degenerate": "noise-sum-0"}
+    summary = json.loads((tmp_path / "o" / "streamscan_summary.json").read_text())
+    assert summary["unscored_tensors"]["model.layers.0.zero"] == "all-zero matrix"
+    assert "NaN" in summary["unscored_tensors"]["model.layers.0.nan"]
+    assert summary["degenerate_tensors"] == {"model.layers.0.row": "noise-sum-0"}
 
 
 @pytest.mark.parametrize("percent", ["0", "101"])

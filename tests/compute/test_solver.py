@@ -17,13 +17,15 @@ L40S = Rates(fp64_tflops=1.4, fp32_tflops=90.0)  # 1/64
 
 
 def planted(m, n, outlier=300.0, seed=0):
-    """bf16 noise with some strong rows and one outlier direction 300x the noise level (where fp32 Grams fail)."""
+    """bf16 noise with some strong and some weak rows and one outlier direction 300x the noise level (where fp32
+    Grams fail)."""
     g = torch.Generator().manual_seed(seed)
     W = torch.randn((m, n), generator=g, dtype=torch.float64) / n**0.5
     u = torch.randn(m, 1, generator=g, dtype=torch.float64)
     v = torch.randn(1, n, generator=g, dtype=torch.float64)
     W += outlier * (u / u.norm()) @ (v / v.norm())
     W[: min(m, n) // 8] *= 4
+    W[-min(m, n) // 4 :] *= 0.1  # weak rows: values below the threshold (without them no value is: an SNR of inf)
     return W.to(torch.bfloat16)
 
 
