@@ -74,8 +74,8 @@ def test_vision_and_text_towers_rank_apart(qwen25vl):
     text = (root / "scan" / "snr_results_m_unfrozenparameters_50percent.yaml").read_text()
     assert "# vision tower: mlp.up_proj layers" in text and "# mlp.up_proj layers" in text
     lines = _lines(root / "scan" / "snr_results_m_unfrozenparameters_50percent.yaml")
-    for prefix in ("model.layers.", "visual.blocks."):  # int(4 * 50 / 100) = 2 of each tower's 4 up_proj
-        assert sum(n.startswith(prefix) and n.endswith("mlp.up_proj") for n in lines) == 2
+    for tower_ in ("layers.", "visual.blocks."):  # int(4 * 50 / 100) = 2 of each tower's 4 up_proj (any names)
+        assert sum(tower_ in n and "mlp.up_proj" in n for n in lines) == 2
     assert type_key("visual.blocks.0.mlp.up_proj") == "mlp.up_proj"
 
 
@@ -85,10 +85,10 @@ def test_select_only_the_language_tower(qwen25vl, tmp_path):
                                     "--dest", str(tmp_path)])  # fmt: skip
     assert res.exit_code == 0, res.output
     lines = _lines(tmp_path / "snr_results_m_unfrozenparameters_50percent.yaml")
-    assert lines and not any(n.startswith("visual") for n in lines)
-    assert "^lm_head.weight$" in lines and sum(n.endswith("mlp.up_proj") for n in lines) == 2
+    assert lines and not any("visual" in n for n in lines)
+    assert "^lm_head.weight$" in lines and sum("mlp.up_proj" in n for n in lines) == 2
     vision = streamscan.select(root / "scan", 50, dest=tmp_path / "v", tower="vision")
-    assert all(n.startswith("visual") for n in _lines(vision) if not n.startswith("^"))
+    assert all("visual" in n for n in _lines(vision)) and _lines(vision)
 
 
 def test_scan_only_the_language_tower(qwen25vl, tmp_path):
