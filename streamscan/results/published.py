@@ -2,7 +2,9 @@
 repository publish them) read as a finished scan, so selections, reports and comparisons work without one.
 
 The reference writes ``json.dump`` output, which holds the bare token ``Infinity`` where the noise sum
-was 0 (and ``NaN`` for weights it never loaded); those entries become unscored results with the reason.
+was 0: such an entry is a degenerate result (SNR inf, ``noise-sum-0``), ranked first as the reference ranks
+it (team decision D2); ``NaN`` (weights it never loaded) is an unscored result with the reason. streamscan's
+own strict JSON writes inf as the largest double beside ``"degenerate"``: that is read back as inf.
 Shapes are not in the file: results carry an empty shape, and MoE roles come from the names. Results keep
 the file's order (ties rank in it, as in the reference and the Axolotl plugin).
 
@@ -22,11 +24,10 @@ from streamscan._version import __version__
 from streamscan.errors import UsageError
 from streamscan.layout import embedding_role
 from streamscan.planning.experts import moe_rows
-from streamscan.records import Fingerprint, Result, ScanHeader
+from streamscan.records import DEGENERATE_KINDS, JSON_INF, NOISE_SUM_0, Fingerprint, Result, ScanHeader
 from streamscan.results.json_input import Constant, MiB, read_json, text_problem
 
 PUBLISHED_METHOD = "svdvals32"  # the reference's own computation (float32 svdvals)
-INFINITY_REASON = "Infinity in the published scan (the reference's noise sum was 0): no SNR"
 NAN_REASON = "NaN in the published scan (weights the reference did not load): no SNR"
 _SLUG = re.compile(r"^snr_results_(.+)\.json$")
 
@@ -56,8 +57,8 @@ def _score(path: Path, name: str, snr) -> tuple[float | None, str | None]:
     if isinstance(snr, Constant):
         if snr.token == "NaN":
             return None, NAN_REASON
-        if snr.token == "Infinity":
-            return None, INFINITY_REASON
+        if snr.token == "Infinity":  # the reference's noise sum 0: ranked first (D2)
+            return math.inf, None
         raise _bad_entry(path, name, f"snr {snr.token}")
     if snr is None:
         return None, "no SNR in the published scan"
@@ -86,6 +87,9 @@ def load_published(path: str | Path) -> tuple[ScanHeader, list[Result]]:
         if not isinstance(kind, str) or text_problem(kind):
             raise _bad_entry(path, name, "'type' is not plain text")
         snr, reason = _score(path, name, entry["snr"])
+        degenerate = NOISE_SUM_0 if snr == math.inf else None
+        if entry.get("degenerate") in DEGENERATE_KINDS and snr == JSON_INF:  # our own strict JSON's inf (D2)
+            snr, degenerate = math.inf, entry["degenerate"]
         given = entry.get("reason")
         if isinstance(given, str) and not text_problem(given):
             reason = given if snr is None else None
@@ -101,6 +105,7 @@ def load_published(path: str | Path) -> tuple[ScanHeader, list[Result]]:
                 role=embedding_role(name, (1, 1), {}),
                 method=PUBLISHED_METHOD,
                 worker="published",
+                degenerate=degenerate,
             )
         )
     m = _SLUG.match(path.name)

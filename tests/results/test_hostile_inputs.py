@@ -25,7 +25,7 @@ from streamscan.cli import main
 from streamscan.errors import OutputError, UsageError
 from streamscan.records import Result
 from streamscan.results import published as published_mod
-from streamscan.results.published import INFINITY_REASON, NAN_REASON, load_published
+from streamscan.results.published import NAN_REASON, load_published
 from tests.conftest import write_tensors
 
 HOSTILE = {"model.layers.0.mlp.<!--<script>.down_proj", "model.layers.1.mlp.down\u202e_proj", "x\u200by"}
@@ -99,7 +99,8 @@ def test_published_constants_and_file_order(tmp_path):
     text = '{"b.2.x": {"snr": NaN}, "b.10.x": {"snr": Infinity}, "b.1.x": {"snr": 0.25}, "b.3.x": {"snr": null}}'
     _, results = load_published(write_published(tmp_path, text))
     assert [r.name for r in results] == ["b.2.x", "b.10.x", "b.1.x", "b.3.x"]  # the file's order
-    assert [r.reason for r in results[:2]] == [NAN_REASON, INFINITY_REASON]
+    assert results[0].reason == NAN_REASON and results[0].snr is None
+    assert (results[1].snr, results[1].degenerate, results[1].status) == (math.inf, "noise-sum-0", "ok")  # D2
     assert results[2].snr == 0.25 and results[3].snr is None
 
 
