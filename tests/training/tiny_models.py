@@ -107,7 +107,7 @@ ARCHS: dict[str, tuple[str, str, dict]] = {
         "LongcatFlashForCausalLM",
         dict(
             MOE,
-            num_layers=4,
+            num_hidden_layers=8,  # 2 x num_layers: 4 layers
             n_routed_experts=4,
             expert_ffn_hidden_size=8,
             ffn_hidden_size=32,
