@@ -196,8 +196,8 @@ def cpu_threads(shape: tuple[int, ...], configured: int | None = None) -> int:
     (``--cpu-workers``, ranks, shards, resumes and load give byte-identical outputs; docs/reproducibility.md).
 
     One thread by default: two jobs on one thread each have 2x the throughput of one job on two threads here,
-    and a single-threaded job does not collapse when another process takes a core. CONFIGURED (the
-    ``STREAMSCAN_THREADS_PER_JOB`` variable) sets another fixed count, e.g. to match a reference run's
+    and a single-threaded job does not collapse when another process takes a core. CONFIGURED
+    (``ScanOptions.threads_per_job``; the CLI's STREAMSCAN_THREADS_PER_JOB) sets another fixed count, e.g. to match a reference run's
     ``svdvals32`` bit for bit.
     """
     del shape  # the rule may use the shape; today it is the same for every shape
