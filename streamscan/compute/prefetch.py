@@ -20,7 +20,7 @@ class Prefetcher:
 
     ``read(job)`` reads one job (staging.read_job); ``host_bytes(job)`` is what its read holds;
     ``finished()`` says when nothing more will be queued (the thread then ends, as it does once ``stopped``); ``counted(seconds,
-    nbytes)`` books a read in the stats."""
+    nbytes)`` books a read in the stats; jobs for which ``skip(job)`` holds are left to the worker."""
 
     def __init__(
         self,
@@ -32,9 +32,11 @@ class Prefetcher:
         host_bytes: Callable[[Job], int],
         finished: Callable[[], bool],
         counted: Callable[[float, int], None],
+        skip: Callable[[Job], bool] = lambda job: False,
     ):
         self.cond, self.queue, self.budget, self.depth = cond, queue, budget, depth
         self.read, self.host_bytes, self.finished, self.counted = read, host_bytes, finished, counted
+        self.skip = skip
         self.ready: dict[str, Read] = {}
         self.reading: set[str] = set()
         self.claimed = 0  # reads used as prefetched
@@ -68,7 +70,7 @@ class Prefetcher:
         if len(self.ready) + len(self.reading) >= self.depth:
             return None
         for job in self.queue.jobs[: self.depth + len(self.ready) + len(self.reading)]:
-            if self.has(job):
+            if self.has(job) or self.skip(job):
                 continue
             return job if self.budget.fits(self.host_bytes(job)) else None  # the head waits: no reading around it
         return None

@@ -37,6 +37,7 @@ from streamscan.compute.devices import default_max_memory, default_workers, gpu_
 from streamscan.compute.executor import error_result, oom_types, score_batch_jobs, score_job
 from streamscan.compute.jobqueue import JobQueue
 from streamscan.compute.placement import (
+    BATCH_MAX_K,
     PRIOR_SPEED,
     Assignment,
     DeviceState,
@@ -273,6 +274,7 @@ class _Pool:
             self._host_bytes,
             lambda: not self.feeding and not self.queue,
             self._count_read,
+            self._read_with_its_batch,
         )
         self.speed = dict(PRIOR_SPEED)
         self.timed: set[str] = set()  # device kinds whose speed has been measured (replacing the prior)
@@ -323,6 +325,16 @@ class _Pool:
     def _host_bytes(self, job: Job) -> int:
         """Bytes of host memory the job's read holds: its tensor, or one piece of it."""
         return _pieces(job).nbytes if self._pieced(job) else job.nbytes
+
+    def _read_with_its_batch(self, job: Job) -> bool:
+        """Whether JOB will likely go to a GPU in a batch read straight into one staging buffer by the worker
+        (then prefetching it alone would only add a copy into that buffer)."""
+        if self.staging is None or not self.batching or self._pieced(job) or job.nbytes * 2 > STAGE_BYTES:
+            return False
+        if min(job.shape) > BATCH_MAX_K["cuda"]:
+            return False
+        key = _batch_key(job)
+        return any(o is not job and _batch_key(o) == key for o in self.queue.same_cost(job))
 
     def _read(self, job: Job) -> Read:
         return read_job(job, self.staging, self.stored, _pieces(job) if self._pieced(job) else None)
