@@ -16,6 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
+import streamscan.compute.reading as reading
 import streamscan.compute.scheduler as scheduler
 import streamscan.compute.staging as staging
 from bench.common import checkpoint, update_section
@@ -37,16 +38,16 @@ def evict(root: Path) -> None:
 
 def floor(jobs, memory: dict) -> tuple[float, float]:
     """Wall and summed compute seconds of the pool on in-memory tensors."""
-    real, real_many = staging.read_tensor, scheduler.read_many
+    real, real_many = staging.read_tensor, reading.read_many
     staging.read_tensor = lambda info: memory[info.name]
-    scheduler.read_many = lambda infos, stored=False: [memory[i.name] for i in infos]
+    reading.read_many = lambda infos, stored=False: [memory[i.name] for i in infos]
     try:
         stats = scheduler.PoolStats()
         start = time.perf_counter()
         results = list(scheduler.run_jobs(jobs, stats=stats))
         return time.perf_counter() - start, sum(r.seconds for r in results)
     finally:
-        staging.read_tensor, scheduler.read_many = real, real_many
+        staging.read_tensor, reading.read_many = real, real_many
 
 
 def scan(root: Path, jobs, prefetch: bool) -> tuple[float, dict]:

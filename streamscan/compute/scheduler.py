@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from streamscan.checkpoint.reader import Pieces, Stored, can_read_in_pieces, read_many, stageable
+from streamscan.checkpoint.reader import Stored
 from streamscan.compute import solver
 from streamscan.compute.backends import Device, device_for, on_host
 from streamscan.compute.budget import MemoryBudget
@@ -37,7 +37,6 @@ from streamscan.compute.devices import default_max_memory, default_workers, gpu_
 from streamscan.compute.executor import error_result, oom_types, score_batch_jobs, score_job
 from streamscan.compute.jobqueue import JobQueue
 from streamscan.compute.placement import (
-    BATCH_MAX_K,
     PRIOR_SPEED,
     Assignment,
     DeviceState,
@@ -48,15 +47,14 @@ from streamscan.compute.placement import (
     margin,
 )
 from streamscan.compute.prefetch import Prefetcher
-from streamscan.compute.spectrum import DEFAULT_METHOD, SHARED_BYTES, batch_member_bytes, chunk_step, memory_bytes
-from streamscan.compute.staging import STAGE_BYTES, Read, StagingPool, read_job
+from streamscan.compute.reading import Reader, batch_key
+from streamscan.compute.spectrum import DEFAULT_METHOD, SHARED_BYTES, batch_member_bytes, memory_bytes
+from streamscan.compute.staging import STAGE_BYTES, StagingPool
 from streamscan.records import Job, Result
 
 log = logging.getLogger(__name__)
 
 WINDOW = 256  # jobs from each end of the queue shown to the policy per decision
-PIECES_ABOVE = 1 << 30  # bytes as stored above which a matrix is read in pieces (or half the RAM budget)
-PIECE_BYTES = 64 << 20  # about this many bytes as stored per piece
 STALL_SECONDS = 120.0  # how long the head job waits for GPU memory other processes hold before going to CPU
 
 
@@ -152,7 +150,7 @@ class _Worker(threading.Thread):
     def _run_batch(self, jobs: list[Job]):
         """Same-shape jobs as one stacked job: a list of Results, or the OOM (the pool splits the batch)."""
         pool = self.pool
-        stack, reads = pool.read_batch(jobs)
+        stack, reads = pool.reads.read_batch(jobs)
         if stack is None:  # read one by one: the members that failed get their errors, the others a stack
             out: dict[str, Result] = {
                 j.name: error_result(j, pool.method, self.worker, err, 0.0, sec)
@@ -165,7 +163,7 @@ class _Worker(threading.Thread):
             stack = _stack([t for _, t, _ in good])
             if stack is not None:
                 for _, t, _ in good:
-                    pool.give(t)  # copied into the stack
+                    pool.reads.give(t)  # copied into the stack
             else:  # stored weights that do not stack (their scales): each on its own, for its error
                 for j, t, sec in good:
                     single = self._run(j, t, sec)
@@ -186,7 +184,7 @@ class _Worker(threading.Thread):
             except oom_types() as oom:
                 return oom
             finally:
-                pool.give(stack)
+                pool.reads.give(stack)
                 del stack
             out.update((r.name, r) for r in results)
         return [out[j.name] for j in jobs]
@@ -195,7 +193,7 @@ class _Worker(threading.Thread):
         """One job (its TENSOR read already, or read now): its Result, or the OOM."""
         err = None
         if tensor is None:
-            tensor, read, err = self.pool.tensor_for(job)
+            tensor, read, err = self.pool.reads.tensor_for(job)
         if err is not None:
             return error_result(job, self.pool.method, self.worker, err, 0.0, read)
         path = self.path_for(job.shape, 1)
@@ -204,7 +202,7 @@ class _Worker(threading.Thread):
         except oom_types() as oom:
             return oom
         finally:
-            self.pool.give(tensor)
+            self.pool.reads.give(tensor)
             del tensor
 
 
@@ -256,10 +254,9 @@ class _Pool:
         # whole tensors are read into reusable buffers only for a pool with a GPU (pinned with CUDA)
         gpus = [d for d in devices if d.kind != "cpu"]
         self.staging = StagingPool(pinned=all(d.pinned for d in gpus) and torch.cuda.is_available()) if gpus else None
-        self.stored = True  # whole FP8/MXFP4 weights read as stored, dequantized by the worker on its device
         self.queue = JobQueue()
         self.budget = MemoryBudget(max_memory)
-        self.pieces_above = pieces_above or min(PIECES_ABOVE, max(max_memory // 2, 4 * PIECE_BYTES))
+        self.reads = Reader(self.cond, stats, method, self.staging, max_memory, pieces_above, batch, self.queue)
         self.excluded: dict[str, set[str]] = {}
         self.gpu_active = time.perf_counter()  # when a job of ours last ran or started on a GPU
         self.need_cache: dict[str, tuple[int, int]] = {}
@@ -270,12 +267,13 @@ class _Pool:
             self.queue,
             self.budget,
             prefetch,
-            self._read,
-            self._host_bytes,
+            self.reads.read,
+            self.reads.host_bytes,
             lambda: not self.feeding and not self.queue,
-            self._count_read,
-            self._read_with_its_batch,
+            self.reads.count,
+            self.reads.with_its_batch,
         )
+        self.reads.prefetcher = self.prefetcher
         self.speed = dict(PRIOR_SPEED)
         self.timed: set[str] = set()  # device kinds whose speed has been measured (replacing the prior)
         self.devices: dict[str, Device] = {}
@@ -312,102 +310,6 @@ class _Pool:
                 self.feeding = False
                 self.cond.notify_all()
 
-    # reading ---------------------------------------------------------------------------------------
-    def _pieced(self, job: Job) -> bool:
-        """Whether JOB's matrix is read in pieces (see the module's docstring)."""
-        return (
-            self.method == "gram64"
-            and job.part is None
-            and job.nbytes > self.pieces_above
-            and can_read_in_pieces(job.tensor)
-        )
-
-    def _host_bytes(self, job: Job) -> int:
-        """Bytes of host memory the job's read holds: its tensor, or one piece of it."""
-        return _pieces(job).nbytes if self._pieced(job) else job.nbytes
-
-    def _read_with_its_batch(self, job: Job) -> bool:
-        """Whether JOB will likely go to a GPU in a batch read straight into one staging buffer by the worker
-        (then prefetching it alone would only add a copy into that buffer)."""
-        if self.staging is None or not self.batching or self._pieced(job) or job.nbytes * 2 > STAGE_BYTES:
-            return False
-        if min(job.shape) > BATCH_MAX_K["cuda"]:
-            return False
-        key = _batch_key(job)
-        return any(o is not job and _batch_key(o) == key for o in self.queue.same_cost(job))
-
-    def _read(self, job: Job) -> Read:
-        return read_job(job, self.staging, self.stored, _pieces(job) if self._pieced(job) else None)
-
-    def _count_read(self, seconds: float, nbytes: int) -> None:
-        """With ``cond`` held: a read's seconds and the bytes it delivered in the stats."""
-        self.stats.read_seconds += seconds
-        self.stats.read_bytes += nbytes
-
-    def _claim(self, job: Job) -> Read | None:
-        got = self.prefetcher.claim(job)
-        if got is not None:
-            self.stats.prefetched += 1
-        return got
-
-    def give(self, tensor) -> None:
-        """A staging buffer back to the pool (anything else is left to the garbage collector)."""
-        if self.staging is not None:
-            self.staging.give(tensor)
-
-    def tensor_for(self, job: Job) -> Read:
-        """The job's tensor: prefetched, being prefetched (wait), or read now."""
-        with self.cond:
-            got = self._claim(job)
-            if got is not None:
-                self.cond.notify_all()
-                return got
-        got = self._read(job)
-        with self.cond:
-            self._count_read(got[1], job.nbytes if got[2] is None else 0)
-        return got
-
-    def read_batch(self, jobs: list[Job]) -> tuple[object | None, list]:
-        """A batch's matrices: (the stack read straight into a staging buffer, each member's share of the
-        read seconds), or (None, ``tensor_for`` of each member) where that cannot be done: the members not
-        prefetched are then read together (reader.read_many: one open per shard, one allocation), or one
-        by one where that fails (each then gets its own error)."""
-        with self.cond:
-            got = {j.name: r for j in jobs if (r := self._claim(j)) is not None}
-            self.cond.notify_all()
-        rest = [j for j in jobs if j.name not in got]
-        whole = all(j.part is None and not self._pieced(j) for j in rest)
-        if self.staging is not None and whole and all(r[2] is None for r in got.values()):
-            if all(stageable(j.tensor, self.stored) for j in jobs):
-                start = time.perf_counter()
-                try:
-                    stack = self.staging.read(jobs, {n: r[0] for n, r in got.items()})
-                except Exception:  # read one by one below: the member that fails gets the error
-                    stack = None
-                if stack is not None:
-                    seconds = time.perf_counter() - start
-                    with self.cond:
-                        self._count_read(seconds, sum(j.nbytes for j in rest))
-                    share = seconds / len(jobs)
-                    return stack, [got[j.name][1] if j.name in got else share for j in jobs]
-                got = {}  # the prefetched members were copied into the buffer and given back: read again
-                rest = list(jobs)
-        if len(rest) > 1 and whole:
-            start = time.perf_counter()
-            try:
-                tensors = read_many([j.tensor for j in rest], self.stored)
-            except Exception:  # read one by one below: the member that fails gets the error
-                tensors = None
-            if tensors is not None:
-                share = (time.perf_counter() - start) / len(rest)
-                with self.cond:
-                    self._count_read(share * len(rest), sum(j.nbytes for j in rest))
-                got.update((j.name, (t, share, None)) for j, t in zip(rest, tensors))
-                rest = []
-        for job in rest:
-            got[job.name] = self.tensor_for(job)
-        return None, [got[j.name] for j in jobs]
-
     # dispatch --------------------------------------------------------------------------------------
     def states(self) -> list[DeviceState]:
         out = []
@@ -442,7 +344,7 @@ class _Pool:
         got = self.need_cache.get(job.name)
         if got is None:
             size = _element_size(job)
-            piece = self._host_bytes(job) if self._pieced(job) else None
+            piece = self.reads.host_bytes(job) if self.reads.pieced(job) else None
             got = self.need_cache[job.name] = (
                 memory_bytes(job.shape, size, self.method, "cuda", piece),
                 memory_bytes(job.shape, size, self.method, "cpu", piece),
@@ -451,7 +353,7 @@ class _Pool:
 
     def _cpu_need(self, job: Job) -> int:
         need = self._needs(job)[1]
-        return need - self._host_bytes(job) if self.prefetcher.has(job) else need
+        return need - self.reads.host_bytes(job) if self.prefetcher.has(job) else need
 
     def _dispatch(self, width: int) -> int:
         if not self.queue or not any(self.idle.values()):
@@ -504,7 +406,7 @@ class _Pool:
         else:
             for j in members:
                 if not self.prefetcher.has(j):
-                    self.budget.hold(j.name, self._host_bytes(j))  # the host copy it will read
+                    self.budget.hold(j.name, self.reads.host_bytes(j))  # the host copy it will read
         self.stats.peak_held = max(self.stats.peak_held, self.budget.peak)
         worker.inbox.put((members, a.note, threads))
         return [j.name for j in members]
@@ -513,10 +415,10 @@ class _Pool:
         """JOB and the waiting jobs of its shape, dtype and quantization that go with it as one batched job:
         as many as placement.batch_size allows for the size and the room left on DEVICE (same-shape jobs
         have equal cost, so they sit next to JOB in the queue)."""
-        if not self.batching or self._pieced(job):
+        if not self.batching or self.reads.pieced(job):
             return [job]
         dev = self.devices[device]
-        key = _batch_key(job)
+        key = batch_key(job)
         if dev.kind == "cpu":
             need = batch_member_bytes(job.shape, _element_size(job), self.method, "cpu")  # a further member's need
             room = self.budget.free - self._cpu_need(job)  # what the first leaves to the others
@@ -534,7 +436,7 @@ class _Pool:
         for other in self.queue.same_cost(job):
             if len(members) >= n:
                 break
-            if other is not job and _batch_key(other) == key and device not in self.excluded.get(other.name, ()):
+            if other is not job and batch_key(other) == key and device not in self.excluded.get(other.name, ()):
                 members.append(other)
         return members
 
@@ -572,7 +474,7 @@ class _Pool:
                 results.extend(replace(r, note=note) if note else r for r in outcome)
             elif len(jobs) > 1:  # a batch ran out of memory: split in halves, retried on the same device
                 stats.oom += 1
-                self.batch_cap[(dev, _batch_key(jobs[0]))] = len(jobs) // 2
+                self.batch_cap[(dev, batch_key(jobs[0]))] = len(jobs) // 2
                 log.info(
                     "%d-matrix batch of %s ran out of memory on %s; retrying in halves", len(jobs), jobs[0].shape, dev
                 )
@@ -603,18 +505,8 @@ class _Pool:
                 w.inbox.put(None)
 
 
-def _batch_key(job: Job) -> tuple:
-    """Jobs with equal keys stack into one batch: the matrix's shape, its dtype as read, its quantization."""
-    q = job.tensor.quant
-    return (job.shape, job.tensor.dtype, job.tensor.element_size, None if q is None else (q.scheme, q.block))
-
-
 def _element_size(job: Job) -> int:
     return job.tensor.element_size  # of the tensor read: float32 for dequantized weights
-
-
-def _pieces(job: Job) -> Pieces:
-    return Pieces(job.tensor, chunk_step(job.shape), PIECE_BYTES)
 
 
 def run_jobs(

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import streamscan.compute.reading as reading
 import streamscan.compute.scheduler as scheduler
 import streamscan.compute.spectrum as sp
 from streamscan.checkpoint.formats.safetensors import read_pieces
@@ -72,7 +73,7 @@ def test_a_scan_above_the_threshold_reads_in_pieces_with_the_same_results(wide_a
     monkeypatch.setattr(
         "streamscan.compute.backends.score_pieces", lambda p, shape, device=None: seen.append(shape) or real(p, shape)
     )
-    monkeypatch.setattr(scheduler, "PIECE_BYTES", 64 * 8)
+    monkeypatch.setattr(reading, "PIECE_BYTES", 64 * 8)
     stats = scheduler.PoolStats()
     above = 64 * 64 * 4  # the two bf16 ones, not the float32 64x64
     pieced = {r.name: r for r in scheduler.run_jobs(jobs, "gram64", workers=1, stats=stats, pieces_above=above)}

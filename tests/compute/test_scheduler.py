@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import streamscan
+import streamscan.compute.reading as reading
 import streamscan.compute.scheduler as scheduler
 import streamscan.compute.staging as staging
 from streamscan.checkpoint.index import build_index
@@ -21,7 +22,7 @@ def test_parallel_workers_give_identical_results_to_one_worker(sharded_llama):
 
 
 def test_a_failing_job_is_recorded_and_retried_on_resume(sharded_llama, tmp_path, monkeypatch):
-    real, real_many = staging.read_tensor, scheduler.read_many
+    real, real_many = staging.read_tensor, reading.read_many
     bad = "model.layers.1.mlp.up_proj.weight"
 
     def flaky(info):
@@ -35,13 +36,13 @@ def test_a_failing_job_is_recorded_and_retried_on_resume(sharded_llama, tmp_path
         return real_many(infos, stored)
 
     monkeypatch.setattr(staging, "read_tensor", flaky)
-    monkeypatch.setattr(scheduler, "read_many", flaky_many)
+    monkeypatch.setattr(reading, "read_many", flaky_many)
     first = streamscan.scan(sharded_llama, tmp_path)
     failed = [r for r in first.results if r.status == "error"]
     assert [r.name for r in failed] == ["model.layers.1.mlp.up_proj"] and "simulated I/O error" in failed[0].reason
     assert first.summary["failed"] == 1 and first.summary["scored"] == 29
     monkeypatch.setattr(staging, "read_tensor", real)
-    monkeypatch.setattr(scheduler, "read_many", real_many)
+    monkeypatch.setattr(reading, "read_many", real_many)
     second = streamscan.scan(sharded_llama, tmp_path)
     assert second.summary["failed"] == 0 and second.summary["resumed_from_journal"] == 29
     assert second.snr["model.layers.1.mlp.up_proj"] is not None
