@@ -35,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+import orjson
+
 from streamscan.errors import JournalError, StreamscanError
 from streamscan.records import (
     DEGENERATE_KINDS,
@@ -113,27 +115,30 @@ def _result_from(row) -> Result:
     Fields a newer or older streamscan wrote that this one does not know are left out."""
     if type(row) is not dict:
         raise ValueError("not a record")
-    fields = {k: v for k, v in row.items() if k in _FIELDS}
+    fields = row if row.keys() <= _FIELDS else {k: v for k, v in row.items() if k in _FIELDS}
     shape = fields.get("shape", [])
     if type(shape) is not list or not all(type(d) is int for d in shape):
         raise ValueError("bad shape")
+    if not (type(fields.get("name")) is type(fields.get("type")) is type(fields.get("dtype")) is str):
+        raise ValueError("bad field types")
+    if fields.get("status", "ok") not in _STATUSES or fields.get("degenerate") not in _KINDS:
+        raise ValueError("bad field types")
+    for key in _NUMBERS:
+        if not _finite(fields.get(key)):
+            raise ValueError("a number that is not finite")
     fields["shape"] = tuple(shape)
-    try:
-        result = Result(**fields)
-    except TypeError as err:  # a required field missing
-        raise ValueError(str(err)) from None
-    if not (type(result.name) is type(result.type) is type(result.dtype) is str):
-        raise ValueError("bad field types")
-    if result.status not in ("ok", "null", "error") or result.degenerate not in (None, *DEGENERATE_KINDS):
-        raise ValueError("bad field types")
-    if not all(_finite(getattr(result, k)) for k in _NUMBERS):
-        raise ValueError("a number that is not finite")
     if "degenerate" not in fields:  # a journal written before degenerate matrices were scored (D2)
         upgrade_legacy(fields)
+    elif fields["degenerate"] is not None:  # its SNR written as JSON_INF is inf again
+        fields["snr"] = from_json_snr(fields.get("snr"), fields["degenerate"])
+    try:
         return Result(**fields)
-    if result.degenerate is not None:  # its SNR written as JSON_INF is inf again
-        return Result(**{**fields, "snr": from_json_snr(result.snr, result.degenerate)})
-    return result
+    except TypeError as err:  # a required field missing
+        raise ValueError(str(err)) from None
+
+
+_STATUSES = ("ok", "null", "error")
+_KINDS = (None, *DEGENERATE_KINDS)
 
 
 def _header_from(path: Path, row) -> ScanHeader:
@@ -150,7 +155,7 @@ def _header_from(path: Path, row) -> ScanHeader:
 def _header_line(path: Path, line: bytes) -> ScanHeader:
     """The header of a journal whose first line (newline included) is LINE."""
     try:
-        row = json.loads(line)
+        row = orjson.loads(line)
     except ValueError:
         row = None
     return _header_from(path, row)
@@ -191,7 +196,7 @@ def _scan(path: Path) -> tuple[ScanHeader, list[Result], int, list[tuple[int, by
             log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - pos)
             break
         try:
-            row = json.loads(data[pos:end])
+            row = orjson.loads(data[pos:end])
         except ValueError:
             if end + 1 >= len(data):
                 log.warning("%s: dropping a torn last line", path)

@@ -135,8 +135,8 @@ def _color(t: float) -> str:
     t = min(max(t, 0.0), 1.0) * (len(VIRIDIS) - 1)
     i = min(int(t), len(VIRIDIS) - 2)
     f = t - i
-    rgb = (round(c0 + (c1 - c0) * f) for c0, c1 in zip(VIRIDIS[i], VIRIDIS[i + 1], strict=True))
-    return "#" + "".join(f"{c:02x}" for c in rgb)
+    (r0, g0, b0), (r1, g1, b1) = VIRIDIS[i], VIRIDIS[i + 1]
+    return f"#{round(r0 + (r1 - r0) * f):02x}{round(g0 + (g1 - g0) * f):02x}{round(b0 + (b1 - b0) * f):02x}"
 
 
 def heatmap_svg(entries: list[dict], title: str, width: int = 1140) -> str:
