@@ -25,6 +25,7 @@ from streamscan.results.selection import select_top
 from streamscan.results.trainer_names import names_for
 from streamscan.training.apply import mask_optimizer
 from tests.training import axolotl
+from tests.training.test_trainer_names import unscored_matrices
 from tests.training.tiny_models import ARCHS, build
 
 
@@ -69,7 +70,7 @@ def row(arch: str) -> dict:
         "arch": arch,
         "names": "transformers" if names is not None else "checkpoint",
         "matrices": len(header.targets),
-        "unscored": sum(r.snr is None for r in results) + sum(not why.startswith("1-D") for _, why in header.skipped),
+        "unscored": len(unscored_matrices(header, results)),
         "unmapped": len(full.unmapped) if full else "-",
         "lines": len(lines),
         "unmatched": len(unmatched),
@@ -89,8 +90,9 @@ def main(archs: list[str]) -> None:
         "transformers (hidden 16, 4 layers, 4 experts), 25% per type. Axolotl: its freeze.py semantics, AdamW "
         "weight decay 0; apply_selection: scan directory, AdamW weight decay 0.1 + mask_optimizer. Elements "
         "changed by one step on a loss that gives every element a gradient. `extra`: what the YAML's comments "
-        "say Axolotl trains beyond the selection (the other gate/up half of an expert's rows). Unscored: tensors of 2 or "
-        "more dimensions without an SNR (skipped or null), norms and biases not counted.\n\n"
+        "say Axolotl trains beyond the selection (the other gate/up half of an expert's rows). Unscored: weight "
+        "matrices and 3-D expert tensors without an SNR (tests/training/test_trainer_names.unscored_matrices: "
+        "norms, biases, convolutions, A_log and position tables are no weight matrices).\n\n"
         "| architecture | YAML names | matrices / unscored | lines / matching nothing | selected elements "
         "| trained (Axolotl) | extra (declared) | trained (apply_selection) |\n|---|---|---|---|---|---|---|---|\n"
     )
