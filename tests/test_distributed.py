@@ -13,12 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import streamscan
 from streamscan.checkpoint.index import build_index
 from streamscan.checkpoint.source import resolve
-from streamscan.cli import main
 from streamscan.distributed import (
     Rank,
     assign,
@@ -38,6 +36,7 @@ from streamscan.results.journal import (
     read_journals,
 )
 from streamscan.results.spectra import stored_names
+from tests.cli_helpers import invoke, outputs
 from tests.fixtures.synthetic import LlamaShape, write_llama
 
 HEADER = ScanHeader(
@@ -47,14 +46,6 @@ HEADER = ScanHeader(
 
 def res(name, snr=1.0, status="ok", worker="cpu0"):
     return Result(name=name, type="t", shape=(4, 4), dtype="F32", snr=snr, status=status, worker=worker)
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def outputs(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("snr_results_*"))}
 
 
 def journal_names(path: Path) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cli_helpers import outputs
 from tests.fixtures.synthetic import LlamaShape, write_llama
 
 JOURNAL = "streamscan.journal.jsonl"
@@ -59,10 +60,6 @@ def kill_after(args, out: Path, lines: int, timeout: float = 120) -> int:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return journal_lines(out)
-
-
-def outputs(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("snr_results_*"))}
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import torch
 
 import streamscan
 from streamscan.results.spectra import load_spectra
+from tests.cli_helpers import outputs
 from tests.fixtures.synthetic import LlamaShape, write_llama
 
 TOP = ("-p", "25", "-p", "50")
@@ -21,10 +22,6 @@ TOP = ("-p", "25", "-p", "50")
 
 def cli(ck: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "streamscan", "run", str(ck), "--out", str(out), "-q", *TOP, *extra]
-
-
-def outputs(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("snr_results_*"))}
 
 
 def same_as(out: Path, ref: Path) -> None:

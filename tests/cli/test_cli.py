@@ -3,24 +3,10 @@ import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import streamscan
-from streamscan.cli import main
+from tests.cli_helpers import invoke, one_line_error
 from tests.conftest import write_tensors
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("streamscan: error:"), result.output
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in lines[0]
 
 
 def test_run_writes_spectrum_outputs_and_summary(sharded_llama, tmp_path):

@@ -17,31 +17,17 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 
 import streamscan
-from streamscan.cli import main
 from streamscan.errors import OutputError, UsageError
 from streamscan.records import Result
 from streamscan.results import published as published_mod
 from streamscan.results.published import NAN_REASON, load_published
+from tests.cli_helpers import invoke, one_line_error
 from tests.conftest import write_tensors
 
 HOSTILE = {"model.layers.0.mlp.<!--<script>.down_proj", "model.layers.1.mlp.down\u202e_proj", "x\u200by"}
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("streamscan: error:"), result.output
-    assert "unexpected" not in lines[0]
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def write_published(tmp_path: Path, text: str | bytes, slug: str = "x") -> Path:

@@ -12,12 +12,10 @@ from pathlib import Path
 import hypothesis.strategies as st
 import pytest
 import torch
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from safetensors.torch import save_file
 
 import streamscan
-from streamscan.cli import main
 from streamscan.results.spectra import (
     MAX_VALUE,
     check_spectrum,
@@ -27,20 +25,9 @@ from streamscan.results.spectra import (
     spectra_dir,
     write_segment,
 )
+from tests.cli_helpers import invoke, one_line_error
 
 NAME = "model.layers.1.mlp.down_proj"
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("streamscan: error:"), result.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def scan(model, out, **kw):

@@ -1,13 +1,11 @@
 """A corrupt journal loses nothing else: good records kept, bad lines set aside beside it, only those redone."""
 
 import json
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from streamscan.cli import main
 from streamscan.results.journal import JOURNAL_NAME
+from tests.cli_helpers import invoke, outputs
 
 BAD_LINES = {
     "garbage": b"{this is not json\n",
@@ -17,16 +15,8 @@ BAD_LINES = {
 }
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 def run(model, out):
     return invoke("run", model, "--out", out, "-q", "-p", "50", "--workers", "1")
-
-
-def outputs(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("snr_results_*"))}
 
 
 @pytest.fixture

@@ -8,29 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import streamscan
-from streamscan.cli import main
 from streamscan.results.journal import JOURNAL_NAME, LOCK_NAME, Journal
+from tests.cli_helpers import invoke, one_line_error, outputs
 
 SLUG = "tiny-llama"
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("streamscan: error:"), result.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
-
-
-def outputs(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("snr_results_*"))}
 
 
 @pytest.fixture
