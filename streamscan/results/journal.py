@@ -22,6 +22,7 @@ journal opened with the lock held folds the rank journals into itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -367,12 +368,12 @@ class Journal:
                 self.close()
                 raise
             self.header = old
-            self._fh = os.fdopen(open_nofollow(self.path, os.O_RDWR), "r+b")
+            self._fh = os.fdopen(open_nofollow(self.path, os.O_RDWR), "r+b", buffering=0)
             self._fh.truncate(good)
             self._fh.seek(good)
         else:
             self.header = header
-            self._fh = os.fdopen(open_nofollow(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
+            self._fh = os.fdopen(open_nofollow(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb", buffering=0)
             self._write(header.to_dict())
         if rank is None:
             self._fold()
@@ -429,15 +430,28 @@ class Journal:
             log.info("%s: folded %d rank journal(s) into %s", self.dir, len(paths), self.path.name)
 
     def _write(self, row: dict) -> None:
-        self._fh.write(_line(row))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._append(_line(row))
+
+    def _append(self, data: bytes) -> None:
+        """Write DATA at the end of the journal and fsync it. If that fails (a full disk), the file is cut back
+        to what it held before, so that the retry at close writes each record once (unbuffered: no earlier
+        attempt's bytes are left in a buffer to be written again)."""
+        fd = self._fh.fileno()
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+            raise
 
     def _write_many(self, results: list[Result]) -> None:
         """Append many records with one fsync (folding rank journals)."""
-        self._fh.write(b"".join(_line(r.to_dict()) for r in results))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._append(b"".join(_line(r.to_dict()) for r in results))
         for result in results:
             _keep(self.results, result)
 
@@ -470,9 +484,7 @@ class Journal:
         try:
             if self.before_commit is not None:
                 self.before_commit()
-            self._fh.write(b"".join(self._pending))
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            self._append(b"".join(self._pending))
         except OSError as err:  # a full disk: the records committed before this batch are durable
             raise os_error(self.path, err) from None
         self._pending.clear()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamscan.errors import JournalError
+from streamscan.errors import JournalError, OutputError
 from streamscan.records import Fingerprint, Result, ScanHeader
 from streamscan.results.journal import JOURNAL_NAME, Journal, is_locked, read_journal
 
@@ -122,6 +122,31 @@ def test_an_exception_inside_the_journal_still_commits_the_batch(tmp_path):
         raise RuntimeError("a job failed the scan")
     _, results, _ = read_journal(tmp_path)
     assert sorted(results) == ["a", "b"]
+
+
+def test_a_batch_cut_short_by_a_full_disk_is_written_once_when_retried(tmp_path):
+    """The file cannot grow in the middle of a batch (part of it on disk, a record torn: RLIMIT_FSIZE, as a
+    full disk), then can again: the retry at close leaves every record exactly once (the first part of the
+    batch was once written twice: left in the file object's buffer, then written again with the batch)."""
+    import resource
+    import signal
+
+    j = Journal(tmp_path, HEADER, commit_records=1000, commit_seconds=60)
+    for i in range(6):
+        j.append(res(f"m{i}"))
+    size = (tmp_path / JOURNAL_NAME).stat().st_size
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 3 * len(json.dumps(res("m0").to_dict())) // 2, limits[1]))
+        with pytest.raises(OutputError, match="File too large"):
+            j.commit()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    j.close()
+    names = [json.loads(line)["name"] for line in (tmp_path / JOURNAL_NAME).read_text().splitlines()[1:]]
+    assert names == [f"m{i}" for i in range(6)]
 
 
 def test_a_record_is_exactly_dataclasses_asdict_of_its_result():
