@@ -6,6 +6,7 @@ MXFP4 blocks with theirs) is read with its scale tensor and dequantized here (de
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -105,7 +106,7 @@ STORED_SCHEMES = ("fp8-block", "fp8-scaled", "mxfp4")
 
 
 def stageable(info: TensorInfo, stored: bool = True) -> bool:
-    """Whether the whole of INFO can be read straight into a caller's buffer (:func:`read_into`): an
+    """Whether the whole of INFO can be read in chunks into a caller's buffers (:func:`read_chunks`): an
     unquantized safetensors tensor stored as one byte range, or (with STORED) a block-scaled or scaled FP8
     one whose weight and scales are."""
     if info.quant is None:
@@ -118,26 +119,36 @@ def stageable(info: TensorInfo, stored: bool = True) -> bool:
     )
 
 
-def read_into(infos: list[TensorInfo], outs: list[torch.Tensor]) -> None:
-    """Each whole tensor of INFOS (see :func:`stageable`; a quantized one's bytes as stored) read from its
-    byte range straight into the contiguous tensor of OUTS beside it (its shape and dtype): one open per
-    shard, in file order, no allocation. Raises CheckpointError in one line naming the shard."""
+def read_chunks(
+    infos: list[TensorInfo], take: Callable[[], torch.Tensor], put: Callable[[int, int, torch.Tensor], None]
+) -> None:
+    """Each whole tensor of INFOS (see :func:`stageable`; a quantized one's bytes as stored) read from its byte
+    range in chunks of a caller's buffer: for each chunk ``buffer = take()`` (a flat uint8 tensor, reused),
+    the next ``len(buffer)`` bytes at most are read into it, and ``put(i, position, buffer[:n])`` is called
+    with INFOS[i] and the byte position of the chunk in that tensor. One open per shard, in file order.
+    Raises CheckpointError in one line naming the shard."""
     import os
 
     by_shard: dict = {}
-    for info, out in zip(infos, outs):
+    for i, info in enumerate(infos):
         where = byte_range(info)
-        if where is None or out.nbytes != info.nbytes or not out.is_contiguous():
-            raise CheckpointError(f"{info.shard}: {info.stored_name!r} cannot be read into a {tuple(out.shape)} buffer")
-        by_shard.setdefault(info.shard, []).append((where[0], info, out))
+        if where is None:
+            raise CheckpointError(f"{info.shard}: {info.stored_name!r}: dtype {info.dtype} is not read by byte range")
+        by_shard.setdefault(info.shard, []).append((where[0], i))
     for shard, members in by_shard.items():
         try:
             fd = os.open(shard, os.O_RDONLY)
         except OSError as err:
             raise CheckpointError(f"{shard}: cannot read ({err}); re-download the shard") from None
         try:
-            for offset, info, out in sorted(members, key=lambda m: m[0]):
-                _pread_into(fd, memoryview(out.view(-1).view(torch.uint8).numpy()), offset, info)
+            for offset, i in sorted(members):
+                size, position = infos[i].nbytes, 0
+                while position < size:
+                    buffer = take()
+                    chunk = buffer[: min(buffer.numel(), size - position)]
+                    _pread_into(fd, memoryview(chunk.numpy()), offset + position, infos[i])
+                    put(i, position, chunk)
+                    position += chunk.numel()
         except OSError as err:
             raise CheckpointError(f"{shard}: cannot read ({err}); re-download the shard") from None
         finally:

@@ -2,8 +2,8 @@
 
 The scheduler (scheduler.py) knows devices only through :class:`Device`: its memory right now, how a host
 tensor reaches it, and how it scores a matrix, a same-shape stack or a matrix read in pieces. Two real ones
-live here: :class:`CpuDevice` (torch on the host's cores) and :class:`CudaDevice` (one GPU; host-to-device
-copies on their own CUDA stream from pinned staging buffers). Simulated GPUs for tests and benchmarks
+live here: :class:`CpuDevice` (torch on the host's cores) and :class:`CudaDevice` (one GPU; matrices streamed
+in on their own CUDA stream from a ring of pinned buffers, staging.py). Simulated GPUs for tests and benchmarks
 implement the same interface beside them (tests/fixtures/simulated.py), never as hooks in this code.
 
 What a device is given: a ``torch.Tensor`` in the stored dtype, a :class:`~streamscan.checkpoint.reader.Stored`
@@ -46,6 +46,18 @@ class Device:
     def rates(self) -> solver.Rates | None:
         """The device's measured matmul rates for the solver choice, or None (the defaults apply)."""
         return None
+
+    def receive(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor on the device that a matrix is streamed into (staging.stream; GPUs only)."""
+        raise NotImplementedError
+
+    def copy_in(self, dest: torch.Tensor, chunk: torch.Tensor):
+        """Copy the host bytes CHUNK (a staging ring buffer) into DEST (bytes of a received tensor). Returns
+        what says when CHUNK may be overwritten -- something with ``synchronize()`` -- or None: now."""
+        raise NotImplementedError
+
+    def received(self) -> None:
+        """What runs next on the device sees every copy_in made so far."""
 
     def score(self, matrix, method: str, path: str) -> SNR:
         raise NotImplementedError
@@ -108,12 +120,35 @@ class CudaDevice(Device):
                     log.info("%s: matmul rate probe failed (%s); default solver path", self.name, err)
         return self._rates
 
+    def _copy_stream(self) -> torch.cuda.Stream:
+        if self._copies is None:
+            self._copies = torch.cuda.Stream(self.index)
+        return self._copies
+
+    def receive(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """Allocated on the copy stream (its memory is free of earlier kernels there) and marked as used on the
+        compute stream (not reused before the kernels queued there with it are done)."""
+        with torch.cuda.stream(self._copy_stream()):
+            out = torch.empty(shape, dtype=dtype, device=self.name)
+        out.record_stream(torch.cuda.current_stream(self.index))
+        return out
+
+    def copy_in(self, dest: torch.Tensor, chunk: torch.Tensor):
+        """An asynchronous copy on the copy stream (from a pinned chunk), and its event."""
+        with torch.cuda.stream(self._copy_stream()):
+            dest.copy_(chunk, non_blocking=chunk.is_pinned())
+            done = torch.cuda.Event()
+            done.record(self._copies)
+        return done
+
+    def received(self) -> None:
+        torch.cuda.current_stream(self.index).wait_stream(self._copy_stream())
+
     def upload(self, tensor: torch.Tensor) -> torch.Tensor:
         """TENSOR on this GPU, copied on the copy stream; the current (compute) stream waits for the copy."""
         if tensor.device.type == "cuda":
             return tensor
-        if self._copies is None:
-            self._copies = torch.cuda.Stream(self.index)
+        self._copy_stream()
         compute = torch.cuda.current_stream(self.index)
         self._copies.wait_stream(compute)  # the buffer it lands in may have been used by earlier kernels
         with torch.cuda.stream(self._copies):

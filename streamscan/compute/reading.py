@@ -1,22 +1,25 @@
-"""reading: how a job's matrix is read for a device -- prefetched, or read now by the worker, alone or with its
-batch -- and the read statistics. Shares the scheduler's condition variable for the prefetcher's state and
+"""reading: how a job's matrix is read for a device -- prefetched, streamed to a GPU, or read now by the worker,
+alone or with its batch -- and the read statistics. Shares the scheduler's condition variable for the prefetcher's state and
 the stats; the reads themselves run without it.
 
 A matrix over ``pieces_above`` bytes as stored is read in ~PIECE_BYTES pieces by the worker while its Gram
-accumulates (reader.Pieces); in a pool with a GPU, whole tensors go straight into staging buffers (staging.py).
+accumulates (reader.Pieces); in a pool with a GPU, the GPU workers stream whole tensors to their devices (staging.py).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
-from streamscan.checkpoint.reader import Pieces, can_read_in_pieces, read_many, stageable
+from streamscan.checkpoint.reader import Pieces, can_read_in_pieces, read_many
 from streamscan.compute.jobqueue import JobQueue
-from streamscan.compute.placement import BATCH_MAX_K
 from streamscan.compute.spectrum import chunk_step
-from streamscan.compute.staging import STAGE_BYTES, Read, StagingPool, read_job
+from streamscan.compute.staging import Read, Ring, read_job, stream, streamable
+from streamscan.errors import CheckpointError
 from streamscan.records import Job
+
+log = logging.getLogger(__name__)
 
 PIECES_ABOVE = 1 << 30  # bytes as stored above which a matrix is read in pieces (or half the RAM budget)
 PIECE_BYTES = 64 << 20  # about this many bytes as stored per piece
@@ -29,22 +32,22 @@ def batch_key(job: Job) -> tuple:
 
 
 class Reader:
-    """Reads for one run_jobs call. ``prefetcher`` (prefetch.Prefetcher) is set once it exists."""
+    """Reads for one run_jobs call. ``prefetcher`` (prefetch.Prefetcher) is set once it exists. STREAMING: the
+    pool has a GPU, whose workers stream whole tensors to their device (staging.stream)."""
 
     def __init__(
         self,
         cond: threading.Condition,
         stats,
         method: str,
-        staging: StagingPool | None,
+        streaming: bool,
         max_memory: int,
         pieces_above: int | None,
-        batching: bool,
         queue: JobQueue,
     ):
-        self.cond, self.stats, self.method, self.staging = cond, stats, method, staging
+        self.cond, self.stats, self.method, self.streaming = cond, stats, method, streaming
         self.pieces_above = pieces_above or min(PIECES_ABOVE, max(max_memory // 2, 4 * PIECE_BYTES))
-        self.batching, self.queue = batching, queue
+        self.queue = queue
         self.stored = True  # whole FP8/MXFP4 weights read as stored, dequantized by the worker on its device
         self.prefetcher = None
 
@@ -64,18 +67,13 @@ class Reader:
         """Bytes of host memory the job's read holds: its tensor, or one piece of it."""
         return self.pieces(job).nbytes if self.pieced(job) else job.nbytes
 
-    def with_its_batch(self, job: Job) -> bool:
-        """Whether JOB will likely go to a GPU in a batch read straight into one staging buffer by the worker
-        (then prefetching it alone would only add a copy into that buffer)."""
-        if self.staging is None or not self.batching or self.pieced(job) or job.nbytes * 2 > STAGE_BYTES:
-            return False
-        if min(job.shape) > BATCH_MAX_K["cuda"]:
-            return False
-        key = batch_key(job)
-        return any(o is not job and batch_key(o) == key for o in self.queue.same_cost(job))
+    def streamed(self, job: Job) -> bool:
+        """Whether a GPU worker would stream JOB to its device (then reading it ahead into host memory would
+        only add a copy: the prefetcher leaves it)."""
+        return self.streaming and not self.pieced(job) and streamable(job, self.stored)
 
     def read(self, job: Job) -> Read:
-        return read_job(job, self.staging, self.stored, self.pieces(job) if self.pieced(job) else None)
+        return read_job(job, self.stored, self.pieces(job) if self.pieced(job) else None)
 
     def count(self, seconds: float, nbytes: int) -> None:
         """With ``cond`` held: a read's seconds and the bytes it delivered in the stats."""
@@ -88,49 +86,51 @@ class Reader:
             self.stats.prefetched += 1
         return got
 
-    def give(self, tensor) -> None:
-        """A staging buffer back to the pool (anything else is left to the garbage collector)."""
-        if self.staging is not None:
-            self.staging.give(tensor)
+    def _stream(self, jobs: list[Job], device, ring: Ring):
+        """(the matrices of JOBS streamed to DEVICE, seconds), or (None, 0) when a read failed. Out of device
+        memory propagates (the worker hands it to the pool, as from the computation)."""
+        start = time.perf_counter()
+        try:
+            out = stream(jobs, device, ring)
+        except CheckpointError as err:  # read to the host below: each member that fails gets its own error
+            log.debug("streaming %d matrices to %s failed (%s); reading them to the host", len(jobs), device.name, err)
+            return None, 0.0
+        seconds = time.perf_counter() - start
+        with self.cond:
+            self.count(seconds, sum(j.nbytes for j in jobs))
+        return out, seconds
 
-    def tensor_for(self, job: Job) -> Read:
-        """The job's tensor: prefetched, being prefetched (wait), or read now."""
+    def tensor_for(self, job: Job, device=None, ring: Ring | None = None) -> Read:
+        """The job's tensor: prefetched, being prefetched (wait), streamed to DEVICE through RING (a GPU
+        worker's), or read now."""
         with self.cond:
             got = self._claim(job)
             if got is not None:
                 self.cond.notify_all()
                 return got
+        if ring is not None and self.streamed(job):
+            out, seconds = self._stream([job], device, ring)
+            if out is not None:
+                return out, seconds, None
         got = self.read(job)
         with self.cond:
             self.count(got[1], job.nbytes if got[2] is None else 0)
         return got
 
-    def read_batch(self, jobs: list[Job]) -> tuple[object | None, list]:
-        """A batch's matrices: (the stack read straight into a staging buffer, each member's share of the
-        read seconds), or (None, ``tensor_for`` of each member) where that cannot be done: the members not
+    def read_batch(self, jobs: list[Job], device=None, ring: Ring | None = None) -> tuple[object | None, list]:
+        """A batch's matrices: (the stack streamed to DEVICE through RING, each member's share of the read
+        seconds), or (None, ``tensor_for`` of each member) where that cannot be done: the members not
         prefetched are then read together (reader.read_many: one open per shard, one allocation), or one
         by one where that fails (each then gets its own error)."""
         with self.cond:
             got = {j.name: r for j in jobs if (r := self._claim(j)) is not None}
             self.cond.notify_all()
+        if ring is not None and not got and all(self.streamed(j) for j in jobs):
+            stack, seconds = self._stream(jobs, device, ring)
+            if stack is not None:
+                return stack, [seconds / len(jobs)] * len(jobs)
         rest = [j for j in jobs if j.name not in got]
-        whole = all(j.part is None and not self.pieced(j) for j in rest)
-        if self.staging is not None and whole and all(r[2] is None for r in got.values()):
-            if all(stageable(j.tensor, self.stored) for j in jobs):
-                start = time.perf_counter()
-                try:
-                    stack = self.staging.read(jobs, {n: r[0] for n, r in got.items()})
-                except Exception:  # read one by one below: the member that fails gets the error
-                    stack = None
-                if stack is not None:
-                    seconds = time.perf_counter() - start
-                    with self.cond:
-                        self.count(seconds, sum(j.nbytes for j in rest))
-                    share = seconds / len(jobs)
-                    return stack, [got[j.name][1] if j.name in got else share for j in jobs]
-                got = {}  # the prefetched members were copied into the buffer and given back: read again
-                rest = list(jobs)
-        if len(rest) > 1 and whole:
+        if len(rest) > 1 and all(j.part is None and not self.pieced(j) for j in rest):
             start = time.perf_counter()
             try:
                 tensors = read_many([j.tensor for j in rest], self.stored)

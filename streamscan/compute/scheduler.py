@@ -5,8 +5,9 @@ or simulated ones that tests and benchmarks pass in). The dispatcher (the genera
 the pure placement policy (placement.py) which waiting job (jobqueue.py) goes to which idle device, given
 each device's free memory right now. A prefetch thread (prefetch.py) reads the next tensors while devices
 compute, holding at most ``max_memory`` bytes of tensors and CPU work at a time (budget.py; a job bigger
-than the whole budget runs alone). With a GPU in the pool, whole tensors are read straight into reusable
-staging buffers (staging.py), pinned when CUDA is there; FP8 weights go as stored, dequantized on the device.
+than the whole budget runs alone). A GPU has two worker slots: while one computes, the other streams its
+next whole tensors to the device through a small ring of host buffers, pinned when CUDA is there
+(staging.py); FP8 weights go as stored, dequantized on the device. Streamed jobs are not prefetched.
 A huge 2-D safetensors matrix (over 1 GiB as stored or half the budget, at least 256 MiB; ``pieces_above``
 bytes if given) is never read whole: with gram64 its Gram accumulates from ~64 MiB pieces read in the worker
 (reader.Pieces), and its memory estimate and prefetch hold count one piece instead of the tensor.
@@ -20,6 +21,7 @@ cores, and a multi-threaded torch op slows down ~10x as soon as another process 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -49,12 +51,13 @@ from streamscan.compute.placement import (
 from streamscan.compute.prefetch import Prefetcher
 from streamscan.compute.reading import Reader, batch_key
 from streamscan.compute.spectrum import DEFAULT_METHOD, SHARED_BYTES, batch_member_bytes, memory_bytes
-from streamscan.compute.staging import STAGE_BYTES, StagingPool
+from streamscan.compute.staging import STAGE_BYTES, Ring
 from streamscan.records import Job, Result
 
 log = logging.getLogger(__name__)
 
 WINDOW = 256  # jobs from each end of the queue shown to the policy per decision
+GPU_SLOTS = 2  # worker slots per GPU: one streams its next matrices in while the other computes
 STALL_SECONDS = 120.0  # how long the head job waits for GPU memory other processes hold before going to CPU
 
 
@@ -115,12 +118,15 @@ class PoolStats:
 
 
 class _Worker(threading.Thread):
-    """One slot of a device: takes (jobs, note, threads) from its inbox, reads what is not read yet, scores."""
+    """One slot of a device: takes (jobs, note, threads) from its inbox, reads what is not read yet, scores.
+    A GPU has two: while one computes (holding the device's ``computing`` lock), the other streams its next
+    matrices in through its own ring of host buffers (staging.Ring)."""
 
-    def __init__(self, pool: _Pool, name: str, device: Device):
+    def __init__(self, pool: _Pool, name: str, device: Device, computing):
         super().__init__(name=f"streamscan-{name}", daemon=True)
-        self.pool, self.worker, self.device = pool, name, device
+        self.pool, self.worker, self.device, self.computing = pool, name, device, computing
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.ring = None if device.kind == "cpu" else Ring(pinned=device.pinned and torch.cuda.is_available())
 
     def path_for(self, shape: tuple[int, int], batch: int) -> str:
         """The solver path of a [batch, *shape] job here (solver.choose), recorded in the pool's stats."""
@@ -147,10 +153,22 @@ class _Worker(threading.Thread):
                 outcome = [error_result(j, self.pool.method, self.worker, err, 0.0) for j in jobs]
             self.pool.finish(self, jobs, note, outcome)
 
+    def _streaming(self, read):
+        """READ() (which may stream to this worker's GPU). Out of device memory while the other slot computes:
+        once more after that computation, holding the device meanwhile (its memory then as free as it gets)."""
+        try:
+            return read()
+        except oom_types():
+            with self.computing:
+                return read()
+
     def _run_batch(self, jobs: list[Job]):
         """Same-shape jobs as one stacked job: a list of Results, or the OOM (the pool splits the batch)."""
         pool = self.pool
-        stack, reads = pool.reads.read_batch(jobs)
+        try:
+            stack, reads = self._streaming(lambda: pool.reads.read_batch(jobs, self.device, self.ring))
+        except oom_types() as oom:  # no room on the device for the stack streamed in
+            return oom
         if stack is None:  # read one by one: the members that failed get their errors, the others a stack
             out: dict[str, Result] = {
                 j.name: error_result(j, pool.method, self.worker, err, 0.0, sec)
@@ -161,10 +179,7 @@ class _Worker(threading.Thread):
             del reads
             members = [j for j, _, _ in good]
             stack = _stack([t for _, t, _ in good])
-            if stack is not None:
-                for _, t, _ in good:
-                    pool.reads.give(t)  # copied into the stack
-            else:  # stored weights that do not stack (their scales): each on its own, for its error
+            if stack is None:  # stored weights that do not stack (their scales): each on its own, for its error
                 for j, t, sec in good:
                     single = self._run(j, t, sec)
                     if not isinstance(single, Result):
@@ -178,13 +193,13 @@ class _Worker(threading.Thread):
         if members:
             path = self.path_for(members[0].shape, len(members))
             try:
-                results = score_batch_jobs(
-                    members, stack, pool.method, self.worker, self.device, seconds, pool.keep, path
-                )
+                with self.computing:
+                    results = score_batch_jobs(
+                        members, stack, pool.method, self.worker, self.device, seconds, pool.keep, path
+                    )
             except oom_types() as oom:
                 return oom
             finally:
-                pool.reads.give(stack)
                 del stack
             out.update((r.name, r) for r in results)
         return [out[j.name] for j in jobs]
@@ -193,16 +208,19 @@ class _Worker(threading.Thread):
         """One job (its TENSOR read already, or read now): its Result, or the OOM."""
         err = None
         if tensor is None:
-            tensor, read, err = self.pool.reads.tensor_for(job)
+            try:
+                tensor, read, err = self._streaming(lambda: self.pool.reads.tensor_for(job, self.device, self.ring))
+            except oom_types() as oom:
+                return oom
         if err is not None:
             return error_result(job, self.pool.method, self.worker, err, 0.0, read)
         path = self.path_for(job.shape, 1)
         try:
-            return score_job(job, tensor, self.pool.method, self.worker, self.device, read, self.pool.keep, path)
+            with self.computing:
+                return score_job(job, tensor, self.pool.method, self.worker, self.device, read, self.pool.keep, path)
         except oom_types() as oom:
             return oom
         finally:
-            self.pool.reads.give(tensor)
             del tensor
 
 
@@ -251,12 +269,10 @@ class _Pool:
         self.threads_per_job = threads_per_job
         self.batching = batch
         self.batch_cap: dict[tuple, int] = {}  # (device, batch key) -> most members, halved at each OOM
-        # whole tensors are read into reusable buffers only for a pool with a GPU (pinned with CUDA)
-        gpus = [d for d in devices if d.kind != "cpu"]
-        self.staging = StagingPool(pinned=all(d.pinned for d in gpus) and torch.cuda.is_available()) if gpus else None
         self.queue = JobQueue()
         self.budget = MemoryBudget(max_memory)
-        self.reads = Reader(self.cond, stats, method, self.staging, max_memory, pieces_above, batch, self.queue)
+        streaming = any(d.kind != "cpu" for d in devices)  # GPU workers stream whole tensors to their devices
+        self.reads = Reader(self.cond, stats, method, streaming, max_memory, pieces_above, self.queue)
         self.excluded: dict[str, set[str]] = {}
         self.gpu_active = time.perf_counter()  # when a job of ours last ran or started on a GPU
         self.need_cache: dict[str, tuple[int, int]] = {}
@@ -271,7 +287,7 @@ class _Pool:
             self.reads.host_bytes,
             lambda: not self.feeding and not self.queue,
             self.reads.count,
-            self.reads.with_its_batch,
+            self.reads.streamed,
         )
         self.reads.prefetcher = self.prefetcher
         self.speed = dict(PRIOR_SPEED)
@@ -285,9 +301,12 @@ class _Pool:
             self._add_device(dev, cpu_workers if dev.kind == "cpu" else 1)
 
     def _add_device(self, dev: Device, count: int) -> None:
-        names = [f"cpu{i}" for i in range(count)] if dev.kind == "cpu" else [dev.name]
+        """COUNT CPU workers, or a GPU's two worker slots (one computes while the other streams; DeviceStats
+        counts the one that computes)."""
+        names = [f"cpu{i}" for i in range(count)] if dev.kind == "cpu" else [dev.name] * GPU_SLOTS
+        computing = contextlib.nullcontext() if dev.kind == "cpu" else threading.Lock()
         self.devices[dev.name] = dev
-        self.workers[dev.name] = [_Worker(self, n, dev) for n in names]
+        self.workers[dev.name] = [_Worker(self, n, dev, computing) for n in names]
         self.idle[dev.name] = list(self.workers[dev.name])
         self.running[dev.name] = 0
         self.stats.devices[dev.name] = DeviceStats(slots=count)
@@ -405,7 +424,7 @@ class _Pool:
             threads = cpu_threads(job.shape, self.threads_per_job)
         else:
             for j in members:
-                if not self.prefetcher.has(j):
+                if not self.prefetcher.has(j) and not self.reads.streamed(j):
                     self.budget.hold(j.name, self.reads.host_bytes(j))  # the host copy it will read
         self.stats.peak_held = max(self.stats.peak_held, self.budget.peak)
         worker.inbox.put((members, a.note, threads))
@@ -428,7 +447,7 @@ class _Pool:
             free, total = dev.memory()
             room = free - margin(DeviceState(device, "cuda", free, total, 0, 0.0))
         n = batch_size(job.shape, dev.kind, need, max(room, need), self.batch_cap.get((device, key)))
-        if self.staging is not None and dev.kind != "cpu":  # a stack fills one reused staging buffer
+        if dev.kind != "cpu":  # a stack's input on the GPU: at most STAGE_BYTES
             n = min(n, max(1, STAGE_BYTES // max(job.nbytes, 1)))
         members = [job]
         if n <= 1:

@@ -10,7 +10,6 @@ import streamscan.compute.scheduler as scheduler
 from streamscan.checkpoint.index import build_index
 from streamscan.checkpoint.source import resolve
 from streamscan.compute.spectrum import gram, gram_batch, score, score_batch
-from streamscan.compute.staging import StagingPool
 from streamscan.planning.plan import make_plan
 from tests.fixtures.simulated import SimulatedGpu
 from tests.fixtures.synthetic_moe import MoeShape, write_moe
@@ -122,21 +121,6 @@ def test_batched_cpu_scan_writes_byte_identical_outputs(tmp_path, monkeypatch):
         assert a == b, name
 
 
-def test_staging_pool_reuses_buffers_and_is_plain_without_cuda():
-    pool = StagingPool()
-    assert pool.pinned == torch.cuda.is_available()
-    a = pool.stack([torch.ones(3, 4), torch.zeros(3, 4)])
-    assert a.shape == (2, 3, 4) and a[0].sum() == 12 and a[1].sum() == 0
-    pool.give(a)
-    b = pool.take((2, 2, 2), torch.float32)  # fits in a's buffer
-    assert pool.allocated == 1 and b.shape == (2, 2, 2)
-    pool.give(b)
-    pool.take((100,), torch.float32)
-    pool.take((2,), torch.bfloat16)
-    assert pool.allocated == 3
-    assert StagingPool(pinned=False).take((2, 2), torch.float32).is_pinned() is False
-
-
 @pytest.mark.parametrize("block", [(32, 48), None])
 def test_fp8_read_as_stored_and_dequantized_on_the_device_equals_the_cpu_path(tmp_path, block):
     """A GPU pool reads FP8 weights as stored (1 byte a value) and dequantizes them where the job runs;
@@ -201,7 +185,7 @@ def test_cuda_copies_go_on_their_own_stream_and_the_compute_stream_waits_for_the
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: calls.append(f"used on {s.name}"))
     dev = CudaDevice("cuda:0")
     dev.name = "cpu"  # the copy's destination here (the protocol is the same)
-    staged = StagingPool(pinned=False).take((4, 4), torch.bfloat16).fill_(1)
+    staged = torch.ones(4, 4, dtype=torch.bfloat16)
     out = dev.upload(staged)
     assert torch.equal(out, staged)
     assert calls == ["copies waits compute", "on copies", "compute waits copies", "used on compute"]

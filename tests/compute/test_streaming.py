@@ -1,0 +1,271 @@
+"""Streaming matrices to a GPU (staging.stream): every byte arrives whatever the chunk size, a ring buffer is
+reused only once the copy from it is done, the CUDA stream protocol, a GPU's two slots (one computes while the
+other streams), one stream per core, and a shard truncated after indexing fails only its own matrices."""
+
+import threading
+from contextlib import contextmanager
+from itertools import groupby
+
+import pytest
+import torch
+
+import streamscan.compute.scheduler as scheduler
+import streamscan.compute.staging as staging
+from streamscan.checkpoint.index import build_index
+from streamscan.checkpoint.reader import Stored, read_stored, read_tensor
+from streamscan.checkpoint.source import resolve
+from streamscan.compute.reading import batch_key
+from streamscan.planning.plan import make_plan
+from tests.fixtures.simulated import SimulatedGpu
+from tests.fixtures.synthetic import LlamaShape, write_llama
+from tests.fixtures.synthetic_quant import write_fp8_llama
+
+
+def _jobs(path):
+    return make_plan(build_index(resolve(path))).jobs
+
+
+def _batches(jobs):
+    """The jobs grouped as the scheduler batches them (same shape, dtype and quantization)."""
+    return [list(g) for _, g in groupby(sorted(jobs, key=lambda j: repr(batch_key(j))), key=batch_key)]
+
+
+@pytest.mark.parametrize("chunk", [1000, 4096, 1 << 20])  # 1000 bytes: chunks end inside elements and tensors
+def test_streamed_batches_are_what_read_tensor_gives_bit_for_bit(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(staging, "CHUNK_BYTES", chunk)
+    jobs = _jobs(write_llama(tmp_path / "m", LlamaShape(layers=2), layers_per_shard=1))
+    ring, dev = staging.Ring(), SimulatedGpu()
+    assert all(b.numel() == chunk for b in ring.buffers)
+    batches = _batches(jobs)
+    assert any(len(b) > 1 for b in batches) and any(len({j.tensor.shard for j in b}) > 1 for b in batches)
+    for batch in batches:
+        got = staging.stream(batch, dev, ring)
+        want = [read_tensor(j.tensor) for j in batch]
+        assert torch.equal(got, torch.stack(want) if len(batch) > 1 else want[0])
+
+
+@pytest.mark.parametrize("block", [(128, 128), None])
+def test_streamed_fp8_weights_come_as_stored_with_their_scales(tmp_path, monkeypatch, block):
+    monkeypatch.setattr(staging, "CHUNK_BYTES", 1000)
+    model, _ = write_fp8_llama(tmp_path / "fp8", LlamaShape(hidden=256, ffn=512, kv=64, vocab=128), block=block)
+    quantized = [b for b in _batches(_jobs(model)) if b[0].tensor.quant is not None]
+    assert quantized
+    for batch in quantized:
+        got = staging.stream(batch, SimulatedGpu(), staging.Ring())
+        assert isinstance(got, Stored) and got.weight.element_size() == 1
+        weights, scales = (got.weight, got.scale) if len(batch) > 1 else (got.weight[None], got.scale[None])
+        for i, j in enumerate(batch):
+            want = read_stored(j.tensor)
+            assert torch.equal(weights[i].view(torch.uint8), want.weight.view(torch.uint8))
+            assert torch.equal(scales[i], want.scale)
+            assert torch.equal(Stored(weights[i], scales[i], got.scheme, got.block).dequantize(), read_tensor(j.tensor))
+
+
+class _Fence:
+    def __init__(self, log, k):
+        self.log, self.k = log, k
+
+    def synchronize(self):
+        self.log.append(("wait", self.k))
+
+
+class _FencedGpu(SimulatedGpu):
+    """copy_in returns a fence per copy, as a CUDA event; the log records copies (with their buffer) and waits."""
+
+    def __init__(self):
+        super().__init__()
+        self.log, self.copies = [], 0
+
+    def copy_in(self, dest, chunk):
+        dest.copy_(chunk)
+        self.log.append(("copy", self.copies, chunk.data_ptr()))
+        self.copies += 1
+        return _Fence(self.log, self.copies - 1)
+
+
+def test_a_ring_buffer_is_overwritten_only_after_the_copy_from_it_is_done(tmp_path, monkeypatch):
+    monkeypatch.setattr(staging, "CHUNK_BYTES", 4096)
+    jobs = _jobs(write_llama(tmp_path / "m", LlamaShape(layers=1)))
+    ring, dev = staging.Ring(), _FencedGpu()
+    for job in jobs:
+        assert torch.equal(staging.stream([job], dev, ring), read_tensor(job.tensor))
+    copies = [e for e in dev.log if e[0] == "copy"]
+    assert len(copies) > 3 * staging.RING
+    for k, (_, _, buffer) in enumerate(copies):
+        if k >= staging.RING:  # the buffer of copy k - RING again, and that copy waited for first
+            assert buffer == copies[k - staging.RING][2]
+            assert dev.log.index(("wait", k - staging.RING)) < dev.log.index(copies[k])
+    waited = [e[1] for e in dev.log if e[0] == "wait"]
+    assert waited == list(range(len(copies) - staging.RING))  # each once, in order; the last RING never
+
+
+def test_cuda_streams_in_on_the_copy_stream_and_the_compute_stream_waits(tmp_path, monkeypatch):
+    """CudaDevice's receive/copy_in/received, run on the CPU with torch.cuda's stream calls recorded: the
+    tensor is allocated on the copy stream and marked as used on the compute stream, each chunk is copied on
+    the copy stream and returns that stream's event, and the compute stream waits for the copies."""
+    from streamscan.compute.backends import CudaDevice
+
+    calls = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            calls.append(f"{self.name} waits {other.name}")
+
+    class Event:
+        def record(self, stream):
+            calls.append(f"event on {stream.name}")
+
+        def synchronize(self):
+            calls.append("event waited")
+
+    current = [Stream("compute")]
+
+    @contextmanager
+    def on(stream):
+        current.insert(0, stream)
+        yield
+        current.pop(0)
+
+    real_empty = torch.empty
+
+    def empty(*shape, **kw):
+        calls.append(f"allocated on {current[0].name}")
+        return real_empty(*shape, **{**kw, "device": "cpu"})
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda index: Stream("copies"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda index=None: current[0])
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: calls.append(f"used on {s.name}"))
+    monkeypatch.setattr(staging, "CHUNK_BYTES", 4096)
+    job = max(_jobs(write_llama(tmp_path / "m", LlamaShape(layers=1))), key=lambda j: j.tensor.nbytes)
+    ring, want = staging.Ring(), read_tensor(job.tensor)
+    monkeypatch.setattr(torch, "empty", empty)
+    got = staging.stream([job], CudaDevice("cuda:0"), ring)
+    monkeypatch.setattr(torch, "empty", real_empty)
+    assert torch.equal(got, want)
+    chunks = -(-job.tensor.nbytes // 4096)
+    assert chunks > staging.RING
+    assert calls[:2] == ["allocated on copies", "used on compute"]
+    assert calls[-1] == "compute waits copies"
+    assert calls[2:-1].count("event on copies") == chunks
+    assert calls[2:-1].count("event waited") == max(0, chunks - staging.RING)
+
+
+def test_a_gpu_computes_one_job_at_a_time_while_its_other_slot_streams_the_next(tmp_path):
+    jobs = _jobs(write_llama(tmp_path / "m", LlamaShape(layers=2), layers_per_shard=1))
+    lock, state = threading.Lock(), {"computing": 0, "most": 0, "calls": 0}
+    streamed_during_compute = threading.Event()
+
+    class Gpu(SimulatedGpu):
+        def receive(self, shape, dtype):
+            with lock:
+                if state["computing"]:
+                    streamed_during_compute.set()
+            return super().receive(shape, dtype)
+
+    def compute(W, method, device):
+        from streamscan.compute.spectrum import score
+
+        with lock:
+            state["computing"] += 1
+            state["most"] = max(state["most"], state["computing"])
+            state["calls"] += 1
+            first = state["calls"] == 1
+        if first:  # the other slot streams its job meanwhile (no wall-clock: 60 s is a hang, not a pace)
+            streamed_during_compute.wait(timeout=60)
+        try:
+            return score(W, method)
+        finally:
+            with lock:
+                state["computing"] -= 1
+
+    results = list(scheduler.run_jobs(jobs, "gram64", devices=[Gpu(compute=compute)]))
+    assert streamed_during_compute.is_set() and state["most"] == 1
+    assert len(results) == len(jobs) and all(r.status == "ok" and r.worker == "cuda:0" for r in results)
+    cpu = {r.name: r.snr for r in scheduler.run_jobs(jobs, "gram64", workers=1)}
+    assert {r.name: r.snr for r in results} == cpu
+
+
+def test_at_most_one_stream_per_core_runs_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(staging, "READERS", threading.BoundedSemaphore(1))
+    jobs = _jobs(write_llama(tmp_path / "m", LlamaShape(layers=2), layers_per_shard=1))
+    lock, state = threading.Lock(), {"active": 0, "most": 0, "streams": 0}
+    inside = threading.local()
+
+    class Gpu(SimulatedGpu):
+        def receive(self, shape, dtype):
+            if not getattr(inside, "on", False):
+                inside.on = True
+                with lock:
+                    state["active"] += 1
+                    state["streams"] += 1
+                    state["most"] = max(state["most"], state["active"])
+            return super().receive(shape, dtype)
+
+        def received(self):
+            inside.on = False
+            with lock:
+                state["active"] -= 1
+
+    results = list(scheduler.run_jobs(jobs, "gram64", devices=[Gpu(f"cuda:{i}") for i in range(4)]))
+    assert len(results) == len(jobs) and all(r.status == "ok" for r in results)
+    assert state["streams"] > 4 and state["most"] == 1
+
+
+def test_a_shard_truncated_after_indexing_fails_only_its_matrices_on_a_gpu(tmp_path):
+    ck = write_llama(tmp_path / "m", LlamaShape(layers=2), layers_per_shard=1)
+    jobs = _jobs(ck)
+    shard = max({j.tensor.shard for j in jobs}, key=lambda p: sum(j.tensor.shard == p for j in jobs))
+    size = shard.stat().st_size
+    last = max((j for j in jobs if j.tensor.shard == shard), key=lambda j: j.tensor.start)
+    with open(shard, "r+b") as fh:
+        fh.truncate(last.tensor.start + last.tensor.nbytes // 2)
+    assert shard.stat().st_size < size
+    results = {r.name: r for r in scheduler.run_jobs(jobs, "gram64", devices=[SimulatedGpu()])}
+    assert set(results) == {j.name for j in jobs}
+    assert {n for n, r in results.items() if r.status == "error"} == {last.name}
+    assert "truncated" in results[last.name].reason and str(shard) in results[last.name].reason
+
+
+def test_out_of_device_memory_while_streaming_beside_a_computation_waits_for_it_instead_of_leaving(tmp_path):
+    """The other slot's computation holds the memory a stream needs: the stream is retried once that is done
+    (holding the device), so the job stays on the GPU -- an OOM would send it to the CPU for good."""
+    jobs = _jobs(write_llama(tmp_path / "m", LlamaShape(layers=2), layers_per_shard=1))
+    lock, state = threading.Lock(), {"computing": 0, "refused": 0, "receives": 0}
+    computing, refused = threading.Event(), threading.Event()
+
+    class Gpu(SimulatedGpu):
+        def receive(self, shape, dtype):
+            with lock:
+                state["receives"] += 1
+                second = state["receives"] == 2
+            if second:  # the other slot's stream, once the first job computes (60 s: a hang, not a pace)
+                computing.wait(timeout=60)
+            with lock:
+                if state["computing"]:
+                    state["refused"] += 1
+                    refused.set()
+                    raise torch.OutOfMemoryError("simulated: the other slot's computation holds the memory")
+            return super().receive(shape, dtype)
+
+    def compute(W, method, device):
+        from streamscan.compute.spectrum import score
+
+        with lock:
+            state["computing"] += 1
+        computing.set()
+        try:
+            refused.wait(timeout=60)  # the first computation lasts until the other slot was refused
+            return score(W, method)
+        finally:
+            with lock:
+                state["computing"] -= 1
+
+    stats = scheduler.PoolStats()
+    results = list(scheduler.run_jobs(jobs, "gram64", devices=[Gpu(compute=compute)], stats=stats))
+    assert len(results) == len(jobs) and all(r.status == "ok" and r.worker == "cuda:0" for r in results)
+    assert stats.devices["cuda:0"].oom == 0 and state["refused"] > 0
