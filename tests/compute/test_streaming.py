@@ -157,11 +157,16 @@ def test_cuda_streams_in_on_the_copy_stream_and_the_compute_stream_waits(tmp_pat
 
 def test_a_gpu_computes_one_job_at_a_time_while_its_other_slot_streams_the_next(tmp_path):
     jobs = _jobs(write_llama(tmp_path / "m", LlamaShape(layers=2), layers_per_shard=1))
-    lock, state = threading.Lock(), {"computing": 0, "most": 0, "calls": 0}
-    streamed_during_compute = threading.Event()
+    lock, state = threading.Lock(), {"computing": 0, "most": 0, "calls": 0, "receives": 0}
+    computing, streamed_during_compute = threading.Event(), threading.Event()
 
     class Gpu(SimulatedGpu):
         def receive(self, shape, dtype):
+            with lock:
+                state["receives"] += 1
+                second = state["receives"] == 2
+            if second:  # the other slot's first stream, once the first job computes (60 s: a hang, not a pace)
+                computing.wait(timeout=60)
             with lock:
                 if state["computing"]:
                     streamed_during_compute.set()
@@ -175,7 +180,8 @@ def test_a_gpu_computes_one_job_at_a_time_while_its_other_slot_streams_the_next(
             state["most"] = max(state["most"], state["computing"])
             state["calls"] += 1
             first = state["calls"] == 1
-        if first:  # the other slot streams its job meanwhile (no wall-clock: 60 s is a hang, not a pace)
+        computing.set()
+        if first:  # the other slot streams its job meanwhile
             streamed_during_compute.wait(timeout=60)
         try:
             return score(W, method)
