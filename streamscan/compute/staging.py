@@ -25,7 +25,9 @@ from streamscan.compute.devices import default_workers
 from streamscan.records import Job
 
 STAGE_BYTES = 64 << 20  # most bytes as stored of one batch sent to a GPU (its input on the device)
-CHUNK_BYTES = 1 << 20  # one read; the ring (RING x CHUNK_BYTES) fits in a core's 2 MiB L2 (bench/RESULTS.md, "feed-profile")
+CHUNK_BYTES = (
+    1 << 20
+)  # one read; the ring (RING x CHUNK_BYTES) fits in a core's 2 MiB L2 (bench/RESULTS.md, "feed-profile")
 RING = 2  # buffers per ring: a CUDA copy has the next read's time to finish before its buffer is reused
 READERS = threading.BoundedSemaphore(default_workers())  # streams at once: one per core
 
