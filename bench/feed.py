@@ -6,13 +6,13 @@ Run: python -m bench.feed                          (writes the "feed" section of
      python -m bench.feed --small --no-write        (a quick check of the script)
 
 The devices are simulated GPUs that do no math (tests/fixtures/simulated.IdleGpu, a backends.Device): each
-receives the job's matrix as a GPU worker does -- streamed through the worker's ring of 2 MiB host buffers
+receives the job's matrix as a GPU worker does -- streamed through a ring of two 1 MiB host buffers
 (staging.stream), FP8 weights as stored, to be dequantized on the device -- and returns at once; where a GPU's
 copy engine would take each chunk, IdleGpu counts it. Rate = file bytes / wall seconds. Every round measures
 `cat` and each configuration once, after every file was read once (page cache warm); the table gives the
 medians over --repeat rounds and the median of each round's feed/cat ratio, so that a machine shared with
 other work compares like with like. The row "1, one stream" limits the process to one stream at a time
-(staging.READERS = 1; default one per core). Checkpoints are cached under ~/.cache/streamscan-bench.
+(staging.RINGS: one ring, lent to one stream at a time; default one per core). Checkpoints are cached under ~/.cache/streamscan-bench.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -68,15 +67,15 @@ def feed_rate(ck: Path, devices: int, streams: int | None = None) -> dict:
     size = sum(p.stat().st_size for p in files(ck))
     gpus = [IdleGpu(f"cuda:{i}") for i in range(devices)]
     stats = PoolStats()
-    readers = staging.READERS
+    rings = staging.RINGS
     if streams:
-        staging.READERS = threading.BoundedSemaphore(streams)
+        staging.RINGS = staging.Rings(streams)
     try:
         start = time.perf_counter()
         results = list(run_jobs(jobs, "gram64", 1, devices=gpus, stats=stats))
         wall = time.perf_counter() - start
     finally:
-        staging.READERS = readers
+        staging.RINGS = rings
     assert len(results) == len(jobs) and all(r.status == "ok" for r in results), "a fake device failed a job"
     stored = sum(j.tensor.nbytes + (j.tensor.quant.scale.nbytes if j.tensor.quant else 0) for j in jobs)
     assert sum(g.taken for g in gpus) == stored, "the fake devices did not receive every byte"
@@ -184,7 +183,7 @@ def main() -> None:
     text = f"""## Host feed with devices that do no math (`python -m bench.feed`)
 Synthetic Llama ({shape["layers"]} layers, hidden {shape["hidden"]}, ffn {shape["ffn"]}); bf16 in shards, FP8 (128×128 block
 scales, embeddings bf16) in one file. Each fake device (tests/fixtures/simulated.IdleGpu) receives the job's matrix
-as a GPU worker does -- streamed through the worker's ring of 2 MiB host buffers (staging.stream; a batch as one
+as a GPU worker does -- streamed through a ring of two 1 MiB host buffers (staging.stream; a batch as one
 [B, m, n] tensor, FP8 weights as stored, to be dequantized on the device), each chunk counted where a GPU's copy
 engine would take it -- and returns; every run checks that the devices took every stored byte. Two worker slots
 per device; at most one stream per core at a time ("one stream": one in all). Rate = file bytes / wall, page cache

@@ -15,7 +15,7 @@ import time
 from streamscan.checkpoint.reader import Pieces, can_read_in_pieces, read_many
 from streamscan.compute.jobqueue import JobQueue
 from streamscan.compute.spectrum import chunk_step
-from streamscan.compute.staging import Read, Ring, read_job, stream, streamable
+from streamscan.compute.staging import Read, read_job, stream, streamable
 from streamscan.errors import CheckpointError
 from streamscan.records import Job
 
@@ -86,12 +86,12 @@ class Reader:
             self.stats.prefetched += 1
         return got
 
-    def _stream(self, jobs: list[Job], device, ring: Ring):
+    def _stream(self, jobs: list[Job], device):
         """(the matrices of JOBS streamed to DEVICE, seconds), or (None, 0) when a read failed. Out of device
         memory propagates (the worker hands it to the pool, as from the computation)."""
         start = time.perf_counter()
         try:
-            out = stream(jobs, device, ring)
+            out = stream(jobs, device)
         except CheckpointError as err:  # read to the host below: each member that fails gets its own error
             log.debug("streaming %d matrices to %s failed (%s); reading them to the host", len(jobs), device.name, err)
             return None, 0.0
@@ -100,16 +100,15 @@ class Reader:
             self.count(seconds, sum(j.nbytes for j in jobs))
         return out, seconds
 
-    def tensor_for(self, job: Job, device=None, ring: Ring | None = None) -> Read:
-        """The job's tensor: prefetched, being prefetched (wait), streamed to DEVICE through RING (a GPU
-        worker's), or read now."""
+    def tensor_for(self, job: Job, device=None) -> Read:
+        """The job's tensor: prefetched, being prefetched (wait), streamed to DEVICE (a GPU), or read now."""
         with self.cond:
             got = self._claim(job)
             if got is not None:
                 self.cond.notify_all()
                 return got
-        if ring is not None and self.streamed(job):
-            out, seconds = self._stream([job], device, ring)
+        if device is not None and device.kind != "cpu" and self.streamed(job):
+            out, seconds = self._stream([job], device)
             if out is not None:
                 return out, seconds, None
         got = self.read(job)
@@ -117,16 +116,16 @@ class Reader:
             self.count(got[1], job.nbytes if got[2] is None else 0)
         return got
 
-    def read_batch(self, jobs: list[Job], device=None, ring: Ring | None = None) -> tuple[object | None, list]:
-        """A batch's matrices: (the stack streamed to DEVICE through RING, each member's share of the read
+    def read_batch(self, jobs: list[Job], device=None) -> tuple[object | None, list]:
+        """A batch's matrices: (the stack streamed to DEVICE (a GPU), each member's share of the read
         seconds), or (None, ``tensor_for`` of each member) where that cannot be done: the members not
         prefetched are then read together (reader.read_many: one open per shard, one allocation), or one
         by one where that fails (each then gets its own error)."""
         with self.cond:
             got = {j.name: r for j in jobs if (r := self._claim(j)) is not None}
             self.cond.notify_all()
-        if ring is not None and not got and all(self.streamed(j) for j in jobs):
-            stack, seconds = self._stream(jobs, device, ring)
+        if device is not None and device.kind != "cpu" and not got and all(self.streamed(j) for j in jobs):
+            stack, seconds = self._stream(jobs, device)
             if stack is not None:
                 return stack, [seconds / len(jobs)] * len(jobs)
         rest = [j for j in jobs if j.name not in got]

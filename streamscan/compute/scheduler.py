@@ -6,8 +6,8 @@ the pure placement policy (placement.py) which waiting job (jobqueue.py) goes to
 each device's free memory right now. A prefetch thread (prefetch.py) reads the next tensors while devices
 compute, holding at most ``max_memory`` bytes of tensors and CPU work at a time (budget.py; a job bigger
 than the whole budget runs alone). A GPU has two worker slots: while one computes, the other streams its
-next whole tensors to the device through a small ring of host buffers, pinned when CUDA is there
-(staging.py); FP8 weights go as stored, dequantized on the device. Streamed jobs are not prefetched.
+next whole tensors to the device through a small ring of host buffers (one ring per core, pinned when CUDA
+is there; staging.py); FP8 weights go as stored, dequantized on the device. Streamed jobs are not prefetched.
 A huge 2-D safetensors matrix (over 1 GiB as stored or half the budget, at least 256 MiB; ``pieces_above``
 bytes if given) is never read whole: with gram64 its Gram accumulates from ~64 MiB pieces read in the worker
 (reader.Pieces), and its memory estimate and prefetch hold count one piece instead of the tensor.
@@ -51,7 +51,7 @@ from streamscan.compute.placement import (
 from streamscan.compute.prefetch import Prefetcher
 from streamscan.compute.reading import Reader, batch_key
 from streamscan.compute.spectrum import DEFAULT_METHOD, SHARED_BYTES, batch_member_bytes, memory_bytes
-from streamscan.compute.staging import STAGE_BYTES, Ring
+from streamscan.compute.staging import STAGE_BYTES
 from streamscan.records import Job, Result
 
 log = logging.getLogger(__name__)
@@ -120,13 +120,12 @@ class PoolStats:
 class _Worker(threading.Thread):
     """One slot of a device: takes (jobs, note, threads) from its inbox, reads what is not read yet, scores.
     A GPU has two: while one computes (holding the device's ``computing`` lock), the other streams its next
-    matrices in through its own ring of host buffers (staging.Ring)."""
+    matrices in (staging.stream)."""
 
     def __init__(self, pool: _Pool, name: str, device: Device, computing):
         super().__init__(name=f"streamscan-{name}", daemon=True)
         self.pool, self.worker, self.device, self.computing = pool, name, device, computing
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.ring = None if device.kind == "cpu" else Ring(pinned=device.pinned and torch.cuda.is_available())
 
     def path_for(self, shape: tuple[int, int], batch: int) -> str:
         """The solver path of a [batch, *shape] job here (solver.choose), recorded in the pool's stats."""
@@ -166,7 +165,7 @@ class _Worker(threading.Thread):
         """Same-shape jobs as one stacked job: a list of Results, or the OOM (the pool splits the batch)."""
         pool = self.pool
         try:
-            stack, reads = self._streaming(lambda: pool.reads.read_batch(jobs, self.device, self.ring))
+            stack, reads = self._streaming(lambda: pool.reads.read_batch(jobs, self.device))
         except oom_types() as oom:  # no room on the device for the stack streamed in
             return oom
         if stack is None:  # read one by one: the members that failed get their errors, the others a stack
@@ -209,7 +208,7 @@ class _Worker(threading.Thread):
         err = None
         if tensor is None:
             try:
-                tensor, read, err = self._streaming(lambda: self.pool.reads.tensor_for(job, self.device, self.ring))
+                tensor, read, err = self._streaming(lambda: self.pool.reads.tensor_for(job, self.device))
             except oom_types() as oom:
                 return oom
         if err is not None:

@@ -6,15 +6,18 @@ its job or batch into a tensor the device allocated for it (``Device.receive``):
 at a time from the page cache into the next buffer of the worker's :class:`Ring`, and ``Device.copy_in``
 sends it on (CUDA: an asynchronous copy on the device's copy stream from pinned memory; the buffer is reused
 once that copy's event has fired). The host thus makes one copy of each byte, into a buffer that stays in
-the core's cache: on this project's 2-core host that runs at 0.85x `cat`, against 0.65x into reused 64 MiB
-buffers and 0.2x into fresh ones (bench/RESULTS.md, "feed"). No host memory is held per job.
+the core's cache: on this project's 2-core host that runs at ~0.9x `cat` single-threaded, against 0.65x into
+reused 64 MiB buffers and 0.2x into fresh ones (bench/RESULTS.md, "feed-profile"). No host memory is held
+per job.
 
-At most one stream per core runs at a time (READERS): more only share the cores and evict each other's
-buffers from the caches.
+The process has one ring per core (RINGS), lent to one stream at a time: at most one stream per core runs
+at once (more only share the cores and evict each other's buffers from the caches), and the ring given back
+last -- likely still in a core's cache -- is lent first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -25,11 +28,8 @@ from streamscan.compute.devices import default_workers
 from streamscan.records import Job
 
 STAGE_BYTES = 64 << 20  # most bytes as stored of one batch sent to a GPU (its input on the device)
-CHUNK_BYTES = (
-    1 << 20
-)  # one read; the ring (RING x CHUNK_BYTES) fits in a core's 2 MiB L2 (bench/RESULTS.md, "feed-profile")
+CHUNK_BYTES = 1 << 20  # one read; a ring (RING x CHUNK_BYTES) fits in a core's 2 MiB L2 ("feed-profile")
 RING = 2  # buffers per ring: a CUDA copy has the next read's time to finish before its buffer is reused
-READERS = threading.BoundedSemaphore(default_workers())  # streams at once: one per core
 
 Read = tuple[object, float, BaseException | None]  # (tensor | Stored | Pieces | None, seconds, error)
 
@@ -39,6 +39,7 @@ class Ring:
     copy that last read from it (``Device.copy_in``'s return: something with ``synchronize()``, or None)."""
 
     def __init__(self, pinned: bool = False):
+        self.pinned = pinned
         self.buffers = [torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=pinned) for _ in range(RING)]
         self.fences: list = [None] * RING
         self.next = 0
@@ -57,28 +58,67 @@ class Ring:
         self.fences[(self.next - 1) % RING] = done
 
 
-def stream(jobs: list[Job], device, ring: Ring):
-    """The whole matrices of JOBS (one shape, dtype and quantization, each ``stageable``) streamed through
-    RING into one tensor DEVICE received for them: [B, m, n], or a Stored whose weight and scales are
-    [B, ...] stacks; one job without the batch dimension."""
+class Rings:
+    """COUNT rings, each lent to one stream at a time (``with rings.lend(pinned) as ring``), waiting while all
+    are lent; the ring given back last is lent first. A ring is made on first need (pinned or not, as asked;
+    one of the other kind is replaced)."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self._free: list[Ring] = []
+        self._made = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def lend(self, pinned: bool):
+        with self._cond:
+            while not self._free and self._made >= self.count:
+                self._cond.wait()
+            ring = self._free.pop() if self._free else None
+            self._made += ring is None
+        try:
+            if ring is None or ring.pinned != pinned:
+                ring = Ring(pinned)
+        except BaseException:
+            with self._cond:
+                self._made -= 1
+                self._cond.notify()
+            raise
+        try:
+            yield ring
+        finally:
+            with self._cond:
+                self._free.append(ring)
+                self._cond.notify()
+
+
+RINGS = Rings(default_workers())  # one per core
+
+
+def stream(jobs: list[Job], device, ring: Ring | None = None):
+    """The whole matrices of JOBS (one shape, dtype and quantization, each ``stageable``) streamed into one
+    tensor DEVICE received for them, through RING or one lent by RINGS: [B, m, n], or a Stored whose weight
+    and scales are [B, ...] stacks; one job without the batch dimension."""
+    if ring is None:
+        with RINGS.lend(device.pinned and torch.cuda.is_available()) as ring:
+            return stream(jobs, device, ring)
     first = jobs[0].tensor
     lead = (len(jobs),) if len(jobs) > 1 else ()
     infos = [j.tensor for j in jobs]
     if first.quant is not None:
         infos += [j.tensor.quant.scale for j in jobs]
-    with READERS:
-        weights = device.receive((*lead, *first.shape), _dtype(first))
-        dests = [weights[i] if lead else weights for i in range(len(jobs))]
-        scales = None
-        if first.quant is not None:
-            scales = device.receive((*lead, *first.quant.scale.shape), _dtype(first.quant.scale))
-            dests += [scales[i] if lead else scales for i in range(len(jobs))]
-        flat = [d.view(-1).view(torch.uint8) for d in dests]
+    weights = device.receive((*lead, *first.shape), _dtype(first))
+    dests = [weights[i] if lead else weights for i in range(len(jobs))]
+    scales = None
+    if first.quant is not None:
+        scales = device.receive((*lead, *first.quant.scale.shape), _dtype(first.quant.scale))
+        dests += [scales[i] if lead else scales for i in range(len(jobs))]
+    flat = [d.view(-1).view(torch.uint8) for d in dests]
 
-        def put(i: int, position: int, chunk: torch.Tensor) -> None:
-            ring.fence(device.copy_in(flat[i][position : position + chunk.numel()], chunk))
+    def put(i: int, position: int, chunk: torch.Tensor) -> None:
+        ring.fence(device.copy_in(flat[i][position : position + chunk.numel()], chunk))
 
-        read_chunks(infos, ring.take, put)
+    read_chunks(infos, ring.take, put)
     device.received()
     if scales is None:
         return weights

@@ -197,7 +197,7 @@ def test_a_gpu_computes_one_job_at_a_time_while_its_other_slot_streams_the_next(
 
 
 def test_at_most_one_stream_per_core_runs_at_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(staging, "READERS", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(staging, "RINGS", staging.Rings(1))
     jobs = _jobs(write_llama(tmp_path / "m", LlamaShape(layers=2), layers_per_shard=1))
     lock, state = threading.Lock(), {"active": 0, "most": 0, "streams": 0}
     inside = threading.local()
