@@ -52,3 +52,36 @@ def test_mixed_pool_scan_equals_cpu_scan(sharded_llama, tmp_path):
     assert gpu.snr.keys() == cpu.snr.keys()
     assert all(gpu.snr[n] == pytest.approx(cpu.snr[n], rel=1e-9) for n in cpu.snr)
     assert gpu.summary["run"]["devices"]["cuda:0"]["jobs"] > 0
+
+
+def test_matrices_streamed_to_the_gpu_are_the_bytes_read_on_the_host(tmp_path, monkeypatch):
+    """staging.stream on a real GPU: pinned ring buffers, copies on the copy stream, events before reuse;
+    small chunks so that every ring buffer is reused many times while copies may still be in flight."""
+    from itertools import groupby
+
+    from streamscan.checkpoint.reader import Stored, read_stored, read_tensor
+    from streamscan.compute import staging
+    from streamscan.compute.backends import CudaDevice
+    from streamscan.compute.reading import batch_key
+    from tests.fixtures.synthetic_quant import write_fp8_llama
+
+    monkeypatch.setattr(staging, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(staging, "RINGS", staging.Rings(1))
+    dev = CudaDevice("cuda:0")
+    bf16 = make_plan(build_index(resolve(write_llama(tmp_path / "m", LlamaShape(layers=2))))).jobs
+    fp8, _ = write_fp8_llama(tmp_path / "fp8", LlamaShape(hidden=256, ffn=512, kv=64, vocab=128))
+    jobs = bf16 + make_plan(build_index(resolve(fp8))).jobs
+    for _, group in groupby(sorted(jobs, key=lambda j: repr(batch_key(j))), key=batch_key):
+        batch = list(group)
+        got = staging.stream(batch, dev)
+        torch.cuda.synchronize()
+        for i, j in enumerate(batch):
+            if isinstance(got, Stored):
+                want = read_stored(j.tensor)
+                w, s = (got.weight[i], got.scale[i]) if len(batch) > 1 else (got.weight, got.scale)
+                assert torch.equal(w.cpu().view(torch.uint8), want.weight.view(torch.uint8))
+                assert torch.equal(s.cpu(), want.scale)
+            else:
+                assert torch.equal((got[i] if len(batch) > 1 else got).cpu(), read_tensor(j.tensor))
+    with staging.RINGS.lend(True) as ring:
+        assert all(b.is_pinned() for b in ring.buffers)
