@@ -2,6 +2,7 @@
 `cat FILES > /dev/null` from the page cache in the same run.
 
 Run: python -m bench.feed                          (writes the "feed" section of bench/RESULTS.md)
+     python -m bench.feed --ring-sizes               (staging's ring sizes side by side: section "feed-rings")
      python -m bench.feed --before /path/to/tree    (the same, with that tree's bench.feed beside it, round by round)
      python -m bench.feed --small --no-write        (a quick check of the script)
 
@@ -133,6 +134,41 @@ def feed_rate(ck: Path, devices: int, streams: int | None = None) -> dict:
     }
 
 
+RING_SIZES = [(1 << 20, 2), (2 << 20, 2), (2 << 20, 4), (512 << 10, 4)]  # (CHUNK_BYTES, RING) compared
+
+
+def ring_sizes(cks: dict[str, Path], repeat: int, write: bool) -> None:
+    """The feed with each ring size of RING_SIZES, side by side in each round (1 and 4 fake devices)."""
+    saved = staging.CHUNK_BYTES, staging.RING, staging.RINGS
+    out: dict[tuple, list[float]] = {}
+    try:
+        for _ in range(repeat):
+            for chunk, ring in RING_SIZES:
+                staging.CHUNK_BYTES, staging.RING, staging.RINGS = chunk, ring, staging.Rings(default_workers())
+                for kind, ck in cks.items():
+                    for n in (1, 4):
+                        cat = cat_rate(files(ck))
+                        out.setdefault((chunk, ring, kind, n), []).append(feed_rate(ck, n)["rate"] / cat)
+    finally:
+        staging.CHUNK_BYTES, staging.RING, staging.RINGS = saved
+    rows = "\n".join(
+        f"| {ring} × {chunk >> 10} KiB | "
+        + " | ".join(f"{statistics.median(out[(chunk, ring, k, n)]):.2f}×" for k in cks for n in (1, 4))
+        + " |"
+        for chunk, ring in RING_SIZES
+    )
+    text = f"""## Ring sizes (`python -m bench.feed --ring-sizes`)
+bench.feed's checkpoints, one and four fake devices, each ring size in turn in each of {repeat} rounds (`cat` just
+before each run); median feed/cat. In use: {staging.RING} × {staging.CHUNK_BYTES >> 10} KiB.
+
+| ring | bf16, 1 | bf16, 4 | fp8, 1 | fp8, 4 |
+|---|---|---|---|---|
+{rows}"""
+    print(text)
+    if write:
+        update_section("feed-rings", text)
+
+
 def before_round(tree: Path, devices: str, small: bool) -> list[dict]:
     """One round of TREE's own bench.feed (one measurement of each configuration), in a child process."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,12 +198,18 @@ def main() -> None:
     ap.add_argument("--before", type=Path, help="a tree (e.g. a git worktree of an older commit) measured beside")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--ring-sizes", action="store_true", help="compare ring sizes instead (section feed-rings)")
     args = ap.parse_args()
     shape, tag = (SMALL, "small") if args.small else (SHAPE, "1g")
     cks = {
         "bf16": checkpoint(f"feed-bf16-{tag}", **shape, layers_per_shard=2),
         "fp8": fp8_checkpoint(f"feed-fp8-{tag}", shape),
     }
+    if args.ring_sizes:
+        for ck in cks.values():
+            cat_rate(files(ck))  # warm the page cache
+        ring_sizes(cks, args.repeat, not args.no_write)
+        return
     configs = [(int(x), None) for x in args.devices.split(",")] + [(1, 1)]
     samples: dict[tuple, dict[str, list[float]]] = {}
     for ck in cks.values():

@@ -6,9 +6,8 @@ its job or batch into a tensor the device allocated for it (``Device.receive``):
 at a time from the page cache into the next buffer of the worker's :class:`Ring`, and ``Device.copy_in``
 sends it on (CUDA: an asynchronous copy on the device's copy stream from pinned memory; the buffer is reused
 once that copy's event has fired). The host thus makes one copy of each byte, into a buffer that stays in
-the core's cache: on this project's 2-core host that runs at ~0.9x `cat` single-threaded, against 0.65x into
-reused 64 MiB buffers and 0.2x into fresh ones (bench/RESULTS.md, "feed-profile"). No host memory is held
-per job.
+the core's cache: on this project's 2-core host that runs at 0.8-0.9x `cat` on one thread, against ~0.6x into
+reused 64 MiB buffers and 0.2x into fresh ones (bench/RESULTS.md, "feed"). No host memory is held per job.
 
 The process has one ring per core (RINGS), lent to one stream at a time: at most one stream per core runs
 at once (more only share the cores and evict each other's buffers from the caches), and the ring given back
@@ -28,7 +27,7 @@ from streamscan.compute.devices import default_workers
 from streamscan.records import Job
 
 STAGE_BYTES = 64 << 20  # most bytes as stored of one batch sent to a GPU (its input on the device)
-CHUNK_BYTES = 1 << 20  # one read; a ring (RING x CHUNK_BYTES) fits in a core's 2 MiB L2 ("feed-profile")
+CHUNK_BYTES = 2 << 20  # one read (bench/RESULTS.md, "feed-rings": 2 x 2 MiB beside 2 x 1 MiB, 4 x 2 MiB, 4 x 512 KiB)
 RING = 2  # buffers per ring: a CUDA copy has the next read's time to finish before its buffer is reused
 
 Read = tuple[object, float, BaseException | None]  # (tensor | Stored | Pieces | None, seconds, error)
