@@ -6,8 +6,9 @@ live here: :class:`CpuDevice` (torch on the host's cores) and :class:`CudaDevice
 in on their own CUDA stream from a ring of pinned buffers, staging.py). Simulated GPUs for tests and benchmarks
 implement the same interface beside them (tests/fixtures/simulated.py), never as hooks in this code.
 
-What a device is given: a ``torch.Tensor`` in the stored dtype, a :class:`~streamscan.checkpoint.reader.Stored`
-FP8/MXFP4 weight as stored (dequantized on the device), or a :class:`~streamscan.checkpoint.reader.Pieces`.
+What a device is given: a ``torch.Tensor`` in the stored dtype (on the device already when a GPU worker streamed
+it in: ``receive``, ``copy_in``, ``received``), a :class:`~streamscan.checkpoint.reader.Stored` FP8/MXFP4 weight
+as stored (dequantized on the device), or a :class:`~streamscan.checkpoint.reader.Pieces`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 
 class Device:
     """The interface: ``kind`` ("cpu" | "cuda") decides the placement policy's view of it (placement.py),
-    ``name`` is what results and stats show, ``pinned`` whether its staging buffers are page-locked."""
+    ``name`` is what results and stats show, ``pinned`` whether the ring buffers its matrices are streamed
+    through are page-locked (staging.stream)."""
 
     kind = "cpu"
     pinned = False
