@@ -3,6 +3,7 @@
 
 Run: python -m bench.feed                          (writes the "feed" section of bench/RESULTS.md)
      python -m bench.feed --ring-sizes               (staging's ring sizes side by side: section "feed-rings")
+     python -m bench.feed --overlap                  (a GPU's copy beside its compute: section "feed-overlap")
      python -m bench.feed --before /path/to/tree    (the same, with that tree's bench.feed beside it, round by round)
      python -m bench.feed --small --no-write        (a quick check of the script)
 
@@ -105,12 +106,12 @@ FLOORS = {  # name -> pread_rate arguments after the paths
 }
 
 
-def feed_rate(ck: Path, devices: int, streams: int | None = None) -> dict:
+def feed_rate(ck: Path, devices: int, streams: int | None = None, busy=None) -> dict:
     """One run of the scheduler over CK's jobs with DEVICES fake GPUs (STREAMS: streams at once, else the
-    default of one per core)."""
+    default of one per core; BUSY: each fake GPU's seconds of work per matrix, a function of its bytes)."""
     jobs = make_plan(build_index(resolve(ck))).jobs
     size = sum(p.stat().st_size for p in files(ck))
-    gpus = [IdleGpu(f"cuda:{i}") for i in range(devices)]
+    gpus = [IdleGpu(f"cuda:{i}", busy=busy) for i in range(devices)]
     stats = PoolStats()
     rings = staging.RINGS
     if streams:
@@ -132,6 +133,41 @@ def feed_rate(ck: Path, devices: int, streams: int | None = None) -> dict:
         "read_seconds": stats.read_seconds,
         "rate": size / wall,
     }
+
+
+def overlap(ck: Path, repeat: int, write: bool) -> None:
+    """One fake GPU whose work on the whole checkpoint takes as long as the feed alone took just before in
+    the same round: the wall with its two worker slots (one streams while the other computes) against one
+    slot (read, then compute)."""
+    import streamscan.compute.scheduler as scheduler
+
+    size = sum(p.stat().st_size for p in files(ck))
+    walls: dict[str, list[float]] = {"feed alone": [], "two slots": [], "one slot": []}
+    saved = scheduler.GPU_SLOTS
+    try:
+        for _ in range(repeat):
+            alone = feed_rate(ck, 1)["seconds"]
+            walls["feed alone"].append(alone)
+            for name, slots in (("two slots", 2), ("one slot", 1)):
+                scheduler.GPU_SLOTS = slots
+                got = feed_rate(ck, 1, busy=lambda nbytes, alone=alone: nbytes / size * alone)
+                walls[name].append(got["seconds"] / alone)
+    finally:
+        scheduler.GPU_SLOTS = saved
+    walls["feed alone"] = [1.0] * repeat
+    rows = "\n".join(f"| {name} | {statistics.median(w):.2f}× |" for name, w in walls.items())
+    text = f"""## Copy and compute overlapped (`python -m bench.feed --overlap`)
+bench.feed's bf16 checkpoint ({size / 1e9:.2f} GB) and one fake GPU whose work (time.sleep per matrix, in
+proportion to its bytes: a host thread waiting for its GPU) adds up to the wall of the feed alone, measured just
+before in the same round. Median over {repeat} rounds of each wall / that round's feed alone. Ideal: 1× when the
+copy of each job overlaps the computation of the one before, 2× when they take turns.
+
+| configuration | wall / feed alone |
+|---|---|
+{rows}"""
+    print(text)
+    if write:
+        update_section("feed-overlap", text)
 
 
 RING_SIZES = [(1 << 20, 2), (2 << 20, 2), (2 << 20, 4), (512 << 10, 4)]  # (CHUNK_BYTES, RING) compared
@@ -199,12 +235,17 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--ring-sizes", action="store_true", help="compare ring sizes instead (section feed-rings)")
+    ap.add_argument("--overlap", action="store_true", help="copy/compute overlap instead (section feed-overlap)")
     args = ap.parse_args()
     shape, tag = (SMALL, "small") if args.small else (SHAPE, "1g")
     cks = {
         "bf16": checkpoint(f"feed-bf16-{tag}", **shape, layers_per_shard=2),
         "fp8": fp8_checkpoint(f"feed-fp8-{tag}", shape),
     }
+    if args.overlap:
+        cat_rate(files(cks["bf16"]))  # warm the page cache
+        overlap(cks["bf16"], args.repeat, not args.no_write)
+        return
     if args.ring_sizes:
         for ck in cks.values():
             cat_rate(files(ck))  # warm the page cache
