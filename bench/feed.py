@@ -4,6 +4,7 @@
 Run: python -m bench.feed                          (writes the "feed" section of bench/RESULTS.md)
      python -m bench.feed --ring-sizes               (staging's ring sizes side by side: section "feed-rings")
      python -m bench.feed --overlap                  (a GPU's copy beside its compute: section "feed-overlap")
+     python -m bench.feed --cuda --checkpoint DIR    (on a GPU machine: the feed into the real GPUs, no math)
      python -m bench.feed --before /path/to/tree    (the same, with that tree's bench.feed beside it, round by round)
      python -m bench.feed --small --no-write        (a quick check of the script)
 
@@ -135,6 +136,58 @@ def feed_rate(ck: Path, devices: int, streams: int | None = None, busy=None) -> 
     }
 
 
+def cuda_feed(ck: Path, repeat: int, out: Path | None) -> None:
+    """The feed into the real GPUs (pinned ring buffers, copies on the copy stream, event waits) with no math:
+    each job's "score" waits for its copies and returns. `cat` just before each run, as above."""
+    import torch
+
+    from streamscan.compute.backends import CudaDevice
+    from streamscan.compute.spectrum import SNR
+
+    if not torch.cuda.is_available():
+        raise SystemExit("bench.feed --cuda: torch sees no CUDA GPU here")
+
+    class CopyOnlyGpu(CudaDevice):
+        shown = "copy only"
+
+        def rates(self):
+            return None
+
+        def score(self, matrix, method, path):
+            torch.cuda.current_stream(self.index).synchronize()  # the copies it waits for are done
+            return SNR(1.0)
+
+        def score_batch(self, stack, method, path):
+            torch.cuda.current_stream(self.index).synchronize()
+            return [SNR(1.0)] * len(getattr(stack, "weight", stack))
+
+    jobs = make_plan(build_index(resolve(ck))).jobs
+    size = sum(p.stat().st_size for p in files(ck))
+    gpus = torch.cuda.device_count()
+    cat_rate(files(ck))  # warm the page cache
+    rows = []
+    for n in sorted({1, gpus}):
+        ratios, rates = [], []
+        for _ in range(repeat):
+            cat = cat_rate(files(ck))
+            start = time.perf_counter()
+            results = list(run_jobs(jobs, "gram64", 1, devices=[CopyOnlyGpu(f"cuda:{i}") for i in range(n)]))
+            rate = size / (time.perf_counter() - start)
+            assert all(r.status == "ok" for r in results) and len(results) == len(jobs)
+            rates.append(rate)
+            ratios.append(rate / cat)
+        row = {
+            "gpus": n,
+            "gb": size / 1e9,
+            "rate_gb_s": statistics.median(rates) / 1e9,
+            "ratio": statistics.median(ratios),
+        }
+        rows.append(row)
+        print(f"{n} GPU(s): {row['rate_gb_s']:.2f} GB/s = {row['ratio']:.2f}x cat", flush=True)
+    if out is not None:
+        out.write_text(json.dumps(rows, indent=1))
+
+
 def overlap(ck: Path, repeat: int, write: bool) -> None:
     """One fake GPU whose work on the whole checkpoint takes as long as the feed alone took just before in
     the same round: the wall with its two worker slots (one streams while the other computes) against one
@@ -236,7 +289,12 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--ring-sizes", action="store_true", help="compare ring sizes instead (section feed-rings)")
     ap.add_argument("--overlap", action="store_true", help="copy/compute overlap instead (section feed-overlap)")
+    ap.add_argument("--cuda", action="store_true", help="the feed into the real GPUs instead (with --checkpoint)")
+    ap.add_argument("--checkpoint", type=Path, help="with --cuda: a safetensors checkpoint to feed")
     args = ap.parse_args()
+    if args.cuda:
+        cuda_feed(args.checkpoint, args.repeat, args.json)
+        return
     shape, tag = (SMALL, "small") if args.small else (SHAPE, "1g")
     cks = {
         "bf16": checkpoint(f"feed-bf16-{tag}", **shape, layers_per_shard=2),

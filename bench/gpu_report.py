@@ -101,6 +101,7 @@ def gather(work: Path) -> dict:
     data["one_shape"] = _json(work / "one-shape.json")
     data["per_shape"] = _json(work / "per-shape.json")
     data["scan"] = _json(work / "scan.json")
+    data["feed"] = _json(work / "feed.json")
     try:
         data["batching"] = [ln for ln in (work / "batching.log").read_text().splitlines() if ln.startswith("|")]
     except OSError:
@@ -112,8 +113,9 @@ def markdown(data: dict) -> str:
     from bench.gpu import markdown as shapes_markdown
 
     rows = "\n".join(f"| {s['name']} | {s['budget_s']} s | {s['seconds']} s | {s['status']} |" for s in data["steps"])
+    budget = sum(s["budget_s"] for s in data["steps"])
     head = f"""## GPU check (`bash bench/gpu_check.sh`)
-Steps, each under its budget (sum 375 s + 2 s kill grace each ≤ 420 s); all of it in bench/results/gpu.json.
+Steps, each under its budget (sum {budget} s + 2 s kill grace each ≤ 420 s); all of it in bench/results/gpu.json.
 
 | step | budget | took | status |
 |---|---|---|---|
@@ -132,6 +134,11 @@ Steps, each under its budget (sum 375 s + 2 s kill grace each ≤ 420 s); all of
         parts.append(
             f"End-to-end scan on the GPU: {scan['checkpoint_gb']} GB in {scan['wall_s']} s = {scan['gb_per_s']} GB/s "
             f"({scan['scored']} matrices)."
+        )
+    for row in data.get("feed") or []:
+        parts.append(
+            f"Host feed into {row['gpus']} GPU(s), no math (`bench.feed --cuda`, pinned ring, copy stream): "
+            f"{row['rate_gb_s']:.2f} GB/s = {row['ratio']:.2f}× `cat` of the same {row['gb']:.2f} GB."
         )
     if data["failed"]:
         parts.append("Failed or cut short: " + ", ".join(data["failed"]) + " (see gpu.json's steps).")
