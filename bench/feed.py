@@ -9,7 +9,7 @@ Run: python -m bench.feed                          (writes the "feed" section of
      python -m bench.feed --small --no-write        (a quick check of the script)
 
 The devices are simulated GPUs that do no math (tests/fixtures/simulated.IdleGpu, a backends.Device): each
-receives the job's matrix as a GPU worker does -- streamed through a ring of two 1 MiB host buffers
+receives the job's matrix as a GPU worker does -- streamed through a ring of staging.RING × staging.CHUNK_BYTES
 (staging.stream), FP8 weights as stored, to be dequantized on the device -- and returns at once; where a GPU's
 copy engine would take each chunk, IdleGpu counts it. Rate = file bytes / wall seconds. Every round measures
 `cat` and each configuration once, after every file was read once (page cache warm); the table gives the
@@ -372,7 +372,7 @@ def main() -> None:
     text = f"""## Host feed with devices that do no math (`python -m bench.feed`)
 Synthetic Llama ({shape["layers"]} layers, hidden {shape["hidden"]}, ffn {shape["ffn"]}); bf16 in shards, FP8 (128×128 block
 scales, embeddings bf16) in one file. Each fake device (tests/fixtures/simulated.IdleGpu) receives the job's matrix
-as a GPU worker does -- streamed through a ring of two 1 MiB host buffers (staging.stream; a batch as one
+as a GPU worker does -- streamed through a ring of {staging.RING} × {staging.CHUNK_BYTES >> 20} MiB host buffers (staging.stream; a batch as one
 [B, m, n] tensor, FP8 weights as stored, to be dequantized on the device), each chunk counted where a GPU's copy
 engine would take it -- and returns; every run checks that the devices took every stored byte. Two worker slots
 per device; at most one stream per core at a time ("one stream": one in all). Rate = file bytes / wall, page cache
