@@ -123,9 +123,11 @@ class CudaDevice(Device):
         return self._rates
 
     def _copy_stream(self) -> torch.cuda.Stream:
-        if self._copies is None:
-            self._copies = torch.cuda.Stream(self.index)
-        return self._copies
+        """The device's copy stream, made once (its two worker slots may ask at the same time)."""
+        with self._lock:
+            if self._copies is None:
+                self._copies = torch.cuda.Stream(self.index)
+            return self._copies
 
     def receive(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """Allocated on the copy stream (its memory is free of earlier kernels there) and marked as used on the
@@ -137,10 +139,11 @@ class CudaDevice(Device):
 
     def copy_in(self, dest: torch.Tensor, chunk: torch.Tensor):
         """An asynchronous copy on the copy stream (from a pinned chunk), and its event."""
-        with torch.cuda.stream(self._copy_stream()):
+        copies = self._copy_stream()
+        with torch.cuda.stream(copies):
             dest.copy_(chunk, non_blocking=chunk.is_pinned())
-            done = torch.cuda.Event()
-            done.record(self._copies)
+            done = torch.cuda.Event(blocking=True)  # waited for by sleeping, not spinning on a core
+            done.record(copies)
         return done
 
     def received(self) -> None:
@@ -150,10 +153,9 @@ class CudaDevice(Device):
         """TENSOR on this GPU, copied on the copy stream; the current (compute) stream waits for the copy."""
         if tensor.device.type == "cuda":
             return tensor
-        self._copy_stream()
+        copies = self._copy_stream()
         compute = torch.cuda.current_stream(self.index)
-        self._copies.wait_stream(compute)  # the buffer it lands in may have been used by earlier kernels
-        with torch.cuda.stream(self._copies):
+        with torch.cuda.stream(copies):  # allocated there: memory no earlier kernel of the copy stream still uses
             out = tensor.to(self.name, non_blocking=tensor.is_pinned())
         compute.wait_stream(self._copies)
         out.record_stream(compute)

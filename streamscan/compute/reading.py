@@ -86,19 +86,18 @@ class Reader:
             self.stats.prefetched += 1
         return got
 
-    def _stream(self, jobs: list[Job], device):
-        """(the matrices of JOBS streamed to DEVICE, seconds), or (None, 0) when a read failed. Out of device
-        memory propagates (the worker hands it to the pool, as from the computation)."""
+    def _stream(self, jobs: list[Job], device) -> Read:
+        """(the matrices of JOBS streamed to DEVICE, seconds, None), or (None, seconds, the error) when a read
+        failed. Out of device memory propagates (the worker hands it to the pool, as from the computation)."""
         start = time.perf_counter()
         try:
             out = stream(jobs, device)
-        except CheckpointError as err:  # read to the host below: each member that fails gets its own error
-            log.debug("streaming %d matrices to %s failed (%s); reading them to the host", len(jobs), device.name, err)
-            return None, 0.0
+        except CheckpointError as err:
+            return None, time.perf_counter() - start, err
         seconds = time.perf_counter() - start
         with self.cond:
             self.count(seconds, sum(j.nbytes for j in jobs))
-        return out, seconds
+        return out, seconds, None
 
     def tensor_for(self, job: Job, device=None) -> Read:
         """The job's tensor: prefetched, being prefetched (wait), streamed to DEVICE (a GPU), or read now."""
@@ -108,9 +107,7 @@ class Reader:
                 self.cond.notify_all()
                 return got
         if device is not None and device.kind != "cpu" and self.streamed(job):
-            out, seconds = self._stream([job], device)
-            if out is not None:
-                return out, seconds, None
+            return self._stream([job], device)  # a failed read is the job's error (no second read to the host)
         got = self.read(job)
         with self.cond:
             self.count(got[1], job.nbytes if got[2] is None else 0)
@@ -125,9 +122,10 @@ class Reader:
             got = {j.name: r for j in jobs if (r := self._claim(j)) is not None}
             self.cond.notify_all()
         if device is not None and device.kind != "cpu" and not got and all(self.streamed(j) for j in jobs):
-            stack, seconds = self._stream(jobs, device)
+            stack, seconds, err = self._stream(jobs, device)
             if stack is not None:
                 return stack, [seconds / len(jobs)] * len(jobs)
+            log.debug("streaming %d matrices to %s failed (%s); reading them to the host", len(jobs), device.name, err)
         rest = [j for j in jobs if j.name not in got]
         if len(rest) > 1 and all(j.part is None and not self.pieced(j) for j in rest):
             start = time.perf_counter()

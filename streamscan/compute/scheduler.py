@@ -158,8 +158,9 @@ class _Worker(threading.Thread):
         try:
             return read()
         except oom_types():
-            with self.computing:
-                return read()
+            pass  # leave the except block first: its traceback would hold the failed attempt's memory
+        with self.computing:
+            return read()
 
     def _run_batch(self, jobs: list[Job]):
         """Same-shape jobs as one stacked job: a list of Results, or the OOM (the pool splits the batch)."""
@@ -167,7 +168,7 @@ class _Worker(threading.Thread):
         try:
             stack, reads = self._streaming(lambda: pool.reads.read_batch(jobs, self.device))
         except oom_types() as oom:  # no room on the device for the stack streamed in
-            return oom
+            return _bare(oom)
         if stack is None:  # read one by one: the members that failed get their errors, the others a stack
             out: dict[str, Result] = {
                 j.name: error_result(j, pool.method, self.worker, err, 0.0, sec)
@@ -197,7 +198,7 @@ class _Worker(threading.Thread):
                         members, stack, pool.method, self.worker, self.device, seconds, pool.keep, path
                     )
             except oom_types() as oom:
-                return oom
+                return _bare(oom)
             finally:
                 del stack
             out.update((r.name, r) for r in results)
@@ -210,7 +211,7 @@ class _Worker(threading.Thread):
             try:
                 tensor, read, err = self._streaming(lambda: self.pool.reads.tensor_for(job, self.device))
             except oom_types() as oom:
-                return oom
+                return _bare(oom)
         if err is not None:
             return error_result(job, self.pool.method, self.worker, err, 0.0, read)
         path = self.path_for(job.shape, 1)
@@ -218,9 +219,16 @@ class _Worker(threading.Thread):
             with self.computing:
                 return score_job(job, tensor, self.pool.method, self.worker, self.device, read, self.pool.keep, path)
         except oom_types() as oom:
-            return oom
+            return _bare(oom)
         finally:
             del tensor
+
+
+def _bare(oom: BaseException) -> BaseException:
+    """OOM without its traceback, whose frames would hold the job's memory on the device until the pool
+    has handled it."""
+    oom.__traceback__ = None
+    return oom
 
 
 def _stack(tensors: list):
@@ -275,6 +283,8 @@ class _Pool:
         self.excluded: dict[str, set[str]] = {}
         self.gpu_active = time.perf_counter()  # when a job of ours last ran or started on a GPU
         self.need_cache: dict[str, tuple[int, int]] = {}
+        self.held: dict[_Worker, int] = {}  # GPU bytes (estimated) of the job each GPU worker runs
+        self.gpu_held: dict[str, int] = {}  # their sum per GPU (_gpu_memory)
         self.outbox: list[tuple[_Worker, list[Job], str | None, object]] = []
         self.feeding = True
         self.prefetcher = Prefetcher(
@@ -336,11 +346,18 @@ class _Pool:
             if dev.kind == "cpu":
                 free, total = self.budget.free, self.budget.limit
             else:
-                free, total = dev.memory()
+                free, total = self._gpu_memory(name)
             out.append(
                 DeviceState(name, dev.kind, free, total, len(self.idle[name]), self.speed[dev.kind], self.running[name])
             )
         return out
+
+    def _gpu_memory(self, name: str) -> tuple[int, int]:
+        """(free, total) of GPU NAME for placement: what it reports free, but never more than its total minus
+        the estimated needs of our jobs started on it and not finished (its other slot's job may be streaming
+        in, its working memory not allocated yet)."""
+        free, total = self.devices[name].memory()
+        return min(free, total - self.gpu_held.get(name, 0)), total
 
     def dispatch(self) -> int:
         """Start what the policy assigns now; the number of jobs started.
@@ -425,6 +442,8 @@ class _Pool:
             for j in members:
                 if not self.prefetcher.has(j) and not self.reads.streamed(j):
                     self.budget.hold(j.name, self.reads.host_bytes(j))  # the host copy it will read
+            self.held[worker] = sum(self._needs(j)[0] for j in members)
+            self.gpu_held[a.device] = self.gpu_held.get(a.device, 0) + self.held[worker]
         self.stats.peak_held = max(self.stats.peak_held, self.budget.peak)
         worker.inbox.put((members, a.note, threads))
         return [j.name for j in members]
@@ -443,7 +462,7 @@ class _Pool:
             room = need + room if room >= 0 else 0
         else:
             need = memory_bytes(job.shape, _element_size(job), self.method, "cuda")
-            free, total = dev.memory()
+            free, total = self._gpu_memory(device)
             room = free - margin(DeviceState(device, "cuda", free, total, 0, 0.0))
         n = batch_size(job.shape, dev.kind, need, max(room, need), self.batch_cap.get((device, key)))
         if dev.kind != "cpu":  # a stack's input on the GPU: at most STAGE_BYTES
@@ -468,6 +487,7 @@ class _Pool:
         results = []
         for worker, jobs, note, outcome in self.outbox:
             dev = worker.device.name
+            self.gpu_held[dev] = self.gpu_held.get(dev, 0) - self.held.pop(worker, 0)
             self.idle[dev].append(worker)
             self.running[dev] -= 1
             for job in jobs:

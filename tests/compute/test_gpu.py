@@ -73,8 +73,7 @@ def test_matrices_streamed_to_the_gpu_are_the_bytes_read_on_the_host(tmp_path, m
     jobs = bf16 + make_plan(build_index(resolve(fp8))).jobs
     for _, group in groupby(sorted(jobs, key=lambda j: repr(batch_key(j))), key=batch_key):
         batch = list(group)
-        got = staging.stream(batch, dev)
-        torch.cuda.synchronize()
+        got = staging.stream(batch, dev)  # no device-wide sync: .cpu() on the compute stream relies on received()
         for i, j in enumerate(batch):
             if isinstance(got, Stored):
                 want = read_stored(j.tensor)
@@ -85,3 +84,33 @@ def test_matrices_streamed_to_the_gpu_are_the_bytes_read_on_the_host(tmp_path, m
                 assert torch.equal((got[i] if len(batch) > 1 else got).cpu(), read_tensor(j.tensor))
     with staging.RINGS.lend(True) as ring:
         assert all(b.is_pinned() for b in ring.buffers)
+
+
+def test_two_threads_streaming_into_one_fresh_gpu_get_their_own_bytes(tmp_path, monkeypatch):
+    """A GPU's two worker slots stream at once from their first job (one copy stream, made once)."""
+    import threading
+
+    from streamscan.checkpoint.reader import read_tensor
+    from streamscan.compute import staging
+    from streamscan.compute.backends import CudaDevice
+
+    monkeypatch.setattr(staging, "CHUNK_BYTES", 4096)
+    jobs = make_plan(build_index(resolve(write_llama(tmp_path / "m", LlamaShape(layers=2))))).jobs
+    dev, errors, start = CudaDevice("cuda:0"), [], threading.Barrier(2)
+
+    def worker(part):
+        try:
+            dev.enter()
+            start.wait()
+            for job in part:
+                got = staging.stream([job], dev)
+                assert torch.equal(got.cpu(), read_tensor(job.tensor)), job.name
+        except Exception as err:  # the test thread reports it
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(jobs[i::2],)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -115,6 +115,9 @@ def test_cuda_streams_in_on_the_copy_stream_and_the_compute_stream_waits(tmp_pat
             calls.append(f"{self.name} waits {other.name}")
 
     class Event:
+        def __init__(self, blocking=False):
+            calls.append(f"event (blocking={blocking})")
+
         def record(self, stream):
             calls.append(f"event on {stream.name}")
 
@@ -151,7 +154,7 @@ def test_cuda_streams_in_on_the_copy_stream_and_the_compute_stream_waits(tmp_pat
     assert chunks > staging.RING
     assert calls[:2] == ["allocated on copies", "used on compute"]
     assert calls[-1] == "compute waits copies"
-    assert calls[2:-1].count("event on copies") == chunks
+    assert calls[2:-1].count("event on copies") == chunks == calls[2:-1].count("event (blocking=True)")
     assert calls[2:-1].count("event waited") == max(0, chunks - staging.RING)
 
 
@@ -275,3 +278,50 @@ def test_out_of_device_memory_while_streaming_beside_a_computation_waits_for_it_
     results = list(scheduler.run_jobs(jobs, "gram64", devices=[Gpu(compute=compute)], stats=stats))
     assert len(results) == len(jobs) and all(r.status == "ok" and r.worker == "cuda:0" for r in results)
     assert stats.devices["cuda:0"].oom == 0 and state["refused"] > 0
+
+
+def test_a_gpus_two_slots_never_hold_more_than_its_memory_between_them(tmp_path):
+    """Placement counts the job of a GPU's other slot, which may be streaming in with its working memory not
+    allocated yet: with room for 1.5 of the largest job's estimate, the jobs the two slots hold from their
+    stream to the end of their computation never add up to more than that room."""
+    from streamscan.compute.placement import GPU_MARGIN_MIN
+    from streamscan.compute.spectrum import memory_bytes
+
+    jobs = _jobs(write_llama(tmp_path / "m", LlamaShape(layers=2), layers_per_shard=1))
+
+    def need(shape, size):
+        *lead, m, n = shape
+        return (lead[0] if lead else 1) * memory_bytes((m, n), size, "gram64", "cuda")
+
+    room = int(1.5 * max(need(j.shape, j.tensor.element_size) for j in jobs))
+    lock, state = threading.Lock(), {"held": 0, "most": 0}
+    mine = threading.local()
+
+    class Gpu(SimulatedGpu):
+        def receive(self, shape, dtype):
+            mine.need = need(shape, torch.empty((), dtype=dtype).element_size())
+            with lock:
+                state["held"] += mine.need
+                state["most"] = max(state["most"], state["held"])
+            return super().receive(shape, dtype)
+
+        def score(self, matrix, method, path):
+            try:
+                return super().score(matrix, method, path)
+            finally:
+                self._done()
+
+        def score_batch(self, stack, method, path):
+            try:
+                return super().score_batch(stack, method, path)
+            finally:
+                self._done()
+
+        def _done(self):
+            with lock:
+                state["held"] -= mine.need
+
+    total = GPU_MARGIN_MIN + room  # the margin (placement.margin) is GPU_MARGIN_MIN at this size
+    results = list(scheduler.run_jobs(jobs, "gram64", devices=[Gpu(memory=(total, total))]))
+    assert len(results) == len(jobs) and all(r.status == "ok" and r.worker == "cuda:0" for r in results)
+    assert 0 < state["most"] <= room and state["held"] == 0
