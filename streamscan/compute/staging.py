@@ -2,8 +2,8 @@
 of reused host buffers -- and how the other reads are made.
 
 A GPU worker streams each whole safetensors tensor (a block-scaled FP8 weight and its scales as stored) of
-its job or batch into a tensor the device allocated for it (``Device.receive``): pread copies ~CHUNK_BYTES
-at a time from the page cache into the next buffer of the worker's :class:`Ring`, and ``Device.copy_in``
+its job or batch into a tensor the device allocated for it (``Device.receive``): pread copies CHUNK_BYTES
+at a time from the page cache into the next buffer of a :class:`Ring` lent by RINGS, and ``Device.copy_in``
 sends it on (CUDA: an asynchronous copy on the device's copy stream from pinned memory; the buffer is reused
 once that copy's event has fired). The host thus makes one copy of each byte, into a buffer that stays in
 the core's cache: on this project's 2-core host that runs at 0.8-0.9x `cat` on one thread, against ~0.6x into
