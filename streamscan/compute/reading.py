@@ -1,9 +1,10 @@
 """reading: how a job's matrix is read for a device -- prefetched, streamed to a GPU, or read now by the worker,
-alone or with its batch -- and the read statistics. Shares the scheduler's condition variable for the prefetcher's state and
-the stats; the reads themselves run without it.
+alone or with its batch -- and the read statistics. Shares the scheduler's condition variable for the
+prefetcher's state and the stats; the reads themselves run without it.
 
 A matrix over ``pieces_above`` bytes as stored is read in ~PIECE_BYTES pieces by the worker while its Gram
-accumulates (reader.Pieces); in a pool with a GPU, the GPU workers stream whole tensors to their devices (staging.py).
+accumulates (reader.Pieces); in a pool with a GPU, the GPU workers stream whole tensors to their devices
+(staging.py).
 """
 
 from __future__ import annotations
