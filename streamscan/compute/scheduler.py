@@ -283,8 +283,7 @@ class _Pool:
         self.excluded: dict[str, set[str]] = {}
         self.gpu_active = time.perf_counter()  # when a job of ours last ran or started on a GPU
         self.need_cache: dict[str, tuple[int, int]] = {}
-        self.held: dict[_Worker, int] = {}  # GPU bytes (estimated) of the job each GPU worker runs
-        self.gpu_held: dict[str, int] = {}  # their sum per GPU (_gpu_memory)
+        self.held: dict[_Worker, int] = {}  # GPU bytes (estimated) of the job each busy GPU worker runs
         self.outbox: list[tuple[_Worker, list[Job], str | None, object]] = []
         self.feeding = True
         self.prefetcher = Prefetcher(
@@ -357,7 +356,8 @@ class _Pool:
         the estimated needs of our jobs started on it and not finished (its other slot's job may be streaming
         in, its working memory not allocated yet)."""
         free, total = self.devices[name].memory()
-        return min(free, total - self.gpu_held.get(name, 0)), total
+        held = sum(need for worker, need in self.held.items() if worker.device.name == name)
+        return min(free, total - held), total
 
     def dispatch(self) -> int:
         """Start what the policy assigns now; the number of jobs started.
@@ -443,7 +443,6 @@ class _Pool:
                 if not self.prefetcher.has(j) and not self.reads.streamed(j):
                     self.budget.hold(j.name, self.reads.host_bytes(j))  # the host copy it will read
             self.held[worker] = sum(self._needs(j)[0] for j in members)
-            self.gpu_held[a.device] = self.gpu_held.get(a.device, 0) + self.held[worker]
         self.stats.peak_held = max(self.stats.peak_held, self.budget.peak)
         worker.inbox.put((members, a.note, threads))
         return [j.name for j in members]
@@ -487,7 +486,7 @@ class _Pool:
         results = []
         for worker, jobs, note, outcome in self.outbox:
             dev = worker.device.name
-            self.gpu_held[dev] = self.gpu_held.get(dev, 0) - self.held.pop(worker, 0)
+            self.held.pop(worker, None)
             self.idle[dev].append(worker)
             self.running[dev] -= 1
             for job in jobs:
