@@ -157,32 +157,10 @@ def test_cuda_copies_go_on_their_own_stream_and_the_compute_stream_waits_for_the
     """CudaDevice.upload's stream protocol, run on the CPU with torch.cuda's stream calls recorded: the copy
     is issued (and its destination allocated) on the device's copy stream, the compute stream waits for it,
     and the result is marked as used there (its memory is not reused before)."""
-    from contextlib import contextmanager
-
     from streamscan.compute.backends import CudaDevice
+    from tests.fixtures.cuda_calls import record_cuda_calls
 
-    calls = []
-
-    class Stream:
-        def __init__(self, name):
-            self.name = name
-
-        def wait_stream(self, other):
-            calls.append(f"{self.name} waits {other.name}")
-
-    current = [Stream("compute")]
-
-    @contextmanager
-    def on(stream):
-        calls.append(f"on {stream.name}")
-        current.insert(0, stream)
-        yield
-        current.pop(0)
-
-    monkeypatch.setattr(torch.cuda, "Stream", lambda index: Stream("copies"))
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda index=None: current[0])
-    monkeypatch.setattr(torch.cuda, "stream", on)
-    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: calls.append(f"used on {s.name}"))
+    calls = record_cuda_calls(monkeypatch)
     dev = CudaDevice("cuda:0")
     dev.name = "cpu"  # the copy's destination here (the protocol is the same)
     staged = torch.ones(4, 4, dtype=torch.bfloat16)

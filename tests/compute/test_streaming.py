@@ -3,7 +3,6 @@ reused only once the copy from it is done, the CUDA stream protocol, a GPU's two
 other streams), one stream per core, and a shard truncated after indexing fails only its own matrices."""
 
 import threading
-from contextlib import contextmanager
 from itertools import groupby
 
 import pytest
@@ -104,58 +103,22 @@ def test_cuda_streams_in_on_the_copy_stream_and_the_compute_stream_waits(tmp_pat
     tensor is allocated on the copy stream and marked as used on the compute stream, each chunk is copied on
     the copy stream and returns that stream's event, and the compute stream waits for the copies."""
     from streamscan.compute.backends import CudaDevice
+    from tests.fixtures.cuda_calls import record_cuda_calls
 
-    calls = []
-
-    class Stream:
-        def __init__(self, name):
-            self.name = name
-
-        def wait_stream(self, other):
-            calls.append(f"{self.name} waits {other.name}")
-
-    class Event:
-        def __init__(self, blocking=False):
-            calls.append(f"event (blocking={blocking})")
-
-        def record(self, stream):
-            calls.append(f"event on {stream.name}")
-
-        def synchronize(self):
-            calls.append("event waited")
-
-    current = [Stream("compute")]
-
-    @contextmanager
-    def on(stream):
-        current.insert(0, stream)
-        yield
-        current.pop(0)
-
-    real_empty = torch.empty
-
-    def empty(*shape, **kw):
-        calls.append(f"allocated on {current[0].name}")
-        return real_empty(*shape, **{**kw, "device": "cpu"})
-
-    monkeypatch.setattr(torch.cuda, "Stream", lambda index: Stream("copies"))
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda index=None: current[0])
-    monkeypatch.setattr(torch.cuda, "stream", on)
-    monkeypatch.setattr(torch.cuda, "Event", Event)
-    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: calls.append(f"used on {s.name}"))
     monkeypatch.setattr(staging, "CHUNK_BYTES", 4096)
     job = max(_jobs(write_llama(tmp_path / "m", LlamaShape(layers=1))), key=lambda j: j.tensor.nbytes)
     ring, want = staging.Ring(), read_tensor(job.tensor)
-    monkeypatch.setattr(torch, "empty", empty)
+    calls = record_cuda_calls(monkeypatch)
     got = staging.stream([job], CudaDevice("cuda:0"), ring)
-    monkeypatch.setattr(torch, "empty", real_empty)
     assert torch.equal(got, want)
     chunks = -(-job.tensor.nbytes // 4096)
     assert chunks > staging.RING
-    assert calls[:2] == ["allocated on copies", "used on compute"]
+    assert calls[:3] == ["on copies", "allocated on copies", "used on compute"]
     assert calls[-1] == "compute waits copies"
-    assert calls[2:-1].count("event on copies") == chunks == calls[2:-1].count("event (blocking=True)")
-    assert calls[2:-1].count("event waited") == max(0, chunks - staging.RING)
+    middle = calls[3:-1]
+    assert middle.count("on copies") == middle.count("event on copies") == chunks
+    assert middle.count("event (blocking=True)") == chunks
+    assert middle.count("event waited") == max(0, chunks - staging.RING)
 
 
 def test_a_gpu_computes_one_job_at_a_time_while_its_other_slot_streams_the_next(tmp_path):
