@@ -121,42 +121,53 @@ def test_cuda_streams_in_on_the_copy_stream_and_the_compute_stream_waits(tmp_pat
     assert middle.count("event waited") == max(0, chunks - staging.RING)
 
 
-def test_a_gpu_computes_one_job_at_a_time_while_its_other_slot_streams_the_next(tmp_path):
-    jobs = _jobs(write_llama(tmp_path / "m", LlamaShape(layers=2), layers_per_shard=1))
-    lock, state = threading.Lock(), {"computing": 0, "most": 0, "calls": 0, "receives": 0}
-    computing, streamed_during_compute = threading.Event(), threading.Event()
+def _overlapping_gpu(on_overlap):
+    """(a SimulatedGpu, its STATE) where a stream meets a computation: the second stream starts once the first
+    computation runs, and the first computation lasts until a stream found it running (60 s timeouts: a hang,
+    not a pace). ON_OVERLAP() is called by each stream that finds a computation running, and may raise. STATE:
+    "most" computations at once, "overlaps" (streams that found one running)."""
+    from streamscan.compute.spectrum import score
+
+    lock, state = threading.Lock(), {"computing": 0, "most": 0, "receives": 0, "overlaps": 0}
+    computing, overlapped = threading.Event(), threading.Event()
 
     class Gpu(SimulatedGpu):
         def receive(self, shape, dtype):
             with lock:
                 state["receives"] += 1
                 second = state["receives"] == 2
-            if second:  # the other slot's first stream, once the first job computes (60 s: a hang, not a pace)
+            if second:
                 computing.wait(timeout=60)
             with lock:
-                if state["computing"]:
-                    streamed_during_compute.set()
+                during = state["computing"] > 0
+                state["overlaps"] += during
+            if during:
+                overlapped.set()
+                on_overlap()
             return super().receive(shape, dtype)
 
     def compute(W, method, device):
-        from streamscan.compute.spectrum import score
-
         with lock:
             state["computing"] += 1
             state["most"] = max(state["most"], state["computing"])
-            state["calls"] += 1
-            first = state["calls"] == 1
-        computing.set()
-        if first:  # the other slot streams its job meanwhile
-            streamed_during_compute.wait(timeout=60)
+            first = not computing.is_set()
+            computing.set()
         try:
+            if first:
+                overlapped.wait(timeout=60)
             return score(W, method)
         finally:
             with lock:
                 state["computing"] -= 1
 
-    results = list(scheduler.run_jobs(jobs, "gram64", devices=[Gpu(compute=compute)]))
-    assert streamed_during_compute.is_set() and state["most"] == 1
+    return Gpu(compute=compute), state
+
+
+def test_a_gpu_computes_one_job_at_a_time_while_its_other_slot_streams_the_next(tmp_path):
+    jobs = _jobs(write_llama(tmp_path / "m", LlamaShape(layers=2), layers_per_shard=1))
+    gpu, state = _overlapping_gpu(lambda: None)
+    results = list(scheduler.run_jobs(jobs, "gram64", devices=[gpu]))
+    assert state["overlaps"] > 0 and state["most"] == 1
     assert len(results) == len(jobs) and all(r.status == "ok" and r.worker == "cuda:0" for r in results)
     cpu = {r.name: r.snr for r in scheduler.run_jobs(jobs, "gram64", workers=1)}
     assert {r.name: r.snr for r in results} == cpu
@@ -207,40 +218,15 @@ def test_out_of_device_memory_while_streaming_beside_a_computation_waits_for_it_
     """The other slot's computation holds the memory a stream needs: the stream is retried once that is done
     (holding the device), so the job stays on the GPU -- an OOM would send it to the CPU for good."""
     jobs = _jobs(write_llama(tmp_path / "m", LlamaShape(layers=2), layers_per_shard=1))
-    lock, state = threading.Lock(), {"computing": 0, "refused": 0, "receives": 0}
-    computing, refused = threading.Event(), threading.Event()
 
-    class Gpu(SimulatedGpu):
-        def receive(self, shape, dtype):
-            with lock:
-                state["receives"] += 1
-                second = state["receives"] == 2
-            if second:  # the other slot's stream, once the first job computes (60 s: a hang, not a pace)
-                computing.wait(timeout=60)
-            with lock:
-                if state["computing"]:
-                    state["refused"] += 1
-                    refused.set()
-                    raise torch.OutOfMemoryError("simulated: the other slot's computation holds the memory")
-            return super().receive(shape, dtype)
+    def refuse():
+        raise torch.OutOfMemoryError("simulated: the other slot's computation holds the memory")
 
-    def compute(W, method, device):
-        from streamscan.compute.spectrum import score
-
-        with lock:
-            state["computing"] += 1
-        computing.set()
-        try:
-            refused.wait(timeout=60)  # the first computation lasts until the other slot was refused
-            return score(W, method)
-        finally:
-            with lock:
-                state["computing"] -= 1
-
+    gpu, state = _overlapping_gpu(refuse)
     stats = scheduler.PoolStats()
-    results = list(scheduler.run_jobs(jobs, "gram64", devices=[Gpu(compute=compute)], stats=stats))
+    results = list(scheduler.run_jobs(jobs, "gram64", devices=[gpu], stats=stats))
     assert len(results) == len(jobs) and all(r.status == "ok" and r.worker == "cuda:0" for r in results)
-    assert stats.devices["cuda:0"].oom == 0 and state["refused"] > 0
+    assert stats.devices["cuda:0"].oom == 0 and state["overlaps"] > 0
 
 
 def test_a_gpus_two_slots_never_hold_more_than_its_memory_between_them(tmp_path):
